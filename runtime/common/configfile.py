@@ -1,0 +1,120 @@
+"""Load YAML config files into pydantic models with useful errors.
+
+Why here: the edge and the bridge validate their whole configuration before
+any connection opens, and a bad file must exit with a message that names the
+file and the field (``bridge.yaml: influx.batch_size: Input should be greater
+than 0``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from runtime.common.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, source: str, path: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a YAML tree.
+
+    A missing variable without default is a ConfigError naming the field, so a
+    forgotten secret fails at startup rather than as an auth error later.
+    """
+    if isinstance(value, dict):
+        return {k: expand_env(v, source, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(source, [f"{path}: environment variable ${{{name}}} is not set"])
+
+        return _ENV_RE.sub(sub, value)
+    return value
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling; unknown keys are rejected)"
+        problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of keys to values"])
+    return expand_env(data, source)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into ``base`` recursively (flags override the file)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None = None) -> M:
+    """Read ``path`` (optional), apply ``overrides`` from flags, validate as ``model``."""
+    data = read_yaml(path) if path else {}
+    source = str(path) if path else "defaults"
+    if overrides:
+        data = deep_merge(data, overrides)
+        source += " + command line"
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def redacted(config: BaseModel) -> dict[str, Any]:
+    """The effective config as plain data with every secret masked."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return walk(config)

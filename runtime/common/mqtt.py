@@ -1,0 +1,272 @@
+"""MQTT connection settings and a supervised paho client shared by all components.
+
+Why one place: the edge, the bridge and the simulators all need the same
+broker-URL parsing, TLS/credential handling, MQTT v5/3.1.1 selection, and a
+reconnect policy that does not make a fleet stampede a restarted broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from runtime.common.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+class TlsSettings(BaseModel):
+    """Server authentication with ``ca_file``; mutual TLS adds ``cert_file`` + ``key_file``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = Field(
+        default=False, description="disable hostname checks (testing only)"
+    )
+
+
+class MqttSettings(BaseModel):
+    """How to reach the broker. ``url`` is ``mqtt://[user:pass@]host[:port]`` or ``mqtts://``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = DEFAULT_BROKER
+    client_id: str | None = Field(default=None, max_length=128)
+    username: str | None = None
+    password: SecretStr | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    tls: TlsSettings | None = None
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_inflight: Annotated[int, Field(ge=1, le=65535)] = 100
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parse_broker_url(url)
+        return url
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        # YAML reads `protocol: 5` as an int and `3.1.1` as a string.
+        return str(value) if isinstance(value, (int, float)) else value
+
+
+class BrokerAddress(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://user:pass@host:1883`` -> BrokerAddress; ValueError names what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, got {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("broker URL has no host")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError("broker URL must not have a path or query")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError("broker URL port must be a number 1-65535") from None
+    password = SecretStr(unquote(parts.password)) if parts.password else None
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=password,
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Will(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+MessageHandler = Callable[[paho.MQTTMessage], None]
+
+
+class MqttLink:
+    """A paho client with a supervised network thread.
+
+    - MQTT v5 (default) or 3.1.1, TLS and credentials from :class:`MqttSettings`.
+    - Subscriptions are (re)made on every CONNACK, then ``on_connected`` runs
+      (for birth messages).
+    - Reconnects back off exponentially up to ``reconnect_max_s``; the first
+      delay of each outage is drawn at random from [min/2, 2*min] so a fleet
+      that lost the same broker does not return in lock-step.
+    - ``on_message`` runs on paho's network thread: it must only hand off.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        on_message: MessageHandler | None = None,
+        subscriptions: list[tuple[str, int]] | None = None,
+        will: Will | None = None,
+        on_connected: Callable[[], None] | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.address = parse_broker_url(settings.url)
+        self.subscriptions = list(subscriptions or [])
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._on_connected = on_connected
+        self._ever_connected = False
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._rng = random.Random()
+
+        self.v5 = settings.protocol == "5"
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id or client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else clean_start,
+        )
+        self.client.max_inflight_messages_set(settings.max_inflight)
+        self.client.max_queued_messages_set(0)
+        username = settings.username or self.address.username
+        password = settings.password or self.address.password
+        if username:
+            self.client.username_pw_set(username, password.get_secret_value() if password else None)
+        if self.address.tls or settings.tls:
+            self._configure_tls(settings.tls or TlsSettings())
+        if will is not None:
+            self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._jitter_reconnect()
+        self.client.on_connect = self._handle_connect
+        self.client.on_disconnect = self._handle_disconnect
+        if on_message is not None:
+            self.client.on_message = lambda _c, _u, msg: on_message(msg)
+
+    def _configure_tls(self, tls: TlsSettings) -> None:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        if tls.insecure_skip_verify:
+            ctx.check_hostname = False
+        self.client.tls_set_context(ctx)
+
+    def _jitter_reconnect(self) -> None:
+        base = self.settings.reconnect_min_s
+        first = self._rng.uniform(base / 2, base * 2)
+        self.client.reconnect_delay_set(
+            min_delay=max(1, round(first)), max_delay=max(1, round(self.settings.reconnect_max_s))
+        )
+
+    def _handle_connect(self, client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            log.warning("broker %s refused connection: %s", redact_url(self.settings.url), reason_code)
+            return
+        if self._ever_connected:
+            self.reconnects += 1
+            log.info("reconnected to %s", redact_url(self.settings.url))
+        self._ever_connected = True
+        for topic, qos in self.subscriptions:
+            client.subscribe(topic, qos=qos)
+        self.connected.set()
+        if self._on_connected is not None:
+            self._on_connected()
+
+    def _handle_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected:
+            log.warning("disconnected from %s: %s", redact_url(self.settings.url), reason_code)
+        self._jitter_reconnect()
+
+    def start(self, wait_s: float | None = 10.0) -> None:
+        """Connect in the background; with ``wait_s`` raise TransientError if no CONNACK by then."""
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry_s
+        self.client.connect_async(
+            self.address.host,
+            self.address.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=self._clean_start if self.v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self.client.loop_start()
+        if wait_s is not None and not self.connected.wait(wait_s):
+            self.stop()
+            raise TransientError(
+                f"no connection to broker {redact_url(self.settings.url)} within {wait_s:.0f}s"
+            )
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, final: tuple[str, bytes] | None = None, timeout_s: float = 5.0) -> None:
+        """Optionally publish ``final`` (retained, e.g. an offline status), then disconnect."""
+        if final is not None and self.connected.is_set():
+            info = self.client.publish(final[0], final[1], qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for_all(infos: list[paho.MQTTMessageInfo], timeout_s: float) -> bool:
+    """Wait until every QoS>0 publish in ``infos`` is acknowledged, or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    for info in infos:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            info.wait_for_publish(remaining)
+        except (RuntimeError, ValueError):
+            return False
+        if not info.is_published():
+            return False
+    return True

@@ -1,0 +1,326 @@
+"""The wire contract: MQTT topics and message schemas shared by edge and cloud.
+
+This is the only module both halves import. It depends on pydantic and the
+standard library alone (no numpy, LiteRT or influxdb-client), so a bridge, a
+device publisher or a third-party consumer can import it cheaply.
+
+Topics (device id and sensor come from the topic, never from the payload, so a
+per-device broker ACL can pin them):
+
+    sensors/{device}/{sensor}     device -> edge   SensorReading (JSON)
+    results/{device}/{model}      edge -> cloud    InferenceResult, or a JSON array of them
+    status/{node}                 edge -> cloud    NodeStatus (retained; LWT "offline")
+    deadletter/{component}        any              DeadLetter
+
+Every message carries ``v`` (schema version); receivers reject versions they
+do not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+#: One topic level naming a device, sensor, model or component: no MQTT
+#: wildcards, no separators, no leading ``$`` (reserved for broker topics).
+TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
+_LEVEL_RE = re.compile(TOPIC_LEVEL_PATTERN)
+
+MAX_TOPIC_BYTES = 256
+MAX_SAMPLES_PER_READING = 4096
+MAX_CHANNELS = 64
+MAX_OUTPUTS = 1024
+
+
+class ContractError(ValueError):
+    """A topic or payload that does not satisfy the contract.
+
+    ``reason`` is a short, stable, low-cardinality code (used as a metric
+    label and in dead-letters); ``str(exc)`` is the human explanation.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- topics
+
+TopicLevel = Annotated[str, Field(pattern=TOPIC_LEVEL_PATTERN)]
+
+
+def check_level(value: str, what: str = "topic level") -> str:
+    """Return ``value`` if it is a valid single topic level, else raise ContractError."""
+    if not isinstance(value, str) or not _LEVEL_RE.match(value):
+        raise ContractError(
+            "bad_topic",
+            f"{what} {value!r} must match {TOPIC_LEVEL_PATTERN} "
+            "(1-64 chars, no '/', '+', '#', or leading '$')",
+        )
+    return value
+
+
+def sensor_topic(device: str, sensor: str) -> str:
+    return f"sensors/{check_level(device, 'device')}/{check_level(sensor, 'sensor')}"
+
+
+def result_topic(device: str, model: str) -> str:
+    return f"results/{check_level(device, 'device')}/{check_level(model, 'model')}"
+
+
+def status_topic(node: str) -> str:
+    return f"status/{check_level(node, 'node')}"
+
+
+def deadletter_topic(component: str) -> str:
+    return f"deadletter/{check_level(component, 'component')}"
+
+
+def _split(topic: str, root: str, levels: int) -> list[str]:
+    if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        raise ContractError("bad_topic", f"topic longer than {MAX_TOPIC_BYTES} bytes")
+    parts = topic.split("/")
+    if len(parts) != levels + 1 or parts[0] != root:
+        raise ContractError(
+            "bad_topic", f"topic {topic[:80]!r} is not {root}/" + "/".join(["{x}"] * levels)
+        )
+    for part in parts[1:]:
+        check_level(part)
+    return parts[1:]
+
+
+def parse_sensor_topic(topic: str) -> tuple[str, str]:
+    """``sensors/{device}/{sensor}`` -> (device, sensor)."""
+    device, sensor = _split(topic, "sensors", 2)
+    return device, sensor
+
+
+def parse_result_topic(topic: str) -> tuple[str, str]:
+    """``results/{device}/{model}`` -> (device, model)."""
+    device, model = _split(topic, "results", 2)
+    return device, model
+
+
+def parse_status_topic(topic: str) -> str:
+    """``status/{node}`` -> node."""
+    return _split(topic, "status", 1)[0]
+
+
+# --------------------------------------------------------------------------- messages
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(gt=0, lt=4102444800.0)]  # 1970 .. 2100, unix seconds
+
+
+class SensorReading(BaseModel):
+    """One reading published by a device on ``sensors/{device}/{sensor}``.
+
+    ``values`` is either one sample (a vector of channel values, e.g. a
+    temperature ``[21.5]``) or a chunk of samples (rows of channel values, e.g.
+    ``[[ax, ay, az], ...]`` from an accelerometer). ``ts`` is the device's
+    unix time (seconds) of the first sample; ``rate_hz`` (optional) is the
+    sample rate within a chunk, so every sample has a time.
+    ``seq`` increases by one per reading per (device, sensor); gaps reveal loss.
+    """
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    ts: Timestamp
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    values: list[FiniteFloat] | list[list[FiniteFloat]]
+    rate_hz: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    label: str | None = Field(
+        default=None,
+        max_length=32,
+        description="ground truth from simulators (e.g. 'fault'); ignored by inference",
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _shape(cls, values: list) -> list:
+        if not values:
+            raise ValueError("must not be empty")
+        if isinstance(values[0], list):
+            width = len(values[0])
+            if len(values) > MAX_SAMPLES_PER_READING:
+                raise ValueError(f"more than {MAX_SAMPLES_PER_READING} samples")
+            if not 0 < width <= MAX_CHANNELS:
+                raise ValueError(f"each sample must have 1..{MAX_CHANNELS} channels")
+            if any(len(row) != width for row in values):
+                raise ValueError("all samples must have the same number of channels")
+        elif len(values) > MAX_CHANNELS:
+            raise ValueError(f"more than {MAX_CHANNELS} channels")
+        return values
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.values) if isinstance(self.values[0], list) else 1
+
+    @property
+    def n_channels(self) -> int:
+        first = self.values[0]
+        return len(first) if isinstance(first, list) else len(self.values)
+
+
+class InferenceResult(BaseModel):
+    """One inference over one window, published on ``results/{device}/{model}``.
+
+    ``ts`` is the device time of the window's last sample and ``seq`` the seq
+    of the reading that completed the window: together with device, sensor and
+    model they identify the window, so a redelivered result overwrites itself in
+    the database instead of duplicating.
+    """
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    device: TopicLevel
+    sensor: TopicLevel
+    model: TopicLevel
+    model_version: Annotated[str, Field(min_length=1, max_length=64)]
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    ts: Timestamp
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    outputs: Annotated[list[FiniteFloat], Field(max_length=MAX_OUTPUTS)]
+    score: FiniteFloat
+    anomaly: bool
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    node: TopicLevel | None = Field(default=None, description="edge runtime that produced it")
+    site: TopicLevel | None = None
+
+
+class ModelRef(BaseModel):
+    model_config = _STRICT
+
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class NodeStatus(BaseModel):
+    """Retained on ``status/{node}``: birth on connect, ``offline`` as LWT and on exit."""
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    node: TopicLevel
+    state: Literal["online", "offline"]
+    ts: Timestamp
+    models: dict[TopicLevel, ModelRef] = Field(default_factory=dict)
+    runtime_version: str | None = Field(default=None, max_length=64)
+    site: TopicLevel | None = None
+    counters: dict[TopicLevel, int] = Field(default_factory=dict)
+
+
+class DeadLetter(BaseModel):
+    """A rejected input and why; published on ``deadletter/{component}``.
+
+    The original payload travels base64-encoded and truncated so that a
+    dead-letter can never be larger than the limit it enforces.
+    """
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    component: TopicLevel
+    node: TopicLevel | None = None
+    topic: Annotated[str, Field(max_length=MAX_TOPIC_BYTES * 4)]
+    reason: Annotated[str, Field(max_length=64)]
+    detail: Annotated[str, Field(max_length=1024)]
+    ts: Timestamp
+    payload_b64: str
+    payload_bytes: int
+    truncated: bool
+
+    @classmethod
+    def build(
+        cls,
+        component: str,
+        topic: str,
+        payload: bytes,
+        reason: str,
+        detail: str,
+        node: str | None = None,
+        keep_bytes: int = 1024,
+    ) -> "DeadLetter":
+        return cls(
+            component=component,
+            node=node,
+            topic=topic[: MAX_TOPIC_BYTES * 4],
+            reason=reason[:64],
+            detail=detail[:1024],
+            ts=time.time(),
+            payload_b64=base64.b64encode(payload[:keep_bytes]).decode("ascii"),
+            payload_bytes=len(payload),
+            truncated=len(payload) > keep_bytes,
+        )
+
+
+_RESULTS = TypeAdapter(InferenceResult | list[InferenceResult])
+
+
+def decode_reading(payload: bytes, max_bytes: int) -> SensorReading:
+    """Parse and validate a sensor payload; raise ContractError with a reason code."""
+    if len(payload) > max_bytes:
+        raise ContractError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        return SensorReading.model_validate_json(payload)
+    except ValidationError as exc:
+        raise ContractError(_reason(exc), _explain(exc)) from None
+
+
+def decode_results(payload: bytes, max_bytes: int) -> list[InferenceResult]:
+    """Parse a result message (one object or an array of them)."""
+    if len(payload) > max_bytes:
+        raise ContractError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        parsed = _RESULTS.validate_json(payload)
+    except ValidationError as exc:
+        raise ContractError(_reason(exc), _explain(exc)) from None
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+def decode_status(payload: bytes, max_bytes: int) -> NodeStatus:
+    if len(payload) > max_bytes:
+        raise ContractError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        return NodeStatus.model_validate_json(payload)
+    except ValidationError as exc:
+        raise ContractError(_reason(exc), _explain(exc)) from None
+
+
+def _reason(exc: ValidationError) -> str:
+    """Map pydantic error types onto a few stable reason codes."""
+    types = {err["type"] for err in exc.errors()}
+    if "json_invalid" in types or "json_type" in types:
+        return "malformed_json"
+    if types & {"finite_number"}:
+        return "non_finite"
+    return "invalid_schema"
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
