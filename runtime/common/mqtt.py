@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from runtime.common.errors import TransientError
+from runtime.common.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ class MqttLink:
         self._jitter_reconnect()
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
+        self.client.on_connect_fail = self._handle_connect_fail
+        self._fail_log = RateLimitedLog(log, interval_s=60.0, per_interval=3)
         if on_message is not None:
             self.client.on_message = lambda _c, _u, msg: on_message(msg)
 
@@ -220,6 +223,11 @@ class MqttLink:
         if was_connected:
             log.warning("disconnected from %s: %s", redact_url(self.settings.url), reason_code)
         self._jitter_reconnect()
+
+    def _handle_connect_fail(self, _client, _userdata) -> None:  # noqa: ANN001
+        self._fail_log.warning(
+            "connect_fail", "cannot connect to broker %s; retrying with backoff", redact_url(self.settings.url)
+        )
 
     def start(self, wait_s: float | None = 10.0) -> None:
         """Connect in the background; with ``wait_s`` raise TransientError if no CONNACK by then."""

@@ -1,0 +1,206 @@
+"""The edge runtime process: MQTT in, micro-batched inference, MQTT out.
+
+Threads:
+  paho network thread  on_message only appends (topic, payload, t) to a
+                       bounded queue -- it never decodes or infers
+  worker thread        drains the queue into the Engine, flushes batches,
+                       publishes results
+  main thread          waits for SIGTERM/SIGINT, then stop(): intake stops,
+                       the worker drains what was received, publishes, waits
+                       for the broker's acks, publishes "offline", exits 0
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from runtime import __version__
+from runtime.common.errors import ConfigError
+from runtime.common.mqtt import MqttLink, Will, redact_url, wait_for_all
+from runtime.common.rejects import RateLimitedLog, Rejects
+from runtime.config import EdgeConfig
+from runtime.contract import NodeStatus, status_topic
+from runtime.engine import Engine, PipelineRunner
+from runtime.inference import TfliteModel
+from runtime.stages import PipelineError
+
+log = logging.getLogger("edgeloop.edge")
+
+_STOP = object()
+
+
+def build_engine(cfg: EdgeConfig, rejects: Rejects, source: str = "edge config") -> Engine:
+    """Load every model and build every pipeline before any I/O.
+
+    A model that cannot load raises ModelError; stages that do not fit the
+    stream or the model raise ConfigError naming the pipeline and stage.
+    """
+    runners = []
+    for index, settings in enumerate(cfg.pipelines):
+        model = TfliteModel(settings.model.path, num_threads=settings.model.num_threads, max_batch=cfg.batching.max_batch)
+        try:
+            runners.append(PipelineRunner.build(settings, model))
+        except PipelineError as exc:
+            raise ConfigError(source, [f"pipelines.{index}.{exc}"]) from None
+    return Engine(
+        runners,
+        rejects,
+        node_id=cfg.node_id,
+        site=cfg.site,
+        max_payload_bytes=cfg.input.max_payload_bytes,
+        batch_results=cfg.output.batch_results,
+    )
+
+
+class EdgeApp:
+    def __init__(self, cfg: EdgeConfig, source: str = "edge config") -> None:
+        self.cfg = cfg
+        self.rejects = Rejects("edge", log, publish=self._publish_deadletter if cfg.output.deadletter else None, node=cfg.node_id)
+        self.engine = build_engine(cfg, self.rejects, source)
+        self.inbox: queue.Queue = queue.Queue(cfg.input.queue_size)
+        self.dropped_queue_full = 0
+        self._drop_log = RateLimitedLog(log)
+        self._intake_open = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="edgeloop-worker", daemon=True)
+        self._unacked: list = []
+        self.link = MqttLink(
+            cfg.mqtt,
+            client_id=f"edgeloop-{cfg.node_id}",
+            on_message=self._on_message,
+            subscriptions=[(p.subscription, cfg.input.qos) for p in cfg.pipelines],
+            will=Will(topic=status_topic(cfg.node_id), payload=self._status("offline")),
+            on_connected=self._publish_birth,
+        )
+
+    # ------------------------------------------------------------ network thread
+
+    def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+        if not self._intake_open.is_set():
+            return
+        try:
+            self.inbox.put_nowait((msg.topic, msg.payload, time.monotonic()))
+        except queue.Full:
+            self.dropped_queue_full += 1
+            self._drop_log.warning("queue_full", "input queue full (%d): dropping newest readings", self.cfg.input.queue_size)
+
+    def _publish_birth(self) -> None:
+        self.link.publish(status_topic(self.cfg.node_id), self._status("online"), qos=1, retain=True)
+
+    def _publish_deadletter(self, topic: str, payload: bytes) -> None:
+        self.link.publish(topic, payload, qos=0)
+
+    def _status(self, state: str) -> bytes:
+        counters = {k: v for k, v in self.counters().items() if isinstance(v, int)}
+        return NodeStatus(
+            node=self.cfg.node_id,
+            state=state,
+            ts=time.time(),
+            models=self.engine.models() if hasattr(self, "engine") else {},
+            runtime_version=__version__,
+            site=self.cfg.site,
+            counters=counters,
+        ).model_dump_json(exclude_none=True).encode()
+
+    # ------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        batching = self.cfg.batching
+        max_wait = batching.max_latency_ms / 1000.0
+        engine = self.engine
+        stopping = False
+        next_status = time.monotonic() + self.cfg.status_interval_s
+        while True:
+            if engine.pending:
+                timeout = max(0.0, engine.oldest_pending + max_wait - time.monotonic())
+            else:
+                timeout = 0.5
+            try:
+                item = self.inbox.get(timeout=timeout) if not stopping else self.inbox.get_nowait()
+            except queue.Empty:
+                item = None
+                if stopping:
+                    break
+            if item is _STOP:
+                stopping = True
+            elif item is not None:
+                engine.ingest(*item)
+                # Greedily take what is already queued, up to a full batch.
+                while engine.pending < batching.max_batch:
+                    try:
+                        item = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    engine.ingest(*item)
+            if engine.pending and (
+                engine.pending >= batching.max_batch
+                or time.monotonic() >= engine.oldest_pending + max_wait
+                or (batching.flush_when_idle and self.inbox.empty())
+                or stopping
+            ):
+                self._publish(engine.flush())
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + self.cfg.status_interval_s
+                self._publish_birth()
+        if engine.pending:
+            self._publish(engine.flush())
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> None:
+        qos = self.cfg.output.qos
+        for topic, payload in messages:
+            info = self.link.publish(topic, payload, qos=qos)
+            if qos and len(self._unacked) < 100_000:
+                self._unacked.append(info)
+        if len(self._unacked) > 10_000:
+            self._unacked = [i for i in self._unacked if not i.is_published()]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def counters(self) -> dict[str, int]:
+        out = dict(self.engine.counters) if hasattr(self, "engine") else {}
+        out["rejected"] = self.rejects.total
+        out["dropped_queue_full"] = self.dropped_queue_full
+        out["queue_depth"] = self.inbox.qsize() if hasattr(self, "inbox") else 0
+        out["reconnects"] = self.link.reconnects if hasattr(self, "link") else 0
+        return out
+
+    def start(self, connect_timeout_s: float | None = 30.0) -> None:
+        log.info(
+            "edge %s starting: broker %s, pipelines %s",
+            self.cfg.node_id,
+            redact_url(self.cfg.mqtt.url),
+            ", ".join(f"{p.subscription} -> {p.model.path.name}" for p in self.cfg.pipelines),
+        )
+        self._intake_open.set()
+        self._worker.start()
+        self.link.start(wait_s=connect_timeout_s)
+
+    def stop(self) -> bool:
+        """Drain and disconnect. Returns True when every result was acknowledged."""
+        self._intake_open.clear()
+        for topic, _ in self.link.subscriptions:
+            self.link.client.unsubscribe(topic)
+        self.inbox.put(_STOP)
+        self._worker.join(self.cfg.drain_timeout_s)
+        acked = wait_for_all([i for i in self._unacked if not i.is_published()], self.cfg.drain_timeout_s)
+        self.link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
+        log.info("edge %s stopped: %s", self.cfg.node_id, self.counters())
+        return acked and not self._worker.is_alive()
+
+
+def run_edge(cfg: EdgeConfig, stop: threading.Event, source: str = "edge config", stats_every_s: float = 10.0) -> int:
+    """Run until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); exit code 0 on a clean drain.
+
+    An unreachable broker is not fatal: the runtime keeps retrying with backoff
+    (a device often boots before its network), logging each failed attempt.
+    """
+    app = EdgeApp(cfg, source)
+    app.start(connect_timeout_s=None)
+    while not stop.wait(stats_every_s):
+        log.info("stats %s", app.counters())
+    return 0 if app.stop() else 1

@@ -1,0 +1,140 @@
+"""Edge runtime configuration (``edge.yaml``), validated before anything connects.
+
+Every key has a default, so ``edgeloop edge run`` works with no file at all:
+broker ``mqtt://127.0.0.1:1883``, the bundled vibration model and pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runtime.common.configfile import load_config
+from runtime.common.mqtt import MqttSettings
+from runtime.contract import TOPIC_LEVEL_PATTERN, TopicLevel
+from runtime.stages import StageConfig
+
+MODELS_DIR = Path(__file__).parent / "models"
+BUNDLED_MODEL = MODELS_DIR / "vibration_ae.tflite"
+
+#: The pipeline the bundled model was trained with (keep in step with
+#: cloud_bridge.training.build.DEFAULT_VIBRATION_PIPELINE; a test checks).
+DEFAULT_VIBRATION_STAGES: list[dict[str, Any]] = [
+    {"type": "select", "channels": [0, 1, 2]},
+    {"type": "window", "size": 128, "hop": 64},
+    {"type": "features", "stats": ["mean", "std", "rms", "peak", "crest", "kurtosis"], "fft_bands": 4},
+    {"type": "normalize", "from_model": True},
+]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:58] or "node"
+    return f"edge-{host}" if re.match(TOPIC_LEVEL_PATTERN, f"edge-{host}") else "edge"
+
+
+class ModelSettings(BaseModel):
+    model_config = _FROZEN
+
+    path: Path = BUNDLED_MODEL
+    num_threads: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        default=None, description="interpreter threads; default: the interpreter's choice"
+    )
+
+
+class PipelineSettings(BaseModel):
+    """One sensor stream type -> stages -> model."""
+
+    model_config = _FROZEN
+
+    sensor: TopicLevel = "vibration"
+    topic: str | None = Field(default=None, description="subscription filter; default sensors/+/{sensor}")
+    in_channels: Annotated[int, Field(ge=1, le=64)] = 3
+    stages: list[StageConfig] = Field(default_factory=lambda: list(DEFAULT_VIBRATION_STAGES))  # type: ignore[arg-type]
+    model: ModelSettings = ModelSettings()
+
+    @property
+    def subscription(self) -> str:
+        return self.topic or f"sensors/+/{self.sensor}"
+
+    @model_validator(mode="after")
+    def _topic_shape(self) -> "PipelineSettings":
+        if self.topic is not None:
+            parts = self.topic.split("/")
+            if len(parts) != 3 or parts[0] != "sensors" or parts[2] not in ("+", self.sensor):
+                raise ValueError(f"topic must look like sensors/+/{self.sensor} or sensors/<device>/{self.sensor}")
+        return self
+
+
+class BatchingSettings(BaseModel):
+    """Micro-batching: one interpreter call for many windows from all devices.
+
+    A batch is flushed when it holds ``max_batch`` windows, when its oldest
+    reading has waited ``max_latency_ms``, or (``flush_when_idle``) as soon as
+    no more input is queued -- so a quiet system pays no waiting latency and a
+    busy one gets large batches.
+    """
+
+    model_config = _FROZEN
+
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 128
+    max_latency_ms: Annotated[float, Field(ge=0, le=10_000)] = 20.0
+    flush_when_idle: bool = True
+
+
+class InputSettings(BaseModel):
+    """Hand-off from the MQTT network thread to the inference worker.
+
+    The queue is bounded; when it is full the *newest* reading is dropped and
+    counted (``dropped_queue_full``): under overload the edge sheds load at the
+    door instead of growing latency without bound.
+    """
+
+    model_config = _FROZEN
+
+    qos: Literal[0, 1] = 0
+    queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_payload_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 256 * 1024
+
+
+class OutputSettings(BaseModel):
+    model_config = _FROZEN
+
+    qos: Literal[0, 1] = 1
+    batch_results: bool = Field(
+        default=False,
+        description="publish one JSON array per (device, model) per flush instead of one message per result",
+    )
+    deadletter: bool = Field(default=True, description="publish rejected input on deadletter/edge")
+
+
+class EdgeConfig(BaseModel):
+    model_config = _FROZEN
+
+    node_id: TopicLevel = Field(default_factory=default_node_id)
+    site: TopicLevel | None = None
+    mqtt: MqttSettings = MqttSettings(client_id=None)
+    pipelines: Annotated[list[PipelineSettings], Field(min_length=1)] = Field(
+        default_factory=lambda: [PipelineSettings()]
+    )
+    batching: BatchingSettings = BatchingSettings()
+    input: InputSettings = InputSettings()
+    output: OutputSettings = OutputSettings()
+    status_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+
+    @model_validator(mode="after")
+    def _unique_sensors(self) -> "EdgeConfig":
+        sensors = [p.sensor for p in self.pipelines]
+        if len(set(sensors)) != len(sensors):
+            raise ValueError("pipelines: each sensor may have only one pipeline")
+        return self
+
+
+def load_edge_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    return load_config(EdgeConfig, path, overrides)

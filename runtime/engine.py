@@ -1,0 +1,198 @@
+"""The edge's processing core: readings in, results out, no network.
+
+Why separate from the MQTT app: the same core runs in the app's worker
+thread, in benchmarks and in unit tests, and it never blocks on I/O.
+
+    ingest(topic, payload)  decode + validate (contract) -> sample stages -> window
+    flush()                 batch stages over all pending windows -> one
+                            interpreter call per model -> InferenceResult messages
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import ValidationError
+
+from runtime.common.errors import PayloadError
+from runtime.common.rejects import Rejects
+from runtime.config import PipelineSettings
+from runtime.contract import (
+    ContractError,
+    InferenceResult,
+    ModelRef,
+    decode_reading,
+    parse_sensor_topic,
+    result_topic,
+)
+from runtime.inference import TfliteModel
+from runtime.stages import Pipeline, StreamKey, Window, build_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    window: Window
+    received: float  # time.monotonic() when the completing reading arrived
+
+
+@dataclass
+class PipelineRunner:
+    """One sensor type: its pipeline, its model and the windows waiting for inference."""
+
+    settings: PipelineSettings
+    model: TfliteModel
+    pipeline: Pipeline
+    pending: list[_Pending] = field(default_factory=list)
+    last_seq: dict[StreamKey, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: PipelineSettings, model: TfliteModel) -> "PipelineRunner":
+        """Build the stages against this model; a shape mismatch raises ModelError here, at startup."""
+        pipeline = build_pipeline(settings.stages, settings.in_channels, model_stats=model.normalization)
+        model.check_pipeline_shape(pipeline.output_shape)
+        return cls(settings, model, pipeline)
+
+
+class Engine:
+    """Turns sensor messages into inference results, micro-batched across devices."""
+
+    def __init__(
+        self,
+        runners: list[PipelineRunner],
+        rejects: Rejects,
+        *,
+        node_id: str,
+        site: str | None = None,
+        max_payload_bytes: int = 256 * 1024,
+        batch_results: bool = False,
+    ) -> None:
+        self.runners = {r.settings.sensor: r for r in runners}
+        self.rejects = rejects
+        self.node_id = node_id
+        self.site = site
+        self.max_payload_bytes = max_payload_bytes
+        self.batch_results = batch_results
+        self.counters: Counter[str] = Counter()
+        self.oldest_pending: float | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(len(r.pending) for r in self.runners.values())
+
+    def models(self) -> dict[str, ModelRef]:
+        return {r.model.name: ModelRef(version=r.model.version, sha256=r.model.sha256) for r in self.runners.values()}
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, topic: str, payload: bytes, received: float) -> None:
+        """Validate one reading and feed it to its stream's window. Never raises for bad input."""
+        self.counters["readings_in"] += 1
+        try:
+            device, sensor = parse_sensor_topic(topic)
+            runner = self.runners.get(sensor)
+            if runner is None:
+                raise PayloadError("no_pipeline", f"no pipeline for sensor {sensor!r}")
+            reading = decode_reading(payload, self.max_payload_bytes)
+            key = (device, sensor)
+            if not self._in_sequence(runner, key, reading.seq):
+                return
+            samples = np.asarray(reading.values, dtype=np.float32)
+            if samples.ndim == 1:
+                samples = samples.reshape(1, -1)
+            windows = runner.pipeline.push(key, samples, reading.ts, reading.rate_hz, reading.seq)
+        except (ContractError, PayloadError) as exc:
+            self.rejects.reject(topic, payload, exc.reason, str(exc))
+            return
+        if windows:
+            if self.oldest_pending is None:
+                self.oldest_pending = received
+            runner.pending.extend(_Pending(w, received) for w in windows)
+
+    def _in_sequence(self, runner: PipelineRunner, key: StreamKey, seq: int) -> bool:
+        """Windows must be cut from contiguous samples.
+
+        A repeated or older ``seq`` (QoS 1 redelivery) is skipped; ``seq`` 0
+        after a higher one means the device restarted, and a gap means lost
+        readings: both start the stream's window afresh.
+        """
+        last = runner.last_seq.get(key)
+        if last is not None:
+            if seq == 0 and last > 0:
+                self.counters["stream_restarts"] += 1
+                runner.pipeline.reset(key)
+            elif seq <= last:
+                self.counters["stale_readings"] += 1
+                return False
+            elif seq > last + 1:
+                self.counters["sequence_gaps"] += 1
+                runner.pipeline.reset(key)
+        runner.last_seq[key] = seq
+        return True
+
+    # ------------------------------------------------------------------- flush
+
+    def flush(self) -> list[tuple[str, bytes]]:
+        """Run every pending window through its batch stages and model; return messages to publish."""
+        messages: list[tuple[str, bytes]] = []
+        for runner in self.runners.values():
+            if runner.pending:
+                pending, runner.pending = runner.pending, []
+                messages += self._infer(runner, pending)
+        self.oldest_pending = None
+        return messages
+
+    def _infer(self, runner: PipelineRunner, pending: list[_Pending]) -> list[tuple[str, bytes]]:
+        model = runner.model
+        features = runner.pipeline.transform([p.window.data for p in pending])
+        outputs = model.run(features)
+        scores = outputs[:, model.score_output]
+        done = time.monotonic()
+        results: list[InferenceResult] = []
+        for item, out, score in zip(pending, outputs.tolist(), scores.tolist()):
+            device, sensor = item.window.key
+            anomaly = score > model.threshold
+            try:
+                results.append(
+                    InferenceResult(
+                        device=device,
+                        sensor=sensor,
+                        model=model.name,
+                        model_version=model.version,
+                        model_sha256=model.sha256,
+                        ts=item.window.ts_end,
+                        seq=item.window.seq,
+                        outputs=out,
+                        score=score,
+                        anomaly=anomaly,
+                        label=model.labels[1] if anomaly else model.labels[0],
+                        latency_ms=(done - item.received) * 1000.0,
+                        node=self.node_id,
+                        site=self.site,
+                    )
+                )
+            except ValidationError as exc:  # e.g. a NaN score from a broken model
+                self.counters["invalid_outputs"] += 1
+                log.warning("model %s produced an invalid result for %s: %s", model.name, device, exc.errors()[0]["msg"])
+        self.counters["windows"] += len(pending)
+        self.counters["results_out"] += len(results)
+        self.counters["batches"] += 1
+        return self._encode(results)
+
+    def _encode(self, results: list[InferenceResult]) -> list[tuple[str, bytes]]:
+        if not self.batch_results:
+            return [
+                (result_topic(r.device, r.model), r.model_dump_json(exclude_none=True).encode()) for r in results
+            ]
+        grouped: dict[str, list[InferenceResult]] = {}
+        for r in results:
+            grouped.setdefault(result_topic(r.device, r.model), []).append(r)
+        return [
+            (topic, b"[" + b",".join(r.model_dump_json(exclude_none=True).encode() for r in group) + b"]")
+            for topic, group in grouped.items()
+        ]
