@@ -122,7 +122,7 @@ def parse_status_topic(topic: str) -> str:
 
 # --------------------------------------------------------------------------- messages
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
