@@ -55,7 +55,7 @@ class PipelineSettings(BaseModel):
     sensor: TopicLevel = "vibration"
     topic: str | None = Field(default=None, description="subscription filter; default sensors/+/{sensor}")
     in_channels: Annotated[int, Field(ge=1, le=64)] = 3
-    stages: list[StageConfig] = Field(default_factory=lambda: list(DEFAULT_VIBRATION_STAGES))  # type: ignore[arg-type]
+    stages: list[StageConfig] = Field(default_factory=lambda: list(DEFAULT_VIBRATION_STAGES), validate_default=True)  # type: ignore[arg-type]
     model: ModelSettings = ModelSettings()
 
     @property
