@@ -1,0 +1,80 @@
+# edgeloop: single entry points, the same on a laptop and in CI (.ci/run calls `make test`).
+# From a fresh clone on Debian/Ubuntu (root or sudo): `make test`, `make demo`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP       := $(VENV)/.stamp-edge-bridge-dev
+STAMP_TRAIN := $(VENV)/.stamp-train
+
+# binary:debian-package -- a package is installed only when its binary is missing.
+SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb \
+               influx:influxdb-client victoria-metrics:victoria-metrics
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.DEFAULT_GOAL := help
+.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench model clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+	@echo "  variables: PYTHON=$(PYTHON) PYTEST_ARGS= DEMO_ARGS= BENCH_ARGS="
+
+deps: ## apt-get install the test servers and python3-venv, only what is missing
+	@missing=""; \
+	for pair in $(SERVER_DEPS); do \
+	  bin=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	if ! command -v $(PYTHON) >/dev/null 2>&1; then \
+	  missing="$$missing python3 python3-venv"; \
+	elif [ ! -x $(VENV)/bin/pip ]; then \
+	  tmp=$$(mktemp -d); \
+	  $(PYTHON) -m venv $$tmp/v >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	  rm -rf $$tmp; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP) ## .venv with the edge, bridge and dev extras (rebuilt when pyproject.toml changes)
+
+$(STAMP): pyproject.toml
+	@[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv --clear $(VENV)
+	$(VENV)/bin/pip install -e '.[edge,bridge,dev]'
+	@touch $@
+
+venv-train: $(STAMP_TRAIN) ## .venv plus the train extra (tensorflow-cpu, large; for `make model`)
+
+$(STAMP_TRAIN): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -e '.[edge,bridge,dev,train]'
+	@touch $@
+
+test: deps venv ## every test tier (PYTEST_ARGS=... passes through)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+test-unit: venv ## tests/unit: pure logic, no servers
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: deps venv ## tests/integration: real mosquitto, influxd, VictoriaMetrics
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+test-e2e: deps venv ## tests/e2e: the whole loop
+	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+demo: deps venv ## run the demo (DEMO_ARGS=... passes through)
+	$(VENV)/bin/edgeloop demo $(DEMO_ARGS)
+
+bench: deps venv ## run the benchmarks (BENCH_ARGS=... passes through)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+model: deps venv-train ## train and convert the bundled model (needs the train extra)
+	$(VENV)/bin/edgeloop model build
+
+clean: ## remove caches and build output (keeps .venv)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .demo
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)
