@@ -1,0 +1,182 @@
+"""Configuration of the cloud bridge, validated before any connection opens.
+
+Why a model per section: unknown keys and bad values must fail at startup
+with the file and the field named (``bridge.yaml: influx.bucket: ...``), never
+as a runtime surprise; secrets are ``SecretStr`` so they never reach a log.
+
+Example ``bridge.yaml``::
+
+    mqtt: {url: "mqtt://broker:1883"}
+    subscribe: ["results/+/+", "status/+"]
+    influx:
+      api: v1                      # v1: POST /write (InfluxDB 1.x); v2: influxdb-client /api/v2/write
+      url: http://influxdb:8086
+      db: edgeloop
+      tags: {env: prod}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from runtime.common.configfile import load_config
+from runtime.common.mqtt import MqttSettings
+
+DEFAULT_CLIENT_ID = "edgeloop-bridge"
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+#: Tags the schema writes itself; static tags must not shadow them.
+RESERVED_TAGS = frozenset({"device", "sensor", "model", "model_version", "node", "site", "time"})
+
+_TAG_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_UNSAFE_RE = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+def _safe_name(value: str, what: str) -> str:
+    """Names and static tag values go into line protocol verbatim-escaped; refuse what cannot."""
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if _UNSAFE_RE.search(value):
+        raise ValueError(f"{what} {value!r} must not contain backslashes or control characters")
+    if value.startswith("_"):
+        raise ValueError(f"{what} {value!r} must not start with '_' (reserved by InfluxDB)")
+    return value
+
+
+class Measurements(BaseModel):
+    """Measurement names for the two kinds of points the bridge writes."""
+
+    model_config = _STRICT
+
+    results: str = "inference"
+    status: str = "node_status"
+
+    @field_validator("results", "status")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _safe_name(value, "measurement name")
+
+
+class InfluxSettings(BaseModel):
+    """Where and how to write. ``api: v1`` needs ``db``; ``api: v2`` needs ``bucket`` and ``org``.
+
+    All three default to ``edgeloop`` so the defaults are a valid config;
+    setting the one the chosen API needs to null or "" is an error.
+    """
+
+    model_config = _STRICT
+
+    api: Literal["v1", "v2"] = "v2"
+    url: str = "http://127.0.0.1:8086"
+    # v1 (InfluxDB 1.x /write)
+    db: str | None = "edgeloop"
+    rp: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    # v2 (influxdb-client, InfluxDB 2.x or anything speaking /api/v2/write)
+    bucket: str | None = "edgeloop"
+    org: str | None = "edgeloop"
+    token: SecretStr | None = None
+    token_file: Path | None = Field(default=None, description="file holding the token; read at startup")
+    # batching and transport
+    batch_size: Annotated[int, Field(gt=0, le=1_000_000)] = 5000
+    batch_max_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
+    flush_interval_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 1000
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    gzip: bool = False
+    # schema
+    measurements: Measurements = Measurements()
+    tags: dict[str, str] = Field(default_factory=dict, description="static tags added to every point")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        try:
+            parts.port  # noqa: B018 -- raises on a non-numeric port
+        except ValueError:
+            raise ValueError("port must be a number 1-65535") from None
+        return url.rstrip("/")
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _read_token(path)
+        return path
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key, value in tags.items():
+            if not _TAG_KEY_RE.match(key):
+                raise ValueError(f"tag key {key!r} must match {_TAG_KEY_RE.pattern}")
+            if key in RESERVED_TAGS:
+                raise ValueError(f"tag key {key!r} is written by the bridge itself")
+            _safe_name(value, f"value of tag {key!r}")
+        return tags
+
+    @model_validator(mode="after")
+    def _api_fields(self) -> "InfluxSettings":
+        if self.api == "v1":
+            if not self.db:
+                raise ValueError("api v1 needs 'db' (the InfluxDB 1.x database)")
+        else:
+            missing = [name for name in ("bucket", "org") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"api v2 needs {' and '.join(repr(m) for m in missing)}")
+            if self.token is not None and self.token_file is not None:
+                raise ValueError("set 'token' or 'token_file', not both")
+            if self.token_file is not None:
+                # Frozen model: the file is resolved once here, at startup.
+                object.__setattr__(self, "token", SecretStr(_read_token(self.token_file)))
+        return self
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read token file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise ValueError(f"token file {str(path)!r} is empty")
+    return token
+
+
+class BridgeConfig(BaseModel):
+    """The whole bridge: MQTT in, InfluxDB out."""
+
+    model_config = _STRICT
+
+    mqtt: MqttSettings = MqttSettings(client_id=DEFAULT_CLIENT_ID)
+    subscribe: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1)] = [
+        "results/+/+",
+        "status/+",
+    ]
+    qos: Literal[0, 1] = 1
+    max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = 262144
+    queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    influx: InfluxSettings = InfluxSettings()
+
+    @field_validator("mqtt")
+    @classmethod
+    def _client_id(cls, mqtt: MqttSettings) -> MqttSettings:
+        return mqtt if mqtt.client_id else mqtt.model_copy(update={"client_id": DEFAULT_CLIENT_ID})
+
+
+def load_bridge_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BridgeConfig:
+    """Read ``path`` (optional; ``${ENV}`` expanded), merge ``overrides``, validate.
+
+    Raises ``runtime.common.errors.ConfigError`` naming the file and the field.
+    """
+    return load_config(BridgeConfig, path, overrides or {})

@@ -1,0 +1,96 @@
+"""The bridge when its peers fail: influxd down, a missing database, a broker restart."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from servers import InfluxDB1, eventually
+
+from cloud_bridge import Bridge, BridgeConfig
+from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
+
+SHA = "ab" * 32
+NOW = time.time() - 600
+
+
+def messages(uid: str, seqs: range) -> list[tuple[str, bytes]]:
+    topic = f"results/dev-{uid}/m1"
+    return [
+        (topic, json.dumps({"device": f"dev-{uid}", "sensor": "s", "model": "m1", "model_version": "1",
+                            "model_sha256": SHA, "ts": NOW + seq, "seq": seq, "outputs": [0.5], "score": 0.1,
+                            "anomaly": False, "label": "ok", "latency_ms": 1.0}).encode())
+        for seq in seqs
+    ]
+
+
+def publish(mosquitto, uid: str, items: list[tuple[str, bytes]]) -> None:
+    link = MqttLink(MqttSettings(url=mosquitto.url), f"pub-{uid}-{time.monotonic_ns()}")
+    link.start(5)
+    try:
+        assert wait_for_all([link.publish(t, p, qos=1) for t, p in items], 15)
+    finally:
+        link.stop()
+
+
+def count(influxdb: InfluxDB1, db: str) -> int:
+    rows = influxdb.points('SELECT count("seq") FROM inference', db)
+    return rows[0]["count"] if rows else 0
+
+
+def config(mosquitto, uid: str, influxdb: InfluxDB1, db: str) -> BridgeConfig:
+    return BridgeConfig.model_validate({
+        "mqtt": {"url": mosquitto.url, "client_id": f"bridge-{uid}", "reconnect_min_s": 0.5, "reconnect_max_s": 2},
+        "influx": {"api": "v1", "url": influxdb.url, "db": db, "batch_size": 100, "flush_interval_ms": 50,
+                   "timeout_s": 2},
+    })
+
+
+def test_influxd_down_then_back_nothing_is_lost(tmp_path, mosquitto, unique_id):
+    db = f"faults_{unique_id}"
+    with InfluxDB1(tmp_path / "influxdb") as influxdb:
+        influxdb.create_database(db)
+        bridge = Bridge(config(mosquitto, unique_id, influxdb, db))
+        bridge.start(5)
+        try:
+            influxdb.kill()
+            publish(mosquitto, unique_id, messages(unique_id, range(50)))
+            eventually(lambda: bridge.stats()["retries"] >= 2, timeout=15, message="bridge retries while influxd is down")
+            assert bridge.stats()["write_errors"].get("unavailable", 0) >= 2
+            influxdb.restart()
+            eventually(lambda: count(influxdb, db) == 50, timeout=30, message="all points written after restart")
+            stats = bridge.stats()
+            assert stats["points_written"] == 50 and stats["points_dropped"] == 0
+        finally:
+            assert bridge.stop(timeout_s=10)
+
+
+def test_missing_database_drops_loudly_and_recovers_when_it_exists(mosquitto, influxdb, unique_id):
+    db = f"later_{unique_id}"
+    bridge = Bridge(config(mosquitto, unique_id, influxdb, db))
+    bridge.start(5)
+    try:
+        publish(mosquitto, unique_id, messages(unique_id, range(10)))
+        eventually(lambda: bridge.stats()["points_dropped"] == 10, timeout=15, message="404 batch dropped")
+        assert bridge.stats()["write_errors"] == {"fatal": 1} and bridge.stats()["retries"] == 0
+        influxdb.create_database(db)
+        publish(mosquitto, unique_id, messages(unique_id, range(10, 20)))
+        eventually(lambda: count(influxdb, db) == 10, timeout=15, message="written once the database exists")
+    finally:
+        bridge.stop(timeout_s=10)
+
+
+def test_broker_restart_resubscribes(mosquitto, influxdb, unique_id):
+    db = f"broker_{unique_id}"
+    influxdb.create_database(db)
+    bridge = Bridge(config(mosquitto, unique_id, influxdb, db))
+    bridge.start(5)
+    try:
+        publish(mosquitto, unique_id, messages(unique_id, range(5)))
+        eventually(lambda: count(influxdb, db) == 5, timeout=15)
+        mosquitto.restart()
+        eventually(lambda: bridge.stats()["mqtt_reconnects"] >= 1, timeout=20, message="bridge reconnected")
+        publish(mosquitto, unique_id, messages(unique_id, range(5, 10)))
+        eventually(lambda: count(influxdb, db) == 10, timeout=15, message="written after broker restart")
+    finally:
+        assert bridge.stop(timeout_s=10)

@@ -1,0 +1,99 @@
+"""HTTP outcome -> typed sink error, table-driven from what influxd 1.6.7 and VictoriaMetrics answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud_bridge.config import InfluxSettings
+from cloud_bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
+from cloud_bridge.sinks import InfluxV1Sink, InfluxV2Sink, classify, make_sink
+from runtime.common.errors import EdgeloopError, TransientError
+
+
+@pytest.mark.parametrize("status", [200, 204])
+def test_success(status):
+    assert classify(status, b"") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "dropped"),
+    [
+        (
+            400,
+            b'{"error":"partial write: field type conflict: input field \\"x\\" on measurement \\"m\\" '
+            b'is type string, already exists as type float dropped=2"}',
+            PartialWrite,
+            2,
+        ),
+        (400, b'{"error":"partial write: unable to parse \'m x= 7\': missing field value dropped=0"}', PartialWrite, 0),
+        (400, b'{"error":"unable to parse \'m x=\': missing field value"}', PartialWrite, None),
+        (400, b'{"code":"invalid","message":"unable to parse points"}', PartialWrite, None),
+        (401, b'{"error":"authorization failed"}', Fatal, None),
+        (403, b"", Fatal, None),
+        (404, b'{"error":"database not found: \\"nope\\""}', Fatal, None),
+        (413, b"", Fatal, None),
+        (500, b'{"error":"retention policy not found: nope"}', Fatal, None),
+        (500, b'{"error":"timeout"}', Unavailable, None),
+        (502, b"<html>bad gateway</html>", Unavailable, None),
+        (429, b"", Throttled, None),
+        (503, b'{"message":"too busy"}', Throttled, None),
+        (418, b"", Fatal, None),
+    ],
+)
+def test_http_errors_are_typed(status, body, kind, dropped):
+    error = classify(status, body)
+    assert type(error) is kind and isinstance(error, SinkError) and isinstance(error, EdgeloopError)
+    assert error.status == status
+    if kind is PartialWrite:
+        assert error.dropped == dropped
+        assert "partial write" not in error.reason or error.reason.startswith("partial write")
+    assert isinstance(error, TransientError) == (kind in (Throttled, Unavailable))
+
+
+def test_server_message_is_kept():
+    error = classify(404, b'{"error":"database not found: \\"nope\\""}')
+    assert 'database not found: "nope"' in str(error)
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), ("0.5", 0.5), (None, None), ("soon", None)])
+def test_retry_after(header, seconds):
+    error = classify(429, b"", header)
+    assert error.retry_after == seconds
+
+
+def test_retry_after_http_date_is_in_the_future_or_zero():
+    error = classify(503, b"", "Wed, 21 Oct 2015 07:28:00 GMT")
+    assert error.retry_after == 0.0
+
+
+def test_factory_and_urls():
+    v1 = make_sink(InfluxSettings(api="v1", url="http://db:8086/", db="my db", rp="week"))
+    assert isinstance(v1, InfluxV1Sink)
+    assert v1.url == "http://db:8086/write?db=my+db&precision=ns&rp=week"
+    v1.close()
+    v2 = make_sink(InfluxSettings(api="v2", token="t"))
+    assert isinstance(v2, InfluxV2Sink)
+    v2.close()
+
+
+def test_v1_basic_auth_header_is_set_and_secret_not_in_url():
+    sink = InfluxV1Sink(InfluxSettings(api="v1", username="writer", password="pw"))
+    assert sink._headers["Authorization"] == "Basic d3JpdGVyOnB3"
+    assert "pw" not in sink.url
+    sink.close()
+
+
+def test_connection_refused_is_unavailable():
+    # Port 9 (discard) on loopback: nothing listens there on a test machine.
+    for api in ("v1", "v2"):
+        sink = make_sink(InfluxSettings(api=api, url="http://127.0.0.1:9", token="t", timeout_s=2))
+        with pytest.raises(Unavailable) as info:
+            sink.write(["m x=1.0 1"])
+        assert info.value.__cause__ is not None
+        sink.close()
+
+
+def test_empty_batch_is_a_no_op():
+    sink = make_sink(InfluxSettings(api="v1", url="http://127.0.0.1:9"))
+    sink.write([])
+    sink.close()
