@@ -147,7 +147,9 @@ def simulate(
     if duration_s is not None and duration_s < 0:
         raise ValueError(f"duration_s must be >= 0, got {duration_s}")
     if rate_hz is not None and not 0 <= rate_hz <= MAX_RATE_HZ:
-        raise ValueError(f"rate_hz must be within 0..{MAX_RATE_HZ:g} (0 = as fast as possible), got {rate_hz}")
+        raise ValueError(
+            f"rate_hz must be within 0..{MAX_RATE_HZ:g} (0 = as fast as possible), got {rate_hz}"
+        )
     settings = broker_url if isinstance(broker_url, MqttSettings) else MqttSettings(url=broker_url)
 
     natural = FleetSimulator(1, seed=seed, sensors=sensors).readings_per_s
@@ -195,14 +197,20 @@ def simulate(
                 "sensors": list(sim.sensors),
             }
             truth.write(json.dumps(header) + "\n")
-        _publish_loop(sim, link, report, qos, paced, start_mono, count, duration_s, stop, truth, ack_timeout_s)
+        _publish_loop(
+            sim, link, report, qos, paced, start_mono, count, duration_s, stop, truth, ack_timeout_s
+        )
     finally:
         if truth is not None:
             truth.close()
         link.stop()
     log.info(
         "simulation sent %d readings from %d devices in %.1fs (%d failed, %d fault readings)",
-        report.total_sent, n_devices, report.elapsed_s, report.failed, report.fault_readings,
+        report.total_sent,
+        n_devices,
+        report.elapsed_s,
+        report.failed,
+        report.fault_readings,
     )
     return report
 
@@ -269,7 +277,13 @@ def _publish_loop(
             if sensor == VIBRATION:
                 report.faults.append((device, reading.seq))
             if truth is not None:
-                line = {"kind": "fault", "device": device, "sensor": sensor, "seq": reading.seq, "ts": reading.ts}
+                line = {
+                    "kind": "fault",
+                    "device": device,
+                    "sensor": sensor,
+                    "seq": reading.seq,
+                    "ts": reading.ts,
+                }
                 truth.write(json.dumps(line) + "\n")
         if count is not None:
             per_device[device] += 1

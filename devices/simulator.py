@@ -104,7 +104,9 @@ class DeviceProfile:
             device=device_id(index),
             shaft_hz=float(rng.uniform(20.0, 35.0)),
             harmonics=harmonics,
-            phases=tuple(tuple(float(p) for p in rng.uniform(0, 2 * math.pi, len(harmonics))) for _ in range(3)),
+            phases=tuple(
+                tuple(float(p) for p in rng.uniform(0, 2 * math.pi, len(harmonics))) for _ in range(3)
+            ),
             amplitude_g=float(rng.uniform(0.3, 0.8)),
             axis_gain=(1.0, float(rng.uniform(0.6, 1.0)), float(rng.uniform(0.2, 0.5))),
             noise_g=float(rng.uniform(0.03, 0.06)),
@@ -212,7 +214,9 @@ class FleetSimulator:
         if not 1 <= chunk_size <= 4096:
             raise ValueError(f"chunk_size must be 1..4096, got {chunk_size}")
         if not 0 < fault_duration_s[0] <= fault_duration_s[1]:
-            raise ValueError(f"fault_duration_s must be (min, max) with 0 < min <= max, got {fault_duration_s}")
+            raise ValueError(
+                f"fault_duration_s must be (min, max) with 0 < min <= max, got {fault_duration_s}"
+            )
         unknown = set(sensors) - set(SENSORS)
         if unknown or not sensors:
             raise ValueError(f"sensors must be a non-empty subset of {SENSORS}, got {sensors}")
@@ -239,12 +243,8 @@ class FleetSimulator:
         self.fault_start_p = anomaly_rate
 
         self.devices = [DeviceProfile.draw(seed, i, self.chunk_s) for i in range(n_devices)]
-        self._faults = [
-            _Faults(seed, i, self.fault_start_p, *self.fault_chunks) for i in range(n_devices)
-        ]
-        self._topics = {
-            (d.index, s): sensor_topic(d.device, s) for d in self.devices for s in self.sensors
-        }
+        self._faults = [_Faults(seed, i, self.fault_start_p, *self.fault_chunks) for i in range(n_devices)]
+        self._topics = {(d.index, s): sensor_topic(d.device, s) for d in self.devices for s in self.sensors}
 
     # ------------------------------------------------------------------ rates and ground truth
 
@@ -375,7 +375,11 @@ class FleetSimulator:
             speed = self.drift_speed if bool(self.drifted(t_start)) else 1.0
             period = 1.0 / (prof.fault_ratio * prof.shaft_hz * speed)
             tau = np.mod(t[lo:hi] - t_start, period)
-            impact = faults.severity[i] * np.exp(-tau / _IMPACT_DECAY_S) * np.sin(2 * math.pi * prof.resonance_hz * tau)
+            impact = (
+                faults.severity[i]
+                * np.exp(-tau / _IMPACT_DECAY_S)
+                * np.sin(2 * math.pi * prof.resonance_hz * tau)
+            )
             out[lo:hi, 0] += impact
             out[lo:hi, 1] += 0.8 * impact
             out[lo:hi, 2] += 0.4 * impact
@@ -387,7 +391,9 @@ class FleetSimulator:
         block = self.vibration_samples(device, index * self.chunk_size, self.chunk_size)
         return block.samples, FAULT_LABEL if block.fault.any() else None
 
-    def temperature(self, device: int | str, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def temperature(
+        self, device: int | str, first: int, count: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Temperature readings ``first .. first+count-1``: (t seconds, celsius, fault mask)."""
         idx = self._index(device)
         prof = self.devices[idx]
@@ -414,7 +420,9 @@ class FleetSimulator:
 
     # ------------------------------------------------------------------ the reading stream
 
-    def _device_stream(self, idx: int, block_chunks: int) -> Iterator[tuple[float, int, int, int, str, SensorReading]]:
+    def _device_stream(
+        self, idx: int, block_chunks: int
+    ) -> Iterator[tuple[float, int, int, int, str, SensorReading]]:
         """One device's readings in time order, as heap-mergeable tuples."""
         prof = self.devices[idx]
         sample_rate = self.rate_hz / self.time_scale
@@ -426,7 +434,9 @@ class FleetSimulator:
         while True:
             events: list[tuple[float, int, int, int, str, SensorReading]] = []
             if vib_topic is not None:
-                blk = self.vibration_samples(idx, b * block_chunks * self.chunk_size, block_chunks * self.chunk_size)
+                blk = self.vibration_samples(
+                    idx, b * block_chunks * self.chunk_size, block_chunks * self.chunk_size
+                )
                 chunks = np.round(blk.samples.astype(np.float64), self.decimals)
                 rows = chunks.tolist()
                 faulty = blk.fault.reshape(block_chunks, self.chunk_size).any(axis=1).tolist()
@@ -479,11 +489,9 @@ class FleetSimulator:
         if count == 0:
             return
         streams = [self._device_stream(i, 16) for i in range(self.n_devices)]
-        produced = 0
-        for t, _idx, _s, _seq, topic, reading in heapq.merge(*streams):
+        for produced, (t, _idx, _s, _seq, topic, reading) in enumerate(heapq.merge(*streams), start=1):
             if duration_s is not None and t >= duration_s:
                 return
             yield topic, reading
-            produced += 1
             if count is not None and produced >= count:
                 return

@@ -19,8 +19,9 @@ from runtime.contract import SensorReading, parse_sensor_topic
 def subscriber(mosquitto: Mosquitto, unique_id: str):
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscribed: queue.Queue = queue.Queue()
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{unique_id}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{unique_id}", protocol=mqtt.MQTTv5
+    )
     client.on_message = lambda _c, _u, msg: received.put((msg.topic, msg.payload))
     client.on_subscribe = lambda _c, _u, _mid, codes, _p: subscribed.put(codes)
     client.connect(mosquitto.host, mosquitto.port)
@@ -50,8 +51,18 @@ def _drain(received: queue.Queue, expected: int, timeout: float = 10.0) -> list[
 @pytest.mark.parametrize("qos", [0, 1])
 def test_paced_run_delivers_exactly_the_reported_count(mosquitto, subscriber, tmp_path, qos):
     truth = tmp_path / "truth.jsonl"
-    report = simulate(mosquitto.url, n_devices=3, rate_hz=200.0, count=40, seed=4, anomaly_rate=0.05,
-                      drift_at_s=0.1, qos=qos, truth_path=truth, client_id=f"sim-q{qos}")
+    report = simulate(
+        mosquitto.url,
+        n_devices=3,
+        rate_hz=200.0,
+        count=40,
+        seed=4,
+        anomaly_rate=0.05,
+        drift_at_s=0.1,
+        qos=qos,
+        truth_path=truth,
+        client_id=f"sim-q{qos}",
+    )
     assert report.total_sent == 3 * 40 and report.failed == 0
     assert all(sum(sensors.values()) == 40 for sensors in report.sent.values())
     if qos:
@@ -62,7 +73,9 @@ def test_paced_run_delivers_exactly_the_reported_count(mosquitto, subscriber, tm
     got = _drain(subscriber, report.total_sent)
     assert len(got) == report.total_sent
     readings = [(parse_sensor_topic(t), SensorReading.model_validate_json(p)) for t, p in got]
-    faults = sorted((dev, r.seq) for (dev, sensor), r in readings if sensor == "vibration" and r.label == "fault")
+    faults = sorted(
+        (dev, r.seq) for (dev, sensor), r in readings if sensor == "vibration" and r.label == "fault"
+    )
     assert faults == sorted(report.faults) and faults
 
     lines = [json.loads(line) for line in truth.read_text().splitlines()]

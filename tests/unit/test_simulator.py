@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 
@@ -125,7 +126,7 @@ def test_fault_episodes_last_half_a_second_to_two_seconds():
     assert len(intervals) > 50
     lengths = np.array([b - a for a, b in intervals])
     assert lengths.min() >= 0.5 - sim.chunk_s and lengths.max() <= 2.0 + sim.chunk_s
-    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(intervals, intervals[1:]))
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(intervals))
 
 
 def test_labels_follow_the_fault_schedule_and_zero_rate_has_none():

@@ -30,7 +30,10 @@ def test_bad_arguments_fail_before_connecting(kwargs, message):
 
 def test_report_summary_is_plain_data():
     report = SimulationReport(n_devices=2, seed=1, rate_hz=10.0, time_scale=1.6625, start_ts=1.7e9, qos=0)
-    report.sent = {"dev-000": {"vibration": 5, "temperature": 1}, "dev-001": {"vibration": 4, "temperature": 0}}
+    report.sent = {
+        "dev-000": {"vibration": 5, "temperature": 1},
+        "dev-001": {"vibration": 4, "temperature": 0},
+    }
     report.faults = [("dev-000", 3)]
     report.elapsed_s = 1.0
     summary = report.summary()
