@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.parse
 
 import pytest
 from servers import eventually, http
 
-from cloud_bridge import Bridge, BridgeConfig
+from cloud_bridge import Bridge, BridgeConfig, run_bridge
 from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
 
 SHA = "0123456789abcdef" * 4
@@ -308,3 +309,16 @@ def test_v2_results_reach_victoria_metrics_through_influxdb_client(mosquitto, vi
     assert labels == {"__name__": "inference_score", "device": f"dev-{unique_id}", "sensor": "accel", "model": "m1",
                       "model_version": "1.2.0", "node": f"edge-{unique_id}", "site": "plant-a", "env": "test"}
     assert bridge.stats()["write_errors"] == {}
+
+
+
+def test_run_bridge_returns_0_after_the_stop_event_and_a_complete_drain(mosquitto, influx_db, unique_id, clients):
+    influxdb, db = influx_db
+    node = f"edge-{unique_id}"
+    status = {"node": node, "state": "online", "ts": NOW}
+    clients("pub").publish_all([(f"status/{node}", json.dumps(status).encode())], retain=True)
+    cfg = bridge_config(mosquitto, unique_id, {"api": "v1", "url": influxdb.url, "db": db, "flush_interval_ms": 600_000})
+    stop = threading.Event()
+    stop.set()  # stop at once: the retained status arrives before the UNSUBACK, so the drain must write it
+    assert run_bridge(cfg, stop) == 0
+    assert [r["node"] for r in influx_rows(influxdb, "SELECT * FROM node_status", db)] == [node]

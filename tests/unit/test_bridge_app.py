@@ -14,6 +14,7 @@ import pytest
 from paho.mqtt.client import MQTTMessage
 
 import cloud_bridge.app as app_module
+import cloud_bridge.batching as batching_module
 from cloud_bridge.app import Bridge
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
@@ -63,8 +64,15 @@ def eventually(fn, timeout=5.0):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(app_module, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(batching_module, "RETRY_FIRST_S", 0.01)
     monkeypatch.setattr(app_module, "QUEUE_BLOCK_S", 0.05)
+
+
+def start_writer_only(bridge: Bridge) -> None:
+    """What ``start()`` does, minus connecting to a broker."""
+    bridge._started = True
+    bridge._writer = batching_module.BatchWriter(bridge._sink, bridge.rejects, "influx:edgeloop", bridge._settle)
+    bridge._thread.start()
 
 
 def make_bridge(sink, **influx) -> tuple[Bridge, list]:
@@ -74,8 +82,7 @@ def make_bridge(sink, **influx) -> tuple[Bridge, list]:
     bridge = Bridge(cfg, sink=sink)
     letters: list = []
     bridge.rejects.publish = lambda topic, payload: letters.append((topic, json.loads(payload)))
-    bridge._started = True  # writer only: no broker in unit tests
-    bridge._writer.start()
+    start_writer_only(bridge)
     return bridge, letters
 
 

@@ -1,0 +1,156 @@
+"""A batch of lines and the policy for getting it into the database.
+
+Why separate from the app: what to do when a write fails is the one piece of
+the bridge with real decisions in it (Telegraf keeps it in the agent, not in
+the outputs), and it is easiest to read and test on its own:
+
+- Throttled / Unavailable: keep the batch and retry it with capped exponential
+  backoff and full jitter (honouring Retry-After), until it is written or the
+  bridge is stopping and its drain deadline has passed.
+- PartialWrite: influxd stored the good points; move on and dead-letter a
+  summary with the server's reason (the server names only the first bad line).
+- Fatal, or an unexpected exception from a sink: log an error, count, drop.
+
+A batch remembers the deliveries (messages) its lines came from and hands
+them to ``on_settled`` when it is done with them either way: that is where
+MQTT acks go once delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from runtime.common.ratelimit import RateLimitedLog
+from runtime.common.rejects import Rejects
+
+from cloud_bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
+from cloud_bridge.sinks import Sink
+
+log = logging.getLogger("cloud_bridge")
+
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 30.0
+
+
+class Batch:
+    """Lines waiting to be written, their size, and the deliveries they came from."""
+
+    __slots__ = ("lines", "nbytes", "deliveries", "started")
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.nbytes = 0
+        self.deliveries: list[str] = []
+        self.started = 0.0
+
+    def add(self, lines: list[str], delivery: str) -> None:
+        if not self.lines:
+            self.started = time.monotonic()
+        self.lines.extend(lines)
+        self.nbytes += sum(map(len, lines))
+        self.deliveries.append(delivery)
+
+
+class BatchWriter:
+    """Writes batches through a sink with the retry policy above; counts everything; never raises."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        rejects: Rejects,
+        target: str,
+        on_settled: Callable[[list[str]], None],
+    ) -> None:
+        self.sink = sink
+        self.rejects = rejects
+        self.target = target
+        self.on_settled = on_settled
+        self.give_up_at: float | None = None  # monotonic deadline while stopping
+        self.halt = False
+        self.points_written = 0
+        self.points_refused = 0
+        self.points_dropped = 0
+        self.given_up_at_stop = 0
+        self.batches = 0
+        self.retries = 0
+        self.errors: Counter[str] = Counter()
+        self._wake = threading.Event()
+        self._rng = random.Random()
+        self._log = RateLimitedLog(log)
+
+    def stopping(self, deadline: float) -> None:
+        """From now on, give up retrying at ``deadline`` (monotonic) and wake any backoff sleep."""
+        self.give_up_at = deadline
+        self._wake.set()
+
+    def give_up(self, batch: Batch) -> None:
+        self.points_dropped += len(batch.lines)
+        self.given_up_at_stop += len(batch.deliveries)
+
+    def write(self, batch: Batch) -> None:
+        attempt = 0
+        n = len(batch.lines)
+        while True:
+            try:
+                self.sink.write(batch.lines)
+            except (Throttled, Unavailable) as exc:
+                kind = "throttled" if isinstance(exc, Throttled) else "unavailable"
+                self.errors[kind] += 1
+                if self.halt or (self.give_up_at is not None and time.monotonic() >= self.give_up_at):
+                    log.error("stopping: dropped a batch of %d points after %d attempts: %s", n, attempt + 1, exc)
+                    self.give_up(batch)
+                    break
+                delay = self._backoff(attempt, exc)
+                attempt += 1
+                self.retries += 1
+                self._log.warning(kind, "write of %d points failed (%s), retry %d in %.2fs", n, exc, attempt, delay)
+                self._sleep(delay)
+                continue
+            except PartialWrite as exc:
+                self.errors["partial"] += 1
+                refused = min(n, exc.dropped or 0)
+                self.points_written += n - refused
+                self.points_refused += refused
+                self._deadletter_partial(batch, exc)
+            except Fatal as exc:
+                self.errors["fatal"] += 1
+                self.points_dropped += n
+                log.error("database refused a batch of %d points, dropped it (fix the config): %s", n, exc)
+            except Exception as exc:  # noqa: BLE001 -- a sink bug costs one batch, not the bridge
+                self.errors["unexpected"] += 1
+                self.points_dropped += n
+                log.exception("unexpected error writing %d points, dropped them: %r", n, exc)
+            else:
+                self.points_written += n
+            break
+        self.batches += 1
+        self.on_settled(batch.deliveries)
+
+    def _backoff(self, attempt: int, exc: Exception) -> float:
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2**attempt)
+        delay = self._rng.uniform(delay / 2, delay)
+        if isinstance(exc, Throttled) and exc.retry_after is not None:
+            delay = min(RETRY_MAX_S, max(delay, exc.retry_after))
+        return delay
+
+    def _sleep(self, delay: float) -> None:
+        if self.give_up_at is None:
+            self._wake.wait(delay)  # stopping() wakes us to re-check the deadline
+        else:
+            time.sleep(max(0.0, min(delay, self.give_up_at - time.monotonic())))
+
+    def _deadletter_partial(self, batch: Batch, exc: PartialWrite) -> None:
+        summary = {
+            "points": len(batch.lines),
+            "dropped": exc.dropped,
+            "reason": exc.reason,
+            "topics": sorted(set(batch.deliveries))[:20],
+            "first_line": batch.lines[0][:400],
+        }
+        self.rejects.reject(self.target, json.dumps(summary).encode(), "partial_write", exc.reason)
