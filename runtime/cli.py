@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = devices.add_parser("simulate", help="simulated machines publishing vibration and temperature")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     p.add_argument("--devices", type=int, default=5)
-    p.add_argument("--rate", type=float, default=15.625, help="vibration readings per second per device (0 = flat out)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="readings per second per device, both sensors (default: real time, 16.625; 0 = flat out)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--count", type=int, help="readings per device, then stop")
     group.add_argument("--duration", type=float, help="seconds, then stop")
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole loop on this machine, with its own broker and InfluxDB")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--rate", type=float, default=15.625, help="readings per second per device")
+    p.add_argument("--rate", type=float, default=None, help="readings per second per device (default: real time)")
     p.set_defaults(func=cmd_demo)
     return parser
 

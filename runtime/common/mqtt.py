@@ -162,6 +162,7 @@ class MqttLink:
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
         self._rng = random.Random()
+        self._stopping = False
 
         self.v5 = settings.protocol == "5"
         self.client = paho.Client(
@@ -220,7 +221,7 @@ class MqttLink:
     def _handle_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected:
+        if was_connected and not self._stopping:
             log.warning("disconnected from %s: %s", redact_url(self.settings.url), reason_code)
         self._jitter_reconnect()
 
@@ -254,6 +255,7 @@ class MqttLink:
 
     def stop(self, final: tuple[str, bytes] | None = None, timeout_s: float = 5.0) -> None:
         """Optionally publish ``final`` (retained, e.g. an offline status), then disconnect."""
+        self._stopping = True
         if final is not None and self.connected.is_set():
             info = self.client.publish(final[0], final[1], qos=1, retain=True)
             try:
