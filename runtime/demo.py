@@ -1,0 +1,202 @@
+"""``edgeloop demo``: the whole path on one machine, then a scorecard.
+
+Starts its own mosquitto and InfluxDB 1.x on free loopback ports, the edge
+runtime as a separate process (exactly ``edgeloop edge run``), the bridge,
+and simulated machines with injected faults; shows live progress; prints
+what was sent, stored and flagged; and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from runtime.common.errors import ConfigError
+from runtime.config import DEFAULT_VIBRATION_STAGES
+from runtime.contract import NodeStatus
+
+NODE = "demo-edge"
+DB = "edgeloop"
+
+
+@dataclass
+class _Watch:
+    """Counts results and statuses seen on the broker, for the live progress line."""
+
+    results: int = 0
+    anomalies: int = 0
+    edge_online: threading.Event = field(default_factory=threading.Event)
+
+    def on_message(self, _client, _userdata, msg) -> None:  # noqa: ANN001
+        if msg.topic.startswith("results/"):
+            self.results += 1
+            self.anomalies += b'"anomaly":true' in msg.payload
+        elif msg.topic == f"status/{NODE}":
+            try:
+                if NodeStatus.model_validate_json(msg.payload).state == "online":
+                    self.edge_online.set()
+            except ValueError:
+                pass
+
+
+def _require_binaries() -> None:
+    missing = [b for b in ("mosquitto", "influxd") if not (shutil.which(b) or Path(f"/usr/sbin/{b}").exists())]
+    if missing:
+        raise ConfigError(
+            "demo", [f"{', '.join(missing)} not found: run `make demo` (installs them) or apt-get install mosquitto influxdb"]
+        )
+
+
+def _window_span() -> int:
+    """How many consecutive readings one window covers with the default pipeline (64-sample readings)."""
+    size = next(s["size"] for s in DEFAULT_VIBRATION_STAGES if s["type"] == "window")
+    return math.ceil(size / 64)
+
+
+def score_detection(faults: list[tuple[str, int]], rows: list[dict], span: int) -> dict:
+    """Compare flagged windows with injected faults.
+
+    A fault episode is a run of consecutive fault readings on one device; it is
+    detected if any window overlapping it was flagged. A window (device, seq)
+    overlaps readings seq-span+1..seq.
+    """
+    fault_set = set(faults)
+    episodes: list[tuple[str, int, int]] = []
+    for device, seq in sorted(fault_set):
+        if episodes and episodes[-1][0] == device and episodes[-1][2] == seq - 1:
+            episodes[-1] = (device, episodes[-1][1], seq)
+        else:
+            episodes.append((device, seq, seq))
+    flagged = {(r["device"], int(r["seq"])) for r in rows if r["anomaly"]}
+    detected = sum(
+        any((dev, s) in flagged for s in range(first, last + span)) for dev, first, last in episodes
+    )
+    normal = [r for r in rows if not any((r["device"], int(r["seq"]) - k) in fault_set for k in range(span))]
+    false_pos = sum(1 for r in normal if r["anomaly"])
+    return {
+        "episodes": len(episodes),
+        "detected": detected,
+        "recall": detected / len(episodes) if episodes else None,
+        "normal_windows": len(normal),
+        "false_positives": false_pos,
+        "fpr": false_pos / len(normal) if normal else None,
+    }
+
+
+def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threading.Event) -> int:
+    from cloud_bridge.app import Bridge
+    from cloud_bridge.config import load_bridge_config
+    from devices.publisher import simulate
+    from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
+
+    _require_binaries()
+    logging.getLogger().setLevel(logging.WARNING)  # the progress lines and the table are the output
+    workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
+    print(f"edgeloop demo: {devices} simulated machines for {duration_s:.0f}s; work dir {workdir}")
+    with Mosquitto(workdir / "mosquitto") as broker, InfluxDB1(workdir / "influxdb") as influx:
+        influx.create_database(DB)
+        print(f"  broker   {broker.url}\n  influxdb {influx.url} (database {DB})")
+        watch = _Watch()
+        watcher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="edgeloop-demo-watch")
+        watcher.on_message = watch.on_message
+        watcher.connect(broker.host, broker.port)
+        watcher.subscribe([("results/#", 0), (f"status/{NODE}", 1)])
+        watcher.loop_start()
+
+        bridge = Bridge(load_bridge_config(None, {
+            "mqtt": {"url": broker.url},
+            "influx": {"api": "v1", "url": influx.url, "db": DB, "flush_interval_ms": 200},
+        }))
+        bridge.start()
+        edge_log = open(workdir / "edge.log", "w")  # noqa: SIM115 -- closed below
+        edge = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", "edge", "run", "--broker", broker.url, "--node-id", NODE],
+            stdout=edge_log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            if not watch.edge_online.wait(60):
+                raise RuntimeError(f"edge runtime did not come online; see {workdir / 'edge.log'}")
+            print(f"  edge     pid {edge.pid} online (log {workdir / 'edge.log'})\n")
+            holder: dict = {}
+            sim = threading.Thread(
+                target=lambda: holder.update(report=simulate(
+                    broker.url, n_devices=devices, rate_hz=rate_hz, duration_s=duration_s,
+                    seed=42, anomaly_rate=0.004, stop=stop,
+                )),
+                daemon=True,
+            )
+            started = time.monotonic()
+            sim.start()
+            while sim.is_alive():
+                sim.join(3.0)
+                stats = bridge.stats()
+                print(
+                    f"  t={time.monotonic() - started:5.1f}s  results {watch.results:6d}  "
+                    f"flagged {watch.anomalies:4d}  stored {stats['points_written']:6d}  "
+                    f"rejected {sum(stats['rejected'].values()):3d}",
+                    flush=True,
+                )
+            report = holder["report"]
+            vib_sent = report.sent_by_sensor().get("vibration", 0)
+            expected = max(0, vib_sent - devices * (_window_span() - 1))
+            try:
+                eventually(lambda: watch.results >= expected, timeout=15, message="waiting for results")
+            except AssertionError:
+                pass
+        finally:
+            edge.send_signal(signal.SIGTERM)
+            try:
+                edge_rc = edge.wait(30)
+            except subprocess.TimeoutExpired:
+                edge.kill()
+                edge_rc = edge.wait()
+            edge_log.close()
+            bridge_drained = bridge.stop()
+            watcher.loop_stop()
+            watcher.disconnect()
+
+        rows = influx.points('SELECT "seq", "anomaly", "score", "latency_ms" FROM "inference" GROUP BY "device"', DB)
+        quality = score_detection(report.faults, rows, _window_span())
+        lag = bridge.stats().get("stored_lag_ms", {})
+        _print_table(report, rows, quality, lag, edge_rc, bridge_drained, influx.port, workdir)
+    return 0 if edge_rc == 0 and bridge_drained else 1
+
+
+def _print_table(report, rows, quality, lag, edge_rc, bridge_drained, port, workdir) -> None:  # noqa: ANN001
+    by_sensor = report.sent_by_sensor()
+    lines = [
+        ("readings sent", f"{report.total_sent} ({', '.join(f'{k} {v}' for k, v in sorted(by_sensor.items()))})"),
+        ("results stored (windows)", str(len(rows))),
+        ("fault episodes injected", str(quality["episodes"])),
+        ("fault episodes flagged", f"{quality['detected']}" + (f" (recall {quality['recall']:.0%})" if quality["recall"] is not None else "")),
+        ("false alarms", f"{quality['false_positives']} of {quality['normal_windows']} normal windows"
+         + (f" ({quality['fpr']:.2%})" if quality["fpr"] is not None else "")),
+        ("sensor -> stored p50 / p99", f"{lag.get('p50', float('nan')):.0f} / {lag.get('p99', float('nan')):.0f} ms"),
+        ("edge exit code", f"{edge_rc} (SIGTERM, drained)" if edge_rc == 0 else str(edge_rc)),
+        ("bridge drained", str(bridge_drained)),
+    ]
+    width = max(len(k) for k, _ in lines)
+    print("\n  " + "-" * (width + 40))
+    for key, value in lines:
+        print(f"  {key:<{width}}  {value}")
+    print("  " + "-" * (width + 40))
+    print(
+        "\nEverything the demo started has stopped. Its InfluxDB data is kept; to explore it:\n"
+        f"  influxd -config {workdir}/influxdb/influxdb.conf &\n"
+        f"  influx -port {port} -database {DB} -execute "
+        "'SELECT count(score) FROM inference WHERE anomaly = true GROUP BY device'\n"
+        f"(remove {workdir} when done)"
+    )
