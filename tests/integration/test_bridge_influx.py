@@ -322,3 +322,23 @@ def test_run_bridge_returns_0_after_the_stop_event_and_a_complete_drain(mosquitt
     stop.set()  # stop at once: the retained status arrives before the UNSUBACK, so the drain must write it
     assert run_bridge(cfg, stop) == 0
     assert [r["node"] for r in influx_rows(influxdb, "SELECT * FROM node_status", db)] == [node]
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_gzip_bodies_are_accepted(api, influx_db, victoria, unique_id):
+    from cloud_bridge import make_sink
+
+    influxdb, db = influx_db
+    url = influxdb.url if api == "v1" else victoria.url
+    sink = make_sink(BridgeConfig.model_validate(
+        {"influx": {"api": api, "url": url, "db": db, "token": "dummy", "gzip": True}}))
+    ts = round(NOW * 1e6) * 1000
+    try:
+        sink.write([f"gz_{unique_id},device=d x=1.5 {ts}", f"gz_{unique_id},device=d x=2.5 {ts + 1000000}"])
+    finally:
+        sink.close()
+    if api == "v1":
+        assert [r["x"] for r in influxdb.points(f"SELECT x FROM gz_{unique_id}", db)] == [1.5, 2.5]
+    else:
+        series = eventually(lambda: victoria.export(f'{{__name__="gz_{unique_id}_x"}}'), timeout=10)
+        assert series[0]["values"] == [1.5, 2.5]

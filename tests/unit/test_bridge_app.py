@@ -11,11 +11,14 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.client import MQTTMessage
 
 import cloud_bridge.app as app_module
 import cloud_bridge.batching as batching_module
 from cloud_bridge.app import Bridge
+from cloud_bridge.batching import Batch
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
 
@@ -220,3 +223,36 @@ def test_on_message_never_raises():
     bridge._on_message(object())  # not even a message
     assert bridge.stats()["received"] == 1
     assert threading.active_count() >= 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    max_leaves=20,
+)
+near_misses = st.builds(
+    lambda base, key, value: json.dumps({**base, key: value}),
+    st.just(result()),
+    st.sampled_from(sorted(result()) + ["v", "extra"]),
+    json_values,
+)
+topics = st.one_of(
+    st.just("results/dev-1/m1"),
+    st.just("status/dev-1"),
+    st.text(max_size=40),
+    st.builds(lambda a, b: f"results/{a}/{b}", st.text(max_size=10), st.text(max_size=10)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=topics, payload=st.one_of(st.binary(max_size=300), near_misses.map(str.encode),
+                                       json_values.map(lambda v: json.dumps(v).encode())))
+def test_no_topic_or_payload_makes_handle_raise(topic, payload):
+    bridge = Bridge(BridgeConfig(), sink=ScriptedSink())
+    bridge.rejects.publish = None
+    batch = Batch()
+    bridge._handle(topic, payload, batch)  # must not raise, whatever a peer sends
+    stats = bridge.stats()
+    # Every message ends up either in the batch or settled (rejected, ignored, or empty array).
+    assert len(batch.deliveries) + stats["settled"] == 1
+    assert sum(stats["rejected"].values()) <= stats["settled"] and "internal_error" not in stats["rejected"]
