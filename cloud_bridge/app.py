@@ -30,11 +30,14 @@ import queue
 import threading
 import time
 
-from runtime.common.mqtt import MqttLink
+from runtime import __version__
+from runtime.common.mqtt import MqttLink, Will
 from runtime.common.ratelimit import RateLimitedLog
 from runtime.common.rejects import Rejects
 from runtime.contract import (
     ContractError,
+    NodeStatus,
+    status_topic,
     decode_results,
     decode_status,
     parse_result_topic,
@@ -64,14 +67,14 @@ class Bridge:
         self._sink = sink
         self._encoder = LineEncoder(cfg.influx)
         self._queue: queue.Queue = queue.Queue(cfg.queue_size)
-        self._unsubscribed = threading.Event()
         self._link = MqttLink(
             cfg.mqtt,
             DEFAULT_CLIENT_ID,
             on_message=self._on_message,
             subscriptions=[(topic, cfg.qos) for topic in cfg.subscribe],
+            will=Will(topic=status_topic(cfg.node_id), payload=self._status("offline")),
+            on_connected=self._publish_birth,
         )
-        self._link.client.on_unsubscribe = lambda *_args: self._unsubscribed.set()
         self.rejects = Rejects("bridge", log, publish=lambda t, p: self._link.publish(t, p, qos=0))
         self._writer: BatchWriter | None = None
         self._thread = threading.Thread(target=self._run, name="bridge-writer", daemon=True)
@@ -118,10 +121,8 @@ class Bridge:
         self._stopped = True
         deadline = time.monotonic() + timeout_s
         writer = self._writer
-        if self._link.connected.is_set():
-            # After UNSUBACK the broker sends nothing more; everything it sent before is queued.
-            self._link.client.unsubscribe(list(self.cfg.subscribe))
-            self._unsubscribed.wait(min(2.0, timeout_s))
+        # After UNSUBACK the broker sends nothing more; everything it sent before is queued.
+        self._link.unsubscribe_all(min(2.0, timeout_s))
         writer.stopping(deadline)
         try:
             self._queue.put(_STOP, timeout=max(0.1, deadline - time.monotonic()))
@@ -132,7 +133,7 @@ class Bridge:
             writer.halt = True
             self._thread.join(5.0)
         drained = not self._thread.is_alive() and self._queue.empty() and not writer.given_up_at_stop
-        self._link.stop()
+        self._link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
         writer.sink.close()
         return drained
 
@@ -158,9 +159,19 @@ class Bridge:
             "dead_lettered": self.rejects.dead_lettered,
             "settled": self._settled,
             "mqtt_reconnects": self._link.reconnects,
+            "stored_lag_ms": w.lag.percentiles_ms() if w else {},
         }
 
     # ------------------------------------------------------------------ network thread
+
+    def _status(self, state: str) -> bytes:
+        return NodeStatus(node=self.cfg.node_id, state=state, ts=time.time(), runtime_version=__version__).model_dump_json(
+            exclude_none=True
+        ).encode()
+
+    def _publish_birth(self) -> None:
+        """Retained ``status/{node_id}`` online (LWT: offline): dashboards and tests see the bridge is up."""
+        self._link.publish(status_topic(self.cfg.node_id), self._status("online"), qos=1, retain=True)
 
     def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho.MQTTMessage
         """Runs on paho's thread: only hand off, never raise."""
@@ -242,7 +253,7 @@ class Bridge:
                     parsed = self._remember_topic(topic, parse_result_topic(topic))
                 device, model = parsed
                 encode = self._encoder.result
-                lines = []
+                lines, device_ts = [], []
                 for result in decode_results(payload, max_bytes):
                     if result.device != device or result.model != model:
                         raise ContractError(
@@ -250,8 +261,10 @@ class Bridge:
                             f"payload device/model {result.device}/{result.model} != topic {device}/{model}",
                         )
                     lines.append(encode(result))
+                    device_ts.append(result.ts)
                 self._results += len(lines)
             elif topic.startswith("status/"):
+                device_ts = None
                 node = parse_status_topic(topic)
                 if not payload:  # a retained status being cleared
                     self._ignored_empty += 1
@@ -274,7 +287,7 @@ class Bridge:
             self._settle([topic])
             return
         if lines:
-            batch.add(lines, topic)
+            batch.add(lines, topic, device_ts)
         else:
             self._settle([topic])
 

@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from runtime.common.ratelimit import RateLimitedLog
@@ -41,20 +41,45 @@ RETRY_MAX_S = 30.0
 class Batch:
     """Lines waiting to be written, their size, and the deliveries they came from."""
 
-    __slots__ = ("lines", "nbytes", "deliveries", "started")
+    __slots__ = ("lines", "nbytes", "deliveries", "started", "device_ts")
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.nbytes = 0
         self.deliveries: list[str] = []
         self.started = 0.0
+        self.device_ts: list[float] = []  # device time of each result, for the stored-lag figure
 
-    def add(self, lines: list[str], delivery: str) -> None:
+    def add(self, lines: list[str], delivery: str, device_ts: list[float] | None = None) -> None:
         if not self.lines:
             self.started = time.monotonic()
         self.lines.extend(lines)
         self.nbytes += sum(map(len, lines))
         self.deliveries.append(delivery)
+        if device_ts:
+            self.device_ts.extend(device_ts)
+
+
+class LagTracker:
+    """Device time -> stored in the database, over the last ``keep`` results.
+
+    Meaningful when device clocks are synchronised (NTP) with the bridge's;
+    it is the end-to-end figure a user cares about: how old is the newest point
+    on my dashboard.
+    """
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self._lags: deque[float] = deque(maxlen=keep)
+
+    def record(self, stored_at: float, device_ts: list[float]) -> None:
+        self._lags.extend(stored_at - ts for ts in device_ts)
+
+    def percentiles_ms(self) -> dict[str, float]:
+        lags = sorted(self._lags)
+        if not lags:
+            return {}
+        pick = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))] * 1000.0  # noqa: E731
+        return {"p50": pick(0.50), "p99": pick(0.99), "max": lags[-1] * 1000.0, "n": float(len(lags))}
 
 
 class BatchWriter:
@@ -80,6 +105,7 @@ class BatchWriter:
         self.batches = 0
         self.retries = 0
         self.errors: Counter[str] = Counter()
+        self.lag = LagTracker()
         self._wake = threading.Event()
         self._rng = random.Random()
         self._log = RateLimitedLog(log)
@@ -128,6 +154,7 @@ class BatchWriter:
                 log.exception("unexpected error writing %d points, dropped them: %r", n, exc)
             else:
                 self.points_written += n
+                self.lag.record(time.time(), batch.device_ts)
             break
         self.batches += 1
         self.on_settled(batch.deliveries)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from runtime.common.configfile import load_config
 from runtime.common.mqtt import MqttSettings
+from runtime.contract import TopicLevel
 
 DEFAULT_CLIENT_ID = "edgeloop-bridge"
 
@@ -158,6 +159,9 @@ class BridgeConfig(BaseModel):
 
     model_config = _STRICT
 
+    node_id: TopicLevel = Field(
+        default=DEFAULT_CLIENT_ID, description="id in status/{node_id} (birth online, LWT offline); unique per replica"
+    )
     mqtt: MqttSettings = MqttSettings(client_id=DEFAULT_CLIENT_ID)
     subscribe: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1)] = [
         "results/+/+",

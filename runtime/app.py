@@ -63,7 +63,6 @@ class EdgeApp:
         self.inbox: queue.Queue = queue.Queue(cfg.input.queue_size)
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)
-        self._intake_open = threading.Event()
         self._worker = threading.Thread(target=self._work, name="edgeloop-worker", daemon=True)
         self._unacked: list = []
         self.link = MqttLink(
@@ -78,8 +77,6 @@ class EdgeApp:
     # ------------------------------------------------------------ network thread
 
     def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
-        if not self._intake_open.is_set():
-            return
         try:
             self.inbox.put_nowait((msg.topic, msg.payload, time.monotonic()))
         except queue.Full:
@@ -176,15 +173,12 @@ class EdgeApp:
             redact_url(self.cfg.mqtt.url),
             ", ".join(f"{p.subscription} -> {p.model.path.name}" for p in self.cfg.pipelines),
         )
-        self._intake_open.set()
         self._worker.start()
         self.link.start(wait_s=connect_timeout_s)
 
     def stop(self) -> bool:
         """Drain and disconnect. Returns True when every result was acknowledged."""
-        self._intake_open.clear()
-        for topic, _ in self.link.subscriptions:
-            self.link.client.unsubscribe(topic)
+        self.link.unsubscribe_all()
         self.inbox.put(_STOP)
         self._worker.join(self.cfg.drain_timeout_s)
         acked = wait_for_all([i for i in self._unacked if not i.is_published()], self.cfg.drain_timeout_s)

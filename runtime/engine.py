@@ -99,12 +99,16 @@ class Engine:
             if runner is None:
                 raise PayloadError("no_pipeline", f"no pipeline for sensor {sensor!r}")
             reading = decode_reading(payload, self.max_payload_bytes)
-            key = (device, sensor)
-            if not self._in_sequence(runner, key, reading.seq):
-                return
             samples = np.asarray(reading.values, dtype=np.float32)
             if samples.ndim == 1:
                 samples = samples.reshape(1, -1)
+            if samples.shape[1] != runner.pipeline.in_channels:
+                raise PayloadError(
+                    "wrong_shape", f"reading has {samples.shape[1]} channels, pipeline expects {runner.pipeline.in_channels}"
+                )
+            key = (device, sensor)
+            if not self._in_sequence(runner, key, reading.seq):
+                return
             windows = runner.pipeline.push(key, samples, reading.ts, reading.rate_hz, reading.seq)
         except (ContractError, PayloadError) as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))

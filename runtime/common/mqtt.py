@@ -250,6 +250,19 @@ class MqttLink:
                 f"no connection to broker {redact_url(self.settings.url)} within {wait_s:.0f}s"
             )
 
+    def unsubscribe_all(self, timeout_s: float = 2.0) -> bool:
+        """Unsubscribe from every subscription and wait for UNSUBACK.
+
+        After UNSUBACK the broker sends nothing more, and everything it routed
+        before has already arrived: the point at which a drain can begin.
+        """
+        if not self.subscriptions or not self.connected.is_set():
+            return False
+        done = threading.Event()
+        self.client.on_unsubscribe = lambda *_args: done.set()
+        self.client.unsubscribe([topic for topic, _ in self.subscriptions])
+        return done.wait(timeout_s)
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
