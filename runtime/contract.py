@@ -274,37 +274,37 @@ class DeadLetter(BaseModel):
         )
 
 
+_READING = TypeAdapter(SensorReading)
 _RESULTS = TypeAdapter(InferenceResult | list[InferenceResult])
+_STATUS = TypeAdapter(NodeStatus)
 
 
-def decode_reading(payload: bytes, max_bytes: int) -> SensorReading:
-    """Parse and validate a sensor payload; raise ContractError with a reason code."""
+def decode(adapter: TypeAdapter, payload: bytes, max_bytes: int):  # noqa: ANN201
+    """Validate ``payload`` as JSON against ``adapter``; refuse oversized input before parsing.
+
+    Every failure is a ContractError with a stable reason code.
+    """
     if len(payload) > max_bytes:
         raise ContractError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
     try:
-        return SensorReading.model_validate_json(payload)
+        return adapter.validate_json(payload)
     except ValidationError as exc:
         raise ContractError(_reason(exc), _explain(exc)) from None
+
+
+def decode_reading(payload: bytes, max_bytes: int) -> SensorReading:
+    """Parse and validate a sensor payload."""
+    return decode(_READING, payload, max_bytes)
 
 
 def decode_results(payload: bytes, max_bytes: int) -> list[InferenceResult]:
     """Parse a result message (one object or an array of them)."""
-    if len(payload) > max_bytes:
-        raise ContractError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
-    try:
-        parsed = _RESULTS.validate_json(payload)
-    except ValidationError as exc:
-        raise ContractError(_reason(exc), _explain(exc)) from None
+    parsed = decode(_RESULTS, payload, max_bytes)
     return parsed if isinstance(parsed, list) else [parsed]
 
 
 def decode_status(payload: bytes, max_bytes: int) -> NodeStatus:
-    if len(payload) > max_bytes:
-        raise ContractError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
-    try:
-        return NodeStatus.model_validate_json(payload)
-    except ValidationError as exc:
-        raise ContractError(_reason(exc), _explain(exc)) from None
+    return decode(_STATUS, payload, max_bytes)
 
 
 def _reason(exc: ValidationError) -> str:
