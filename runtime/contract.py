@@ -8,6 +8,8 @@ Topics (device id and sensor come from the topic, never from the payload, so a
 per-device broker ACL can pin them):
 
     sensors/{device}/{sensor}     device -> edge   SensorReading (JSON)
+    frames/{device}/{camera}      device -> edge   JPEG bytes; FrameMeta in MQTT v5 user
+                                                   properties or a small header (see decode_frame)
     results/{device}/{model}      edge -> cloud    InferenceResult, or a JSON array of them
     status/{node}                 edge -> cloud    NodeStatus (retained; LWT "offline")
     deadletter/{component}        any              DeadLetter
@@ -44,6 +46,7 @@ MAX_TOPIC_BYTES = 256
 MAX_SAMPLES_PER_READING = 4096
 MAX_CHANNELS = 64
 MAX_OUTPUTS = 1024
+MAX_TOPK = 32
 
 
 class ContractError(ValueError):
@@ -90,6 +93,10 @@ def deadletter_topic(component: str) -> str:
     return f"deadletter/{check_level(component, 'component')}"
 
 
+def frame_topic(device: str, camera: str) -> str:
+    return f"frames/{check_level(device, 'device')}/{check_level(camera, 'camera')}"
+
+
 def _split(topic: str, root: str, levels: int) -> list[str]:
     if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
         raise ContractError("bad_topic", f"topic longer than {MAX_TOPIC_BYTES} bytes")
@@ -118,6 +125,12 @@ def parse_result_topic(topic: str) -> tuple[str, str]:
 def parse_status_topic(topic: str) -> str:
     """``status/{node}`` -> node."""
     return _split(topic, "status", 1)[0]
+
+
+def parse_frame_topic(topic: str) -> tuple[str, str]:
+    """``frames/{device}/{camera}`` -> (device, camera)."""
+    device, camera = _split(topic, "frames", 2)
+    return device, camera
 
 
 # --------------------------------------------------------------------------- messages
@@ -180,6 +193,15 @@ class SensorReading(BaseModel):
         return len(first) if isinstance(first, list) else len(self.values)
 
 
+class TopK(BaseModel):
+    """One of a classifier's best labels, with its probability."""
+
+    model_config = _STRICT
+
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    score: FiniteFloat
+
+
 class InferenceResult(BaseModel):
     """One inference over one window, published on ``results/{device}/{model}``.
 
@@ -187,6 +209,11 @@ class InferenceResult(BaseModel):
     of the reading that completed the window: together with device, sensor and
     model they identify the window, so a redelivered result overwrites itself in
     the database instead of duplicating.
+
+    For a camera frame, ``sensor`` is the camera, ``ts``/``seq`` the frame's
+    capture time and sequence; a classifier's ``outputs`` are the class
+    probabilities, ``label``/``score`` the top-1 label and probability, and
+    ``topk`` (optional) the best labels in descending order.
     """
 
     model_config = _STRICT
@@ -206,6 +233,7 @@ class InferenceResult(BaseModel):
     latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     node: TopicLevel | None = Field(default=None, description="edge runtime that produced it")
     site: TopicLevel | None = None
+    topk: Annotated[list[TopK], Field(max_length=MAX_TOPK)] | None = None
 
 
 class ModelRef(BaseModel):
@@ -324,3 +352,104 @@ def _explain(exc: ValidationError) -> str:
         parts.append(f"{loc}: {err['msg']}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+# --------------------------------------------------------------------------- frames
+#
+# A frame message on ``frames/{device}/{camera}`` is the JPEG bytes of one
+# image. Its FrameMeta travels either
+#   - as MQTT v5 user properties: ("v", "1"), ("ts", "<unix seconds>"),
+#     ("seq", "<int>") and optionally ("label", "<ground truth>"); all values
+#     are strings, unknown keys are ignored (brokers and bridges add their own);
+#   - or, for MQTT 3.1.1 (no properties), as a header in front of the JPEG:
+#     b"EFRM" | header length N (2 bytes, big-endian, 1..1024) | N bytes of
+#     FrameMeta JSON (UTF-8) | JPEG bytes.
+# A JPEG starts with FF D8, so the magic cannot be mistaken for an image. When
+# a payload has a header, the header is the metadata and user properties are
+# ignored. A frame without either is refused ("missing_meta"): without ts and
+# seq a result could not be identified and stored idempotently.
+
+FRAME_HEADER_MAGIC = b"EFRM"
+MAX_FRAME_HEADER_BYTES = 1024
+_JPEG_SOI = b"\xff\xd8"
+_SEQ_RE = re.compile(r"^[0-9]{1,19}$")
+
+
+class FrameMeta(BaseModel):
+    """Capture time, sequence and (from simulators) the ground-truth label of one frame.
+
+    ``seq`` increases by one per frame per (device, camera); ``label`` is
+    ignored by inference and lets tests and the demo score the edge.
+    """
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    ts: Timestamp
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    label: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    def user_properties(self) -> list[tuple[str, str]]:
+        props = [("v", str(self.v)), ("ts", repr(self.ts)), ("seq", str(self.seq))]
+        return props + ([("label", self.label)] if self.label is not None else [])
+
+    def header(self) -> bytes:
+        body = self.model_dump_json(exclude_none=True).encode()
+        return FRAME_HEADER_MAGIC + len(body).to_bytes(2, "big") + body
+
+    @classmethod
+    def from_user_properties(cls, props: list[tuple[str, str]]) -> "FrameMeta":
+        values = {k: v for k, v in props if k in ("v", "ts", "seq", "label")}
+        if "ts" not in values or "seq" not in values:
+            raise ContractError("missing_meta", "frame has no header and no ts/seq user properties")
+        if values.get("v", "1") != "1":
+            raise ContractError("invalid_schema", f"v: unsupported frame metadata version {values['v'][:16]!r}")
+        try:
+            ts = float(values["ts"])
+        except ValueError:
+            raise ContractError("invalid_schema", f"ts: {values['ts'][:32]!r} is not a number") from None
+        if ts != ts or ts in (float("inf"), float("-inf")):
+            raise ContractError("non_finite", "ts: must be finite")
+        if not _SEQ_RE.match(values["seq"]):
+            raise ContractError("invalid_schema", f"seq: {values['seq'][:32]!r} is not a non-negative integer")
+        try:
+            return cls(ts=ts, seq=int(values["seq"]), label=values.get("label"))
+        except ValidationError as exc:
+            raise ContractError(_reason(exc), _explain(exc)) from None
+
+
+def encode_frame(meta: FrameMeta, jpeg: bytes, header: bool) -> bytes:
+    """The payload to publish: the JPEG, with the metadata header in front when ``header``."""
+    return meta.header() + jpeg if header else jpeg
+
+
+def decode_frame(
+    payload: bytes, user_properties: list[tuple[str, str]] | None, max_bytes: int
+) -> tuple[FrameMeta, bytes]:
+    """Split a frame message into (metadata, JPEG bytes); ContractError with a reason code.
+
+    Checks what can be checked without decoding pixels: size limits, the
+    header, the metadata, and that the image starts like a JPEG.
+    """
+    size = len(payload)
+    if size == 0:
+        raise ContractError("empty_frame", "zero-byte frame")
+    if size > max_bytes:
+        raise ContractError("oversized", f"frame of {size} bytes exceeds {max_bytes}")
+    if payload[:4] == FRAME_HEADER_MAGIC:
+        n = int.from_bytes(payload[4:6], "big") if size >= 6 else 0
+        if not 0 < n <= MAX_FRAME_HEADER_BYTES or 6 + n > size:
+            raise ContractError("bad_header", f"frame header length {n} is invalid for a {size}-byte payload")
+        try:
+            meta = FrameMeta.model_validate_json(payload[6 : 6 + n])
+        except ValidationError as exc:
+            raise ContractError(_reason(exc), "header " + _explain(exc)) from None
+        image = payload[6 + n :]
+    else:
+        meta = FrameMeta.from_user_properties(user_properties or [])
+        image = payload
+    if not image:
+        raise ContractError("empty_frame", "frame has metadata but no image bytes")
+    if image[:2] != _JPEG_SOI:
+        raise ContractError("not_jpeg", "frame image does not start with a JPEG SOI marker (FF D8)")
+    return meta, bytes(image)
