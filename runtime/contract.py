@@ -243,6 +243,26 @@ class ModelRef(BaseModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+class DeployState(BaseModel):
+    """The outcome of the latest model deployment a node saw for one model (``NodeStatus.last_deploy``).
+
+    ``state``: ``receiving`` (chunks arriving), ``canary`` (swapped, counting
+    its first windows), ``healthy`` (passed them), ``refused`` (never
+    installed), ``rolled_back`` (installed, then replaced by the previous
+    model). ``reason`` is a code from ``runtime.deploy_contract.REFUSAL_REASONS``.
+    """
+
+    model_config = _STRICT
+
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    state: Literal["receiving", "canary", "healthy", "refused", "rolled_back"]
+    ts: Timestamp
+    deploy_id: Annotated[str, Field(max_length=32)] | None = None
+    reason: Annotated[str, Field(max_length=64)] | None = None
+    detail: Annotated[str, Field(max_length=1024)] | None = None
+    windows: Annotated[int, Field(ge=0)] | None = None
+
+
 class NodeStatus(BaseModel):
     """Retained on ``status/{node}``: birth on connect, ``offline`` as LWT and on exit."""
 
@@ -256,6 +276,9 @@ class NodeStatus(BaseModel):
     runtime_version: str | None = Field(default=None, max_length=64)
     site: TopicLevel | None = None
     counters: dict[TopicLevel, int] = Field(default_factory=dict)
+    last_deploy: dict[TopicLevel, DeployState] = Field(
+        default_factory=dict, description="per model: the latest deployment this node saw and what became of it"
+    )
 
 
 class DeadLetter(BaseModel):

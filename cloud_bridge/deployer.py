@@ -1,0 +1,388 @@
+"""Signed over-the-air deployment of a registry version to the fleet, canary first.
+
+Why over MQTT: a device needs no other open port and no other credentials;
+the broker ACL that already pins its topics decides what it may read.
+
+``deploy(name, version, targets="*", canary=[...])``:
+
+1. read the artifact and metadata from the registry (sha256 checked) and the
+   self-test vectors (stored with the version, or computed here once with the
+   edge's interpreter and cached in the registry);
+2. publish the chunks on ``models/{model}/{version}/chunk/{i}`` (retained,
+   QoS 1, acked), then the Ed25519-signed manifest on ``models/{model}/deploy``
+   (retained, QoS 1), first with ``targets = canary``;
+3. watch ``status/+``: each canary node must report the version in
+   ``models`` and ``last_deploy.state == "healthy"`` (its own check over its
+   first N windows) within ``canary_timeout_s``; a refusal, an edge-side
+   rollback or the timeout fails the canary: the version is marked refused in
+   the registry, a ``refused`` event is written, and the retained manifest
+   goes back to the registry's current version (or is cleared), so the rest of
+   the fleet never switches;
+4. otherwise re-sign the manifest for ``targets`` (fleet phase), promote the
+   version in the registry, write a ``deploy`` event, and (``wait``) wait until
+   the targeted online nodes report it.
+
+Retained chunks: the chunks of the version named by the retained manifest
+stay retained, so a device that connects later still gets them; chunks of
+any other version this deployer published are cleared (empty retained
+payloads) on the next deploy. Which versions have retained chunks is kept in
+``{registry}/{model}/published.json``.
+
+Status routing: ``Deployer(link, ...)`` needs ``status/+`` messages passed
+to :meth:`Deployer.observe` by whoever owns the link's ``on_message``;
+:meth:`Deployer.connect` makes a link of its own that does exactly that.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runtime.common.errors import EdgeloopError
+from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
+from runtime.common.signing import SigningKey
+from runtime.contract import ContractError, NodeStatus, decode_status, parse_status_topic
+from runtime.deploy_contract import (
+    ModelManifest,
+    SelfTest,
+    chunk_topic,
+    deploy_topic,
+    sign_manifest,
+    split_chunks,
+)
+
+from cloud_bridge.events import EventSink
+from cloud_bridge.registry import Registry, atomic_write, json_bytes
+
+log = logging.getLogger("cloud_bridge.deployer")
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+MAX_STATUS_BYTES = 256 * 1024
+
+Outcome = Literal["deployed", "published", "canary_failed", "incomplete"]
+
+
+class DeployError(EdgeloopError):
+    """A deployment that cannot start (unknown version, no canary node online, broker gone)."""
+
+
+@dataclass
+class DeployReport:
+    """What a ``deploy`` did. ``nodes``: node -> its last state for this version
+    (``healthy``, ``canary``, ``running``, ``refused:<reason>``, ``rolled_back:<reason>``, ``silent``)."""
+
+    model: str
+    version: str
+    outcome: Outcome
+    canary: list[str] = field(default_factory=list)
+    nodes: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    deploy_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Deployer:
+    """Publishes signed deployments and follows the fleet's status. Thread-safe."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        registry: Registry,
+        signing_key: SigningKey,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        canary_timeout_s: float = 120.0,
+        rollout_timeout_s: float = 120.0,
+        publish_timeout_s: float = 30.0,
+        events: EventSink | None = None,
+        actor: str = "deployer",
+    ) -> None:
+        self.link = link
+        self.registry = registry
+        self.key = signing_key
+        self.chunk_size = chunk_size
+        self.canary_timeout_s = canary_timeout_s
+        self.rollout_timeout_s = rollout_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self.events = events
+        self.actor = actor
+        self._nodes: dict[str, NodeStatus] = {}
+        self._changed = threading.Condition()
+        self._deploy_lock = threading.Lock()
+        self.status_rejected = 0
+
+    @classmethod
+    def connect(
+        cls,
+        mqtt: MqttSettings,
+        registry: Registry,
+        signing_key: SigningKey,
+        *,
+        client_id: str = "edgeloop-deployer",
+        wait_s: float = 10.0,
+        **kwargs: Any,
+    ) -> Deployer:
+        """A deployer with its own MQTT connection (subscribed to ``status/+``), started."""
+        holder: dict[str, Deployer] = {}
+        link = MqttLink(
+            mqtt,
+            client_id,
+            on_message=lambda msg: holder["d"].observe(msg.topic, msg.payload),
+            subscriptions=[("status/+", 1)],
+        )
+        deployer = holder["d"] = cls(link, registry, signing_key, **kwargs)
+        link.start(wait_s=wait_s)
+        return deployer
+
+    def close(self) -> None:
+        self.link.stop()
+
+    # ------------------------------------------------------------------ fleet status
+
+    def observe(self, topic: str, payload: bytes) -> None:
+        """Feed one ``status/{node}`` message (any thread). Bad payloads are counted, never raised."""
+        try:
+            node = parse_status_topic(topic)
+            if not payload:
+                status = None
+            else:
+                status = decode_status(payload, MAX_STATUS_BYTES)
+                if status.node != node:
+                    raise ContractError("topic_mismatch", f"status of {status.node} on {topic}")
+        except ContractError:
+            self.status_rejected += 1
+            return
+        with self._changed:
+            if status is None:
+                self._nodes.pop(node, None)
+            else:
+                self._nodes[node] = status
+            self._changed.notify_all()
+
+    def nodes(self, online_only: bool = True) -> dict[str, NodeStatus]:
+        with self._changed:
+            return {n: s for n, s in self._nodes.items() if s.state == "online" or not online_only}
+
+    def _matching(self, patterns: list[str]) -> list[str]:
+        return sorted(n for n in self.nodes() if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+
+    def _node_state(self, node: str, name: str, version: str, deploy_ids: set[str]) -> str | None:
+        status = self._nodes.get(node)
+        if status is None:
+            return None
+        state = status.last_deploy.get(name)
+        running = status.models.get(name)
+        if state is not None and state.version == version and (state.deploy_id in deploy_ids or not deploy_ids):
+            if state.state in ("refused", "rolled_back"):
+                return f"{state.state}:{state.reason or 'unknown'}"
+            if state.state == "healthy" and running is not None and running.version == version:
+                return "healthy"
+            return state.state
+        if running is not None and running.version == version:
+            return "running"
+        return None
+
+    def _wait(self, name: str, version: str, nodes: list[str], deploy_ids: set[str], timeout_s: float, done_when: set[str]) -> dict[str, str]:
+        """Wait until every node's state is in ``done_when`` or failed; return node -> state."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                states = {n: self._node_state(n, name, version, deploy_ids) or "silent" for n in nodes}
+                finished = all(s in done_when or s.startswith(("refused", "rolled_back")) for s in states.values())
+                remaining = deadline - time.monotonic()
+                if finished or remaining <= 0:
+                    return states
+                self._changed.wait(min(remaining, 1.0))
+
+    # ------------------------------------------------------------------ publishing
+
+    def selftest_for(self, name: str, version: str) -> SelfTest:
+        """Stored self-test vectors, or compute them with the edge's interpreter and store them."""
+        stored = self.registry.selftest(name, version)
+        if stored is not None:
+            return stored
+        from cloud_bridge.training.selftest import make_selftest  # needs an interpreter; imported only here
+
+        path, meta = self.registry.get(name, version)
+        vectors = make_selftest(path.read_bytes(), meta)
+        self.registry.set_selftest(name, version, vectors)
+        return vectors
+
+    def manifest(
+        self,
+        name: str,
+        version: str,
+        targets: list[str],
+        phase: Literal["canary", "fleet"] = "fleet",
+        selftest: SelfTest | None = None,
+    ) -> tuple[ModelManifest, bytes]:
+        """The unsigned manifest for a registry version, and the artifact bytes."""
+        path, meta = self.registry.get(name, version)
+        content = path.read_bytes()
+        record = self.registry.record(name, version)
+        manifest = ModelManifest(
+            model=name,
+            version=version,
+            sha256=meta.sha256,
+            size=len(content),
+            chunk_size=self.chunk_size,
+            chunks=len(split_chunks(content, self.chunk_size)),
+            targets=targets,
+            phase=phase,
+            deploy_id=uuid.uuid4().hex[:16],
+            parent=record.get("parent"),
+            created=time.time(),
+            metadata=meta,
+            selftest=selftest or self.selftest_for(name, version),
+        )
+        return manifest, content
+
+    def publish(
+        self,
+        name: str,
+        version: str,
+        targets: list[str] | str = "*",
+        phase: Literal["canary", "fleet"] = "fleet",
+        selftest: SelfTest | None = None,
+    ) -> ModelManifest:
+        """Publish chunks (if not already retained) and the signed manifest; no waiting for devices."""
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        manifest, content = self.manifest(name, version, targets, phase, selftest)
+        self.publish_artifact(manifest, content)
+        self.publish_manifest(manifest)
+        return manifest
+
+    def publish_artifact(self, manifest: ModelManifest, content: bytes, chunks: list[int] | None = None) -> None:
+        """Retained chunks of one version (``chunks``: only these indexes -- tests use it to truncate)."""
+        published = self._published(manifest.model)
+        if chunks is None and published.get(manifest.version) == manifest.chunks:
+            return
+        parts = split_chunks(content, manifest.chunk_size)
+        infos = [
+            self.link.publish(chunk_topic(manifest.model, manifest.version, i), part, qos=1, retain=True)
+            for i, part in enumerate(parts)
+            if chunks is None or i in chunks
+        ]
+        self._acked(infos, f"chunks of {manifest.model} {manifest.version}")
+        published[manifest.version] = manifest.chunks
+        self._save_published(manifest.model, published)
+
+    def publish_manifest(self, manifest: ModelManifest, payload: bytes | None = None) -> None:
+        """Sign and publish (retained); then clear retained chunks of every other version."""
+        payload = sign_manifest(manifest, self.key) if payload is None else payload
+        self._acked([self.link.publish(deploy_topic(manifest.model), payload, qos=1, retain=True)], "manifest")
+        self.clear_chunks(manifest.model, keep=manifest.version)
+
+    def clear_chunks(self, name: str, keep: str | None = None) -> None:
+        published = self._published(name)
+        infos = []
+        for version, count in list(published.items()):
+            if version == keep:
+                continue
+            infos += [self.link.publish(chunk_topic(name, version, i), b"", qos=1, retain=True) for i in range(count)]
+            del published[version]
+        self._acked(infos, f"clearing chunks of {name}")
+        self._save_published(name, published)
+
+    def clear(self, name: str) -> None:
+        """Remove the retained manifest and every retained chunk of ``name``."""
+        self._acked([self.link.publish(deploy_topic(name), b"", qos=1, retain=True)], "clearing manifest")
+        self.clear_chunks(name)
+
+    def _acked(self, infos: list, what: str) -> None:
+        if not wait_for_all(infos, self.publish_timeout_s):
+            raise DeployError(f"broker did not acknowledge {what} within {self.publish_timeout_s:.0f}s")
+
+    def _published_path(self, name: str) -> Path:
+        return self.registry.root / name / "published.json"
+
+    def _published(self, name: str) -> dict[str, int]:
+        path = self._published_path(name)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def _save_published(self, name: str, published: dict[str, int]) -> None:
+        atomic_write(self._published_path(name), json_bytes(published))
+
+    def _event(self, name: str, kind: str, message: str, version: str | None, **fields: Any) -> None:
+        if self.events is not None:
+            self.events(name, kind, message, version, **fields)
+        else:
+            log.info("%s %s %s: %s", kind, name, version, message)
+
+    # ------------------------------------------------------------------ deploy
+
+    def deploy(
+        self,
+        name: str,
+        version: str,
+        targets: list[str] | str = "*",
+        canary: list[str] | None = None,
+        *,
+        wait: bool = True,
+        selftest: SelfTest | None = None,
+    ) -> DeployReport:
+        """Canary (if given) then fleet. Blocks until the canary verdict and, with ``wait``, the rollout.
+
+        ``canary``: node ids or globs, matched against the nodes online now
+        (at least one must match). Returns a DeployReport; raises DeployError
+        only when the deployment cannot start.
+        """
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        with self._deploy_lock:
+            started = time.monotonic()
+            self.registry.get(name, version)  # unknown version / tampered registry: fail before publishing
+            report = DeployReport(model=name, version=version, outcome="published")
+            if canary:
+                nodes = self._matching(canary)
+                if not nodes:
+                    raise DeployError(f"no online node matches canary {canary}; online: {sorted(self.nodes())}")
+                report.canary = nodes
+                manifest = self.publish(name, version, nodes, "canary", selftest)
+                report.deploy_ids.append(manifest.deploy_id)
+                self.registry.note(name, version, "deploy_canary", self.actor, canary=",".join(nodes))
+                self._event(name, "deploy", f"canary on {', '.join(nodes)}", version)
+                states = self._wait(name, version, nodes, {manifest.deploy_id}, self.canary_timeout_s, {"healthy"})
+                report.nodes.update(states)
+                failed = {n: s for n, s in states.items() if s != "healthy"}
+                if failed:
+                    report.outcome = "canary_failed"
+                    report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(failed.items()))
+                    self._fail_canary(name, version, report.reason)
+                    report.seconds = time.monotonic() - started
+                    return report
+            manifest = self.publish(name, version, targets, "fleet", selftest)
+            report.deploy_ids.append(manifest.deploy_id)
+            self.registry.promote(name, version, actor=self.actor, reason=f"deployed to {','.join(targets)}")
+            self._event(name, "deploy", f"fleet rollout to {', '.join(targets)}", version)
+            if wait:
+                fleet = [n for n in self._matching(targets) if n not in report.canary]
+                states = self._wait(
+                    name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, {"healthy", "running", "canary"}
+                )
+                report.nodes.update(states)
+                bad = {n: s for n, s in states.items() if s not in ("healthy", "running", "canary")}
+                report.outcome = "incomplete" if bad else "deployed"
+                if bad:
+                    report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(bad.items()))
+            report.seconds = time.monotonic() - started
+            return report
+
+    def _fail_canary(self, name: str, version: str, reason: str) -> None:
+        """Mark refused, record it, and put the retained manifest back to what the fleet runs."""
+        self.registry.mark_refused(name, version, f"canary failed: {reason}", actor=self.actor)
+        self._event(name, "refused", f"canary failed: {reason}", version)
+        current = self.registry.current(name)
+        if current is not None and current != version:
+            self.publish(name, current, "*", "fleet")
+        else:
+            self.clear(name)
