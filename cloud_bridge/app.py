@@ -309,7 +309,10 @@ class Bridge:
 
 def run_bridge(cfg: BridgeConfig, stop_event: threading.Event) -> int:
     """Run until ``stop_event`` is set, logging stats every 10 s; 0 if the drain completed, else 1."""
+    from cloud_bridge.metrics import serve_bridge_metrics
+
     bridge = Bridge(cfg)
+    metrics = serve_bridge_metrics(bridge)  # None unless metrics.enabled
     bridge.start()
     last, last_t = bridge.stats(), time.monotonic()
     while not stop_event.wait(STATS_EVERY_S):
@@ -328,4 +331,6 @@ def run_bridge(cfg: BridgeConfig, stop_event: threading.Event) -> int:
         last, last_t = stats, now
     drained = bridge.stop()
     log.info("bridge stopped: %s", bridge.stats())
+    if metrics is not None:
+        metrics.close()
     return 0 if drained else 1

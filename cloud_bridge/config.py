@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from runtime.common.configfile import load_config
+from runtime.common.metrics import BRIDGE_METRICS_PORT, MetricsSettings
 from runtime.common.mqtt import MqttSettings
 from runtime.contract import TopicLevel
 
@@ -171,6 +172,7 @@ class BridgeConfig(BaseModel):
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = 262144
     queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     influx: InfluxSettings = InfluxSettings()
+    metrics: MetricsSettings = MetricsSettings(port=BRIDGE_METRICS_PORT)
 
     @field_validator("mqtt")
     @classmethod

@@ -31,6 +31,7 @@ Measurement ``node_status`` (``influx.measurements.status``), one point per Node
 | field     | online          | boolean            | status.state == "online"                        |
 | field     | models          | string             | ``"name=version,..."`` sorted by name ("" if none) |
 | field     | runtime_version | string, if present | status.runtime_version                          |
+| field     | readings_in, results_out, rejected, dropped_queue_full, queue_depth, reconnects, outbox_depth, outbox_dropped | integer (``i``), each if present | status.counters[...] (a fixed list: a peer cannot add fields) |
 | timestamp |                 | ns, whole µs       | ``round(status.ts * 1e6) * 1000``               |
 
 Why this shape: a point's identity in InfluxDB is measurement + tag set +
@@ -68,6 +69,19 @@ from runtime.contract import MAX_OUTPUTS, ContractError, InferenceResult, NodeSt
 from cloud_bridge.config import BridgeConfig, InfluxSettings
 
 _CACHE_MAX = 4096
+
+#: NodeStatus counters stored as integer fields of ``node_status`` (dashboards plot them). A fixed
+#: list, so the number of fields stays bounded whatever a node puts into ``counters``.
+STATUS_COUNTERS = (
+    "readings_in",
+    "results_out",
+    "rejected",
+    "dropped_queue_full",
+    "queue_depth",
+    "reconnects",
+    "outbox_depth",
+    "outbox_dropped",
+)
 
 _MEASUREMENT_ESCAPE = str.maketrans({",": r"\,", " ": r"\ "})
 _TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
@@ -174,6 +188,8 @@ class LineEncoder:
         fields = f'online={"true" if s.state == "online" else "false"},models="{escape_string(models, "models")}"'
         if s.runtime_version is not None:
             fields += f',runtime_version="{escape_string(s.runtime_version, "runtime_version")}"'
+        if s.counters:
+            fields += "".join(f",{key}={s.counters[key]}i" for key in STATUS_COUNTERS if key in s.counters)
         return f"{prefix}{fields} {round(s.ts * 1e6) * 1000}"
 
 

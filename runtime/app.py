@@ -21,6 +21,7 @@ from runtime import __version__
 from runtime.common.errors import ConfigError
 from runtime.common.mqtt import MqttLink, Will, redact_url, wait_for_all
 from runtime.common.rejects import RateLimitedLog, Rejects
+from runtime.common.systemd import SystemdNotifier
 from runtime.config import EdgeConfig
 from runtime.contract import NodeStatus, status_topic
 from runtime.engine import Engine, PipelineRunner
@@ -65,6 +66,7 @@ class EdgeApp:
         self._drop_log = RateLimitedLog(log)
         self._worker = threading.Thread(target=self._work, name="edgeloop-worker", daemon=True)
         self._unacked: list = []
+        self.systemd = SystemdNotifier.from_env()  # no-op outside systemd
         self.link = MqttLink(
             cfg.mqtt,
             client_id=f"edgeloop-{cfg.node_id}",
@@ -141,6 +143,7 @@ class EdgeApp:
                 or stopping
             ):
                 self._publish(engine.flush())
+            self.systemd.ping()  # WatchdogSec: proves this loop still turns
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.cfg.status_interval_s
                 self._publish_birth()
@@ -193,8 +196,16 @@ def run_edge(cfg: EdgeConfig, stop: threading.Event, source: str = "edge config"
     An unreachable broker is not fatal: the runtime keeps retrying with backoff
     (a device often boots before its network), logging each failed attempt.
     """
+    from runtime.metrics import serve_edge_metrics
+
     app = EdgeApp(cfg, source)
+    metrics = serve_edge_metrics(app, source)  # None unless metrics.enabled
     app.start(connect_timeout_s=None)
+    app.systemd.ready(f"node {cfg.node_id}")
     while not stop.wait(stats_every_s):
         log.info("stats %s", app.counters())
-    return 0 if app.stop() else 1
+    app.systemd.stopping()
+    drained = app.stop()
+    if metrics is not None:
+        metrics.close()
+    return 0 if drained else 1

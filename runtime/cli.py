@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeloop", description="Edge-ML runtime for MQTT IoT fleets.")
     parser.add_argument("--version", action="version", version=f"edgeloop {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text for people (default) or JSON lines for log collectors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def broker_flags(p: argparse.ArgumentParser) -> None:
@@ -235,10 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    from runtime.common.logsetup import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime.common.configfile import load_config
+from runtime.common.metrics import MetricsSettings
 from runtime.common.mqtt import MqttSettings
 from runtime.contract import TOPIC_LEVEL_PATTERN, TopicLevel
 from runtime.stages import StageConfig
@@ -127,6 +128,7 @@ class EdgeConfig(BaseModel):
     output: OutputSettings = OutputSettings()
     status_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _unique_sensors(self) -> "EdgeConfig":

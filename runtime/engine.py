@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +81,9 @@ class Engine:
         self.batch_results = batch_results
         self.counters: Counter[str] = Counter()
         self.oldest_pending: float | None = None
+        #: ``on_batch(model, batch_size, interpreter_s, latencies_s)`` after each interpreter
+        #: call; set by runtime.metrics when metrics are on, None (free) otherwise.
+        self.on_batch: Callable[[str, int, float, list[float]], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -154,9 +158,12 @@ class Engine:
     def _infer(self, runner: PipelineRunner, pending: list[_Pending]) -> list[tuple[str, bytes]]:
         model = runner.model
         features = runner.pipeline.transform([p.window.data for p in pending])
+        started = time.perf_counter()
         outputs = model.run(features)
         scores = outputs[:, model.score_output]
         done = time.monotonic()
+        if self.on_batch is not None:
+            self.on_batch(model.name, len(pending), time.perf_counter() - started, [done - p.received for p in pending])
         results: list[InferenceResult] = []
         for item, out, score in zip(pending, outputs.tolist(), scores.tolist()):
             device, sensor = item.window.key

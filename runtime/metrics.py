@@ -1,0 +1,112 @@
+"""Prometheus metrics of the edge runtime (``metrics.enabled`` in edge.yaml).
+
+Counters and levels are read from ``EdgeApp.counters()``, the reject
+counters and the engine's loaded models when Prometheus scrapes; three
+histograms are fed by the engine after each interpreter call through its
+``on_batch`` hook (None, and so free, when metrics are off):
+
+    edgeloop_edge_inference_seconds{model}     one interpreter call (a whole micro-batch)
+    edgeloop_edge_batch_size{model}            windows per interpreter call
+    edgeloop_edge_result_latency_seconds{model} reading received -> result ready, per result
+
+The full list with help texts is in docs/operations.md (a test keeps it in step).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from runtime import __version__
+from runtime.common.metrics import (
+    MetricsServer,
+    counter,
+    counters_as_metrics,
+    labelled_counter,
+)
+
+if TYPE_CHECKING:
+    from runtime.app import EdgeApp
+
+PREFIX = "edgeloop_edge"
+
+#: counter key -> (metric name, type, help). Unknown keys are exported too (see counters_as_metrics).
+KNOWN = {
+    "readings_in": (f"{PREFIX}_readings", "counter", "sensor messages taken from the input queue"),
+    "windows": (f"{PREFIX}_windows", "counter", "windows sent to a model"),
+    "results_out": (f"{PREFIX}_results", "counter", "inference results produced for publishing"),
+    "batches": (f"{PREFIX}_batches", "counter", "interpreter calls (micro-batches)"),
+    "dropped_queue_full": (f"{PREFIX}_dropped_queue_full", "counter", "readings dropped because the input queue was full"),
+    "queue_depth": (f"{PREFIX}_queue_depth", "gauge", "readings waiting in the input queue"),
+    "reconnects": (f"{PREFIX}_mqtt_reconnects", "counter", "MQTT reconnections after the first connect"),
+    "stream_restarts": (f"{PREFIX}_stream_restarts", "counter", "device streams that restarted at seq 0"),
+    "stale_readings": (f"{PREFIX}_stale_readings", "counter", "repeated or older readings skipped (redelivery)"),
+    "sequence_gaps": (f"{PREFIX}_sequence_gaps", "counter", "gaps in a stream's seq (lost readings)"),
+    "invalid_outputs": (f"{PREFIX}_invalid_outputs", "counter", "model outputs that failed result validation"),
+    "outbox_depth": (f"{PREFIX}_outbox_depth", "gauge", "results waiting in the disk outbox"),
+}
+#: Kept in the dict for NodeStatus, exported with a reason label instead.
+SKIP = ("rejected",)
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+E2E_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class EdgeCollector(Collector):
+    """Reads the app's counters at scrape time; owns the histograms the engine feeds."""
+
+    def __init__(self, app: EdgeApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.inference = Histogram(
+            f"{PREFIX}_inference_seconds", "interpreter call time per micro-batch", ["model"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size", "windows per interpreter call", ["model"], buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_result_latency_seconds", "reading received -> result ready, per result", ["model"],
+            buckets=E2E_BUCKETS, registry=registry,
+        )
+        registry.register(self)
+
+    def observe_batch(self, model: str, size: int, infer_s: float, latencies_s: list[float]) -> None:
+        """The engine's ``on_batch`` hook (worker thread)."""
+        self.inference.labels(model).observe(infer_s)
+        self.batch_size.labels(model).observe(size)
+        observe = self.latency.labels(model).observe
+        for value in latencies_s:
+            observe(value)
+
+    def collect(self):
+        app = self.app
+        yield from counters_as_metrics(PREFIX, app.counters(), KNOWN, SKIP)
+        rejects = app.rejects
+        yield labelled_counter(f"{PREFIX}_rejected", "input rejected (and dead-lettered), by reason", "reason",
+                               dict(rejects.by_reason))
+        yield counter(f"{PREFIX}_dead_lettered", "rejects published on deadletter/edge", rejects.dead_lettered)
+        models = GaugeMetricFamily(f"{PREFIX}_model_info", "loaded models (value 1)", labels=["model", "version", "sha256"])
+        for name, ref in sorted(app.engine.models().items()):
+            models.add_metric([name, ref.version, ref.sha256], 1)
+        yield models
+        connected = app.link.connected.is_set() if hasattr(app, "link") else False
+        yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker", value=int(connected))
+        info = InfoMetricFamily("edgeloop", "edgeloop build and node")
+        info.add_metric([], {"version": __version__, "component": "edge", "node": app.cfg.node_id})
+        yield info
+
+
+def serve_edge_metrics(app: EdgeApp, source: str = "edge config") -> MetricsServer | None:
+    """Start ``/metrics`` for ``app`` if its config enables it; None otherwise."""
+    settings = app.cfg.metrics
+    if not settings.enabled:
+        return None
+    registry = CollectorRegistry(auto_describe=False)
+    collector = EdgeCollector(app, registry)
+    server = MetricsServer(registry, settings, source)
+    app.engine.on_batch = collector.observe_batch
+    return server
