@@ -26,6 +26,7 @@ from runtime.config import EdgeConfig
 from runtime.contract import NodeStatus, status_topic
 from runtime.engine import Engine, PipelineRunner
 from runtime.inference import TfliteModel
+from runtime.sampling import Sampler
 from runtime.stages import PipelineError
 
 log = logging.getLogger("edgeloop.edge")
@@ -53,6 +54,7 @@ def build_engine(cfg: EdgeConfig, rejects: Rejects, source: str = "edge config")
         site=cfg.site,
         max_payload_bytes=cfg.input.max_payload_bytes,
         batch_results=cfg.output.batch_results,
+        sampler=Sampler(cfg.sampling) if cfg.sampling.enabled else None,
     )
 
 

@@ -17,6 +17,7 @@ from runtime.common.configfile import load_config
 from runtime.common.metrics import MetricsSettings
 from runtime.common.mqtt import MqttSettings
 from runtime.contract import TOPIC_LEVEL_PATTERN, TopicLevel
+from runtime.sampling import SamplingSettings
 from runtime.stages import StageConfig
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -128,6 +129,9 @@ class EdgeConfig(BaseModel):
     output: OutputSettings = OutputSettings()
     status_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings, description="windows sent home on samples/{device}/{model} for retraining"
+    )
     metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")

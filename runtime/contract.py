@@ -12,6 +12,7 @@ per-device broker ACL can pin them):
                                                    properties or a small header (see decode_frame)
     results/{device}/{model}      edge -> cloud    InferenceResult, or a JSON array of them
     status/{node}                 edge -> cloud    NodeStatus (retained; LWT "offline")
+    samples/{device}/{model}      edge -> cloud    SampleBatch: feature vectors kept for retraining
     deadletter/{component}        any              DeadLetter
 
 Every message carries ``v`` (schema version); receivers reject versions they
@@ -89,6 +90,10 @@ def status_topic(node: str) -> str:
     return f"status/{check_level(node, 'node')}"
 
 
+def sample_topic(device: str, model: str) -> str:
+    return f"samples/{check_level(device, 'device')}/{check_level(model, 'model')}"
+
+
 def deadletter_topic(component: str) -> str:
     return f"deadletter/{check_level(component, 'component')}"
 
@@ -119,6 +124,12 @@ def parse_sensor_topic(topic: str) -> tuple[str, str]:
 def parse_result_topic(topic: str) -> tuple[str, str]:
     """``results/{device}/{model}`` -> (device, model)."""
     device, model = _split(topic, "results", 2)
+    return device, model
+
+
+def parse_sample_topic(topic: str) -> tuple[str, str]:
+    """``samples/{device}/{model}`` -> (device, model)."""
+    device, model = _split(topic, "samples", 2)
     return device, model
 
 
@@ -281,6 +292,57 @@ class NodeStatus(BaseModel):
     )
 
 
+MAX_SAMPLE_ROWS = 1024
+MAX_FEATURES = 4096
+
+
+class SampleRow(BaseModel):
+    """One window kept for retraining: its features as the model's pipeline computed them.
+
+    ``features`` are the batch-stage output *before* ``normalize`` (raw
+    features), so a trainer can fit its own normalisation. ``score`` and
+    ``anomaly`` are what the model that served the window said; ``reason`` is
+    why it was kept: ``random`` (the unbiased random fraction) or ``flagged``.
+    """
+
+    model_config = _STRICT
+
+    ts: Timestamp
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    features: Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_FEATURES)]
+    score: FiniteFloat
+    anomaly: bool
+    reason: Literal["random", "flagged"]
+
+
+class SampleBatch(BaseModel):
+    """Windows of one device and model kept for retraining, on ``samples/{device}/{model}``.
+
+    Published by the edge next to the results of the same flush. Every row
+    has the same number of features (the pipeline's output width).
+    """
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    device: TopicLevel
+    sensor: TopicLevel
+    model: TopicLevel
+    model_version: Annotated[str, Field(min_length=1, max_length=64)]
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    stage: Literal["features"] = Field(default="features", description="rows are raw features (before normalize)")
+    node: TopicLevel | None = None
+    site: TopicLevel | None = None
+    rows: Annotated[list[SampleRow], Field(min_length=1, max_length=MAX_SAMPLE_ROWS)]
+
+    @model_validator(mode="after")
+    def _same_width(self) -> "SampleBatch":
+        width = len(self.rows[0].features)
+        if any(len(r.features) != width for r in self.rows):
+            raise ValueError("all rows must have the same number of features")
+        return self
+
+
 class DeadLetter(BaseModel):
     """A rejected input and why; published on ``deadletter/{component}``.
 
@@ -328,6 +390,7 @@ class DeadLetter(BaseModel):
 _READING = TypeAdapter(SensorReading)
 _RESULTS = TypeAdapter(InferenceResult | list[InferenceResult])
 _STATUS = TypeAdapter(NodeStatus)
+_SAMPLES = TypeAdapter(SampleBatch)
 
 
 def decode(adapter: TypeAdapter, payload: bytes, max_bytes: int):  # noqa: ANN201
@@ -356,6 +419,10 @@ def decode_results(payload: bytes, max_bytes: int) -> list[InferenceResult]:
 
 def decode_status(payload: bytes, max_bytes: int) -> NodeStatus:
     return decode(_STATUS, payload, max_bytes)
+
+
+def decode_samples(payload: bytes, max_bytes: int) -> SampleBatch:
+    return decode(_SAMPLES, payload, max_bytes)
 
 
 def _reason(exc: ValidationError) -> str:

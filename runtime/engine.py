@@ -25,12 +25,15 @@ from runtime.config import PipelineSettings
 from runtime.contract import (
     ContractError,
     InferenceResult,
+    MAX_FEATURES,
     ModelRef,
+    SampleRow,
     decode_reading,
     parse_sensor_topic,
     result_topic,
 )
 from runtime.inference import TfliteModel
+from runtime.sampling import Sampler, encode_batches
 from runtime.stages import Pipeline, StreamKey, Window, build_pipeline
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class Engine:
         site: str | None = None,
         max_payload_bytes: int = 256 * 1024,
         batch_results: bool = False,
+        sampler: Sampler | None = None,
     ) -> None:
         self.runners = {r.settings.sensor: r for r in runners}
         self.rejects = rejects
@@ -79,6 +83,8 @@ class Engine:
         self.site = site
         self.max_payload_bytes = max_payload_bytes
         self.batch_results = batch_results
+        #: Keeps a fraction of windows (+ flagged ones) as SampleBatch messages for retraining.
+        self.sampler = sampler
         self.counters: Counter[str] = Counter()
         self.oldest_pending: float | None = None
         #: ``on_batch(model, batch_size, interpreter_s, latencies_s)`` after each interpreter
@@ -157,7 +163,7 @@ class Engine:
 
     def _infer(self, runner: PipelineRunner, pending: list[_Pending]) -> list[tuple[str, bytes]]:
         model = runner.model
-        features = runner.pipeline.transform([p.window.data for p in pending])
+        features, raw = runner.pipeline.transform_with_raw([p.window.data for p in pending])
         started = time.perf_counter()
         outputs = model.run(features)
         scores = outputs[:, model.score_output]
@@ -193,7 +199,29 @@ class Engine:
         self.counters["windows"] += len(pending)
         self.counters["results_out"] += len(results)
         self.counters["batches"] += 1
-        return self._encode(results)
+        messages = self._encode(results)
+        if self.sampler is not None:
+            messages += self._samples(model, pending, raw, scores)
+        return messages
+
+    def _samples(self, model: TfliteModel, pending: list[_Pending], raw: np.ndarray, scores: np.ndarray) -> list[tuple[str, bytes]]:
+        """SampleBatch messages for the windows the sampler keeps (raw features, before normalize)."""
+        if raw.ndim != 2 or raw.shape[1] > MAX_FEATURES:  # e.g. image tensors: not sampled
+            return []
+        choose, threshold, kept = self.sampler.choose, model.threshold, []
+        finite = np.isfinite(raw).all(axis=1) & np.isfinite(scores)
+        for i, (item, score) in enumerate(zip(pending, scores.tolist())):
+            device, sensor = item.window.key
+            reason = choose(device, score > threshold) if finite[i] else None
+            if reason is not None:
+                row = SampleRow(ts=item.window.ts_end, seq=item.window.seq, features=raw[i].tolist(),
+                                score=score, anomaly=score > threshold, reason=reason)
+                kept.append((device, sensor, row))
+        if not kept:
+            return []
+        self.counters["samples_out"] += len(kept)
+        return encode_batches(kept, model=model.name, model_version=model.version, model_sha256=model.sha256,
+                              node=self.node_id, site=self.site)
 
     def _encode(self, results: list[InferenceResult]) -> list[tuple[str, bytes]]:
         if not self.batch_results:

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, TypeAdapter
 
 from runtime.common.errors import PayloadError
-from runtime.stages.features import FeaturesConfig, NormalizeConfig
+from runtime.stages.features import FeaturesConfig, Normalize, NormalizeConfig
 from runtime.stages.sample import ScaleConfig, SelectConfig, StandardizeConfig
 from runtime.stages.window import StreamKey, Window, WindowConfig, Windower
 
@@ -91,6 +91,20 @@ class Pipeline:
         for stage in self.batch_stages:
             batch = stage.apply(batch)
         return batch
+
+    def transform_with_raw(self, datas: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``transform``, plus the raw features: the batch just before the first ``normalize``.
+
+        The edge sends raw features home for retraining, so a new model can fit
+        its own normalisation (the final output if there is no normalize stage).
+        """
+        batch = np.stack(datas).astype(np.float32, copy=False)
+        raw = None
+        for stage in self.batch_stages:
+            if raw is None and isinstance(stage, Normalize):
+                raw = batch
+            batch = stage.apply(batch)
+        return batch, (batch if raw is None else raw)
 
     def reset(self, key: StreamKey) -> None:
         if self.windower is not None:
