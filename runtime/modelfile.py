@@ -78,6 +78,20 @@ class Reference(BaseModel):
     feature_mean: list[FiniteFloat] = Field(default_factory=list)
     feature_std: list[FiniteFloat] = Field(default_factory=list)
     samples: Annotated[int, Field(ge=0)] | None = None
+    quantile_levels: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=list, description="cumulative probabilities of the rows of feature_quantiles"
+    )
+    feature_quantiles: list[list[FiniteFloat]] = Field(
+        default_factory=list, description="per raw feature (before normalize), its values at quantile_levels"
+    )
+
+    @model_validator(mode="after")
+    def _quantiles_fit(self) -> Reference:
+        if any(len(q) != len(self.quantile_levels) for q in self.feature_quantiles):
+            raise ValueError("each feature_quantiles row needs one value per quantile_levels entry")
+        if self.quantile_levels != sorted(self.quantile_levels):
+            raise ValueError("quantile_levels must be increasing")
+        return self
 
 
 class TrainingInfo(BaseModel):
@@ -89,6 +103,9 @@ class TrainingInfo(BaseModel):
     samples: Annotated[int, Field(ge=0)]
     window: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = None
+    parent: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="version this model was retrained from"
+    )
     pipeline: list[dict[str, Any]] = Field(default_factory=list)
     threshold_method: str | None = Field(default=None, max_length=512)
     evaluation: dict[str, FiniteFloat] = Field(default_factory=dict)

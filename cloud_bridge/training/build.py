@@ -65,7 +65,9 @@ DEFAULT_VIBRATION_PIPELINE: list[dict[str, Any]] = [
 ]
 
 THRESHOLD_QUANTILE = 0.995
-SCORE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999)
+SCORE_QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999)
+#: Levels of the per-feature quantiles kept in the reference (the drift monitor's bins and CDFs).
+FEATURE_QUANTILE_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 HIDDEN = (16, 8, 16)
 ACTIVATION = "relu"
 _STD_FLOOR = 1e-6
@@ -115,7 +117,40 @@ def model_features(
     return build_pipeline(pipeline_stages, in_channels=3, model_stats=stats).transform(windows)
 
 
-def _keras_models(n_features: int, seed: int):
+def configure_tensorflow() -> Any:
+    """Import TensorFlow single-threaded and deterministic (as far as it allows); return the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.experimental.enable_op_determinism()
+    return tf
+
+
+def fit_normalization(raw: np.ndarray) -> dict[str, list[float]]:
+    """Per-feature mean and std (floored) of raw features: the model's ``normalization``."""
+    mean = raw.mean(axis=0).astype(np.float64)
+    std = np.maximum(raw.std(axis=0).astype(np.float64), _STD_FLOOR)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def normalize(raw: np.ndarray, stats: dict[str, list[float]]) -> np.ndarray:
+    """What ``{type: normalize, from_model: true}`` does on the edge."""
+    mean = np.asarray(stats["mean"], dtype=np.float32)
+    inv_std = (1.0 / np.asarray(stats["std"], dtype=np.float32)).astype(np.float32)
+    return ((raw.astype(np.float32) - mean) * inv_std).astype(np.float32)
+
+
+def train_autoencoder(x_train: np.ndarray, seed: int, *, epochs: int, batch_size: int) -> Any:
+    """Fit the autoencoder on normalised features; return the scorer (features -> (B, 1) score)."""
+    autoencoder, scorer = keras_models(x_train.shape[1], seed)
+    autoencoder.compile(optimizer="adam", loss="mse")
+    autoencoder.fit(x_train, x_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return scorer
+
+
+def keras_models(n_features: int, seed: int):
     import keras
     from keras import layers, ops
 
@@ -133,7 +168,10 @@ def _keras_models(n_features: int, seed: int):
     return autoencoder, scorer
 
 
-def _to_tflite(scorer: Any, n_features: int) -> bytes:
+def to_tflite(scorer: Any, n_features: int, representative: np.ndarray | None = None) -> bytes:
+    """Convert the scorer to TFLite: float32, or with ``representative`` (normalised feature rows)
+    int8 post-training quantization of weights and activations with float input and output,
+    so the edge feeds and reads it exactly like the float model."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name="features")])
@@ -143,32 +181,60 @@ def _to_tflite(scorer: Any, n_features: int) -> bytes:
     # Without the trackable object the converter freezes the weights into constants
     # (with it, Keras 3 variables stay resource variables that LiteRT reads as NaN).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
+    if representative is not None:
+        rows = np.asarray(representative, dtype=np.float32)
+
+        def dataset():
+            for i in range(min(len(rows), 500)):
+                yield [rows[i : i + 1]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
     return converter.convert()
 
 
-def _score_tflite(content: bytes, features: np.ndarray) -> np.ndarray:
+def score_tflite(content: bytes, features: np.ndarray) -> np.ndarray:
     """Score with the converted bytes through the edge's own interpreter path."""
     import tempfile
 
     from runtime.inference import TfliteModel
 
     with tempfile.TemporaryDirectory() as tmp:
-        meta = _metadata(content, features.shape[1], 0.0, None, None, None)
+        meta = make_metadata(content, features.shape[1], 0.0, None, None, None)
         path = write_model_files(tmp, content, meta)
         return TfliteModel(path).run(features)[:, 0]
 
 
-def _metadata(
+def reference_stats(raw: np.ndarray, scores: np.ndarray) -> Reference:
+    """What the drift monitor compares live data with: score quantiles and moments, raw-feature
+    moments and per-feature quantiles, of held-out normal windows."""
+    return Reference(
+        score_quantiles={_quantile_key(q): float(np.quantile(scores, q)) for q in SCORE_QUANTILES},
+        score_mean=float(scores.mean()),
+        score_std=float(scores.std()),
+        feature_mean=raw.mean(axis=0).astype(np.float64).tolist(),
+        feature_std=raw.std(axis=0).astype(np.float64).tolist(),
+        samples=len(scores),
+        quantile_levels=list(FEATURE_QUANTILE_LEVELS),
+        feature_quantiles=np.quantile(raw.astype(np.float64), FEATURE_QUANTILE_LEVELS, axis=0).T.tolist(),
+    )
+
+
+def make_metadata(
     content: bytes,
     n_features: int,
     threshold: float,
     normalization: Normalization | None,
     reference: Reference | None,
     training: TrainingInfo | None,
+    *,
+    name: str = MODEL_NAME,
+    version: str = MODEL_VERSION,
+    created_by: str = "edgeloop model build",
 ) -> ModelMetadata:
     return ModelMetadata(
-        name=MODEL_NAME,
-        version=MODEL_VERSION,
+        name=name,
+        version=version,
         sha256=sha256_bytes(content),
         task="anomaly",
         input=InputSpec(shape=[None, n_features], dtype="float32"),
@@ -179,7 +245,7 @@ def _metadata(
         normalization=normalization,
         reference=reference,
         training=training,
-        created_by="edgeloop model build",
+        created_by=created_by,
     )
 
 
@@ -201,12 +267,7 @@ def build_model(
     metadata under ``training.evaluation``). Deterministic for a seed as far
     as TensorFlow allows (single-threaded, op determinism on).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.experimental.enable_op_determinism()
+    tf = configure_tensorflow()
 
     stages = pipeline_stages or DEFAULT_VIBRATION_PIPELINE
     started = time.perf_counter()
@@ -222,21 +283,17 @@ def build_model(
     data_s = time.perf_counter() - started
 
     raw_train = raw_features(train_w, stages)
-    mean = raw_train.mean(axis=0).astype(np.float64)
-    std = np.maximum(raw_train.std(axis=0).astype(np.float64), _STD_FLOOR)
-    stats = {"mean": mean.tolist(), "std": std.tolist()}
+    stats = fit_normalization(raw_train)
     x_train = model_features(train_w, stages, stats)
     n_features = x_train.shape[1]
 
-    autoencoder, scorer = _keras_models(n_features, seed)
-    autoencoder.compile(optimizer="adam", loss="mse")
     fit_started = time.perf_counter()
-    autoencoder.fit(x_train, x_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    scorer = train_autoencoder(x_train, seed, epochs=epochs, batch_size=batch_size)
     fit_s = time.perf_counter() - fit_started
-    content = _to_tflite(scorer, n_features)
+    content = to_tflite(scorer, n_features)
 
     def scores(windows: list[np.ndarray]) -> np.ndarray:
-        return _score_tflite(content, model_features(windows, stages, stats))
+        return score_tflite(content, model_features(windows, stages, stats))
 
     s_train, s_val, s_test = scores(train_w), scores(val_w), scores(test_w)
     s_fault, s_drift = scores(fault_w), scores(drift_w)
@@ -260,15 +317,7 @@ def build_model(
         "fault_score_median": float(np.median(s_fault[fault_mask])) if fault_mask.any() else 0.0,
         "keras_tflite_max_abs_diff": float(np.max(np.abs(keras_val - s_val))),
     }
-    raw_val = raw_features(val_w, stages)
-    reference = Reference(
-        score_quantiles={_quantile_key(q): float(np.quantile(s_val, q)) for q in SCORE_QUANTILES},
-        score_mean=float(s_val.mean()),
-        score_std=float(s_val.std()),
-        feature_mean=raw_val.mean(axis=0).astype(np.float64).tolist(),
-        feature_std=raw_val.std(axis=0).astype(np.float64).tolist(),
-        samples=len(val_w),
-    )
+    reference = reference_stats(raw_features(val_w, stages), s_val)
     window = next(s for s in stages if s["type"] == "window")
     training = TrainingInfo(
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -299,7 +348,7 @@ def build_model(
             "data_s": round(data_s, 2),
         },
     )
-    meta = _metadata(content, n_features, threshold, Normalization(**stats), reference, training)
+    meta = make_metadata(content, n_features, threshold, Normalization(**stats), reference, training)
     path = write_model_files(out_dir, content, meta)
     log.info("wrote %s (%d bytes, sha256 %s) in %.1fs", path, len(content), meta.sha256[:12], elapsed)
     return path, evaluation
