@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from runtime.common.configfile import load_config
 from runtime.common.metrics import BRIDGE_METRICS_PORT, MetricsSettings
 from runtime.common.mqtt import MqttSettings
+from runtime.common.secrets import read_secret_file
 from runtime.contract import TopicLevel
 
 DEFAULT_CLIENT_ID = "edgeloop-bridge"
@@ -114,7 +115,7 @@ class InfluxSettings(BaseModel):
     @classmethod
     def _token_file(cls, path: Path | None) -> Path | None:
         if path is not None:
-            _read_token(path)
+            _read_token(path, warn=False)
         return path
 
     @field_validator("tags")
@@ -145,14 +146,9 @@ class InfluxSettings(BaseModel):
         return self
 
 
-def _read_token(path: Path) -> str:
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read token file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not token:
-        raise ValueError(f"token file {str(path)!r} is empty")
-    return token
+def _read_token(path: Path, warn: bool = True) -> str:
+    """Regular file, <= 64 KiB, UTF-8, not empty; world-readable is a logged warning (runtime.common.secrets)."""
+    return read_secret_file(path, "token file", warn=warn)
 
 
 class BridgeConfig(BaseModel):

@@ -26,6 +26,7 @@ from runtime.config import EdgeConfig
 from runtime.contract import NodeStatus, status_topic
 from runtime.engine import Engine, PipelineRunner
 from runtime.inference import TfliteModel
+from runtime.model_manager import ModelManager
 from runtime.sampling import Sampler
 from runtime.stages import PipelineError
 
@@ -63,6 +64,10 @@ class EdgeApp:
         self.cfg = cfg
         self.rejects = Rejects("edge", log, publish=self._publish_deadletter if cfg.output.deadletter else None, node=cfg.node_id)
         self.engine = build_engine(cfg, self.rejects, source)
+        # Signed over-the-air deployment (docs/deployment.md): None unless deploy.enabled.
+        self.deploy = ModelManager(cfg, self.engine, self.rejects, on_change=self._publish_birth) if cfg.deploy.enabled else None
+        if self.deploy is not None:
+            self.deploy.restore(self.engine)
         self.inbox: queue.Queue = queue.Queue(cfg.input.queue_size)
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)
@@ -73,14 +78,21 @@ class EdgeApp:
             cfg.mqtt,
             client_id=f"edgeloop-{cfg.node_id}",
             on_message=self._on_message,
-            subscriptions=[(p.subscription, cfg.input.qos) for p in cfg.pipelines],
+            subscriptions=[(p.subscription, cfg.input.qos) for p in cfg.pipelines]
+            + (self.deploy.subscriptions() if self.deploy is not None else []),
             will=Will(topic=status_topic(cfg.node_id), payload=self._status("offline")),
             on_connected=self._publish_birth,
         )
 
+        if self.deploy is not None:
+            self.deploy.attach(self.link)
+
     # ------------------------------------------------------------ network thread
 
     def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+        if self.deploy is not None and msg.topic.startswith("models/"):
+            self.deploy.offer(msg.topic, msg.payload)
+            return
         try:
             self.inbox.put_nowait((msg.topic, msg.payload, time.monotonic()))
         except queue.Full:
@@ -103,6 +115,7 @@ class EdgeApp:
             runtime_version=__version__,
             site=self.cfg.site,
             counters=counters,
+            last_deploy=self.deploy.states() if getattr(self, "deploy", None) is not None else {},
         ).model_dump_json(exclude_none=True).encode()
 
     # ------------------------------------------------------------ worker thread
@@ -113,7 +126,10 @@ class EdgeApp:
         engine = self.engine
         stopping = False
         next_status = time.monotonic() + self.cfg.status_interval_s
+        deploy = self.deploy
         while True:
+            if deploy is not None:
+                deploy.service(engine, self._publish)  # between batches: swap in a new model, judge it, roll back
             if engine.pending:
                 timeout = max(0.0, engine.oldest_pending + max_wait - time.monotonic())
             else:
@@ -169,6 +185,8 @@ class EdgeApp:
         out["dropped_queue_full"] = self.dropped_queue_full
         out["queue_depth"] = self.inbox.qsize() if hasattr(self, "inbox") else 0
         out["reconnects"] = self.link.reconnects if hasattr(self, "link") else 0
+        if getattr(self, "deploy", None) is not None:
+            out.update(self.deploy.counters)
         return out
 
     def start(self, connect_timeout_s: float | None = 30.0) -> None:
@@ -179,6 +197,8 @@ class EdgeApp:
             ", ".join(f"{p.subscription} -> {p.model.path.name}" for p in self.cfg.pipelines),
         )
         self._worker.start()
+        if self.deploy is not None:
+            self.deploy.start()
         self.link.start(wait_s=connect_timeout_s)
 
     def stop(self) -> bool:
@@ -186,6 +206,8 @@ class EdgeApp:
         self.link.unsubscribe_all()
         self.inbox.put(_STOP)
         self._worker.join(self.cfg.drain_timeout_s)
+        if self.deploy is not None:
+            self.deploy.stop()
         acked = wait_for_all([i for i in self._unacked if not i.is_published()], self.cfg.drain_timeout_s)
         self.link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
         log.info("edge %s stopped: %s", self.cfg.node_id, self.counters())

@@ -115,6 +115,42 @@ class OutputSettings(BaseModel):
     deadletter: bool = Field(default=True, description="publish rejected input on deadletter/edge")
 
 
+class DeploySettings(BaseModel):
+    """Signed over-the-air model deployment (docs/deployment.md); off unless ``enabled``.
+
+    A deployed model runs its first ``canary_windows`` windows on probation:
+    it is rolled back to the previous model if any output is invalid, if the
+    mean result latency exceeds ``max_latency_ms``, or if its anomaly rate
+    exceeds ``max(max_anomaly_rate, anomaly_rate_factor * previous model's recent rate)``.
+    """
+
+    model_config = _FROZEN
+
+    enabled: bool = False
+    public_key_file: Path | None = Field(default=None, description="Ed25519 public key (PEM) manifests must be signed with")
+    max_artifact_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 16 * 1024 * 1024
+    chunk_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    state_dir: Path | None = Field(default=None, description="keeps the deployed and the previous model across restarts")
+    canary_windows: Annotated[int, Field(ge=1, le=1_000_000)] = 50
+    max_anomaly_rate: Annotated[float, Field(ge=0, le=1)] = 0.2
+    anomaly_rate_factor: Annotated[float, Field(ge=1, le=1000)] = 3.0
+    max_latency_ms: Annotated[float, Field(gt=0, le=600_000)] = 1000.0
+
+    @model_validator(mode="after")
+    def _key(self) -> "DeploySettings":
+        if self.enabled:
+            if self.public_key_file is None:
+                raise ValueError("deploy.enabled needs public_key_file (the deployer's Ed25519 public key)")
+            from runtime.common.errors import ConfigError
+            from runtime.common.signing import VerifyKey
+
+            try:
+                VerifyKey.load(self.public_key_file)
+            except ConfigError as exc:
+                raise ValueError(f"public_key_file: {'; '.join(exc.problems)} ({exc.source})") from None
+        return self
+
+
 class EdgeConfig(BaseModel):
     model_config = _FROZEN
 
@@ -129,6 +165,7 @@ class EdgeConfig(BaseModel):
     output: OutputSettings = OutputSettings()
     status_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    deploy: DeploySettings = DeploySettings()
     sampling: SamplingSettings = Field(
         default_factory=SamplingSettings, description="windows sent home on samples/{device}/{model} for retraining"
     )

@@ -54,6 +54,9 @@ class PipelineRunner:
     pipeline: Pipeline
     pending: list[_Pending] = field(default_factory=list)
     last_seq: dict[StreamKey, int] = field(default_factory=dict)
+    #: Running totals for this runner's model (windows, anomalies, invalid, latency_s); the
+    #: model manager reads them to judge a freshly deployed model over its first windows.
+    tally: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def build(cls, settings: PipelineSettings, model: TfliteModel) -> "PipelineRunner":
@@ -198,6 +201,11 @@ class Engine:
                 log.warning("model %s produced an invalid result for %s: %s", model.name, device, exc.errors()[0]["msg"])
         self.counters["windows"] += len(pending)
         self.counters["results_out"] += len(results)
+        tally = runner.tally
+        tally["windows"] += len(pending)
+        tally["anomalies"] += sum(1 for r in results if r.anomaly)
+        tally["invalid"] += len(pending) - len(results)
+        tally["latency_s"] += sum(done - p.received for p in pending)
         self.counters["batches"] += 1
         messages = self._encode(results)
         if self.sampler is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from runtime.common.errors import ModelError
-from runtime.modelfile import ModelMetadata, load_model_files
+from runtime.modelfile import ModelMetadata, load_model_files, sha256_bytes
 
 _CANDIDATES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "Interpreter"),
@@ -86,10 +86,25 @@ class TfliteModel:
     """
 
     def __init__(self, path: str | Path, num_threads: int | None = None, max_batch: int = 256) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.path = Path(path)
         content, meta = load_model_files(self.path)
+        self._load(content, meta, num_threads, max_batch)
+
+    @classmethod
+    def from_bytes(
+        cls, content: bytes, metadata: ModelMetadata, num_threads: int | None = None, max_batch: int = 256
+    ) -> TfliteModel:
+        """A model from bytes in memory (a deployment received over MQTT); same checks as from files."""
+        if sha256_bytes(content) != metadata.sha256:
+            raise ModelError(f"model {metadata.name} {metadata.version}: sha256 of the bytes differs from its metadata")
+        self = cls.__new__(cls)
+        self.path = Path(f"<{metadata.name} {metadata.version}>")
+        self._load(content, metadata, num_threads, max_batch)
+        return self
+
+    def _load(self, content: bytes, meta: ModelMetadata, num_threads: int | None, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.metadata: ModelMetadata = meta
         cls, self.interpreter_name = load_interpreter_class()
         try:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from runtime.common.errors import ConfigError
+from runtime.common.secrets import refuse_world_readable_inline_secrets
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -58,23 +59,33 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return problems
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, expand: bool = True) -> dict[str, Any]:
+    """The YAML mapping in ``path``, ``${ENV}`` expanded unless ``expand`` is false."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["(top level): nested too deeply"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(source, ["(top level): must be a mapping of keys to values"])
-    return expand_env(data, source)
+    if not expand:
+        return data
+    try:
+        return expand_env(data, source)
+    except RecursionError:
+        raise ConfigError(source, ["(top level): nested too deeply"]) from None
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -90,15 +101,27 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def load_config(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None = None) -> M:
     """Read ``path`` (optional), apply ``overrides`` from flags, validate as ``model``."""
-    data = read_yaml(path) if path else {}
+    raw = read_yaml(path, expand=False) if path else {}
+    try:
+        data = expand_env(raw, str(path)) if path else {}
+    except RecursionError:
+        raise ConfigError(str(path), ["(top level): nested too deeply"]) from None
     source = str(path) if path else "defaults"
     if overrides:
         data = deep_merge(data, overrides)
         source += " + command line"
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, format_validation_error(exc)) from None
+    except RecursionError:
+        raise ConfigError(source, ["(top level): nested too deeply"]) from None
+    if path:
+        # A token spelled out in a file anyone can read is refused (runtime.common.secrets).
+        problems = refuse_world_readable_inline_secrets(config, raw, path)
+        if problems:
+            raise ConfigError(str(path), problems)
+    return config
 
 
 def redacted(config: BaseModel) -> dict[str, Any]:

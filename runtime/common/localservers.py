@@ -180,15 +180,21 @@ class _Server:
 class Mosquitto(_Server):
     """A mosquitto 2.x broker. With ``persistence`` the in-memory db is saved to the workdir after
     every change (``autosave_on_changes true``, ``autosave_interval 1``), so retained messages and
-    queued QoS 1/2 messages survive ``kill()`` once mosquitto has written them."""
+    queued QoS 1/2 messages survive ``kill()`` once mosquitto has written them.
+
+    ``listener_conf`` replaces the default plain, anonymous listener (e.g. a TLS listener with
+    ``require_certificate`` and an ``acl_file``); ``{host}`` and ``{port}`` in it are filled in.
+    Such a broker counts as ready when its port accepts TCP connections, since an MQTT probe
+    would need its credentials."""
 
     name = "mosquitto"
     scheme = "mqtt"
 
     def __init__(self, workdir: str | os.PathLike, port: int | None = None, extra_conf: str = "",
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, listener_conf: str | None = None) -> None:
         super().__init__(workdir, port)
         self.extra_conf = extra_conf
+        self.listener_conf = listener_conf
         self.persistence = persistence
         self.log_path = self.workdir / "mosquitto.log"
         self.conf_path = self.workdir / "mosquitto.conf"
@@ -198,8 +204,8 @@ class Mosquitto(_Server):
         conf = [
             # As root, mosquitto would switch to the `mosquitto` user and lose access to the workdir.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *([f"listener {self.port} {self.host}", "allow_anonymous true"] if self.listener_conf is None
+              else [self.listener_conf.replace("{host}", self.host).replace("{port}", str(self.port))]),
             f"log_dest file {self.log_path}",
             *(f"log_type {t}" for t in ("error", "warning", "notice", "information")),
             "log_timestamp_format %H:%M:%S",
@@ -211,6 +217,9 @@ class Mosquitto(_Server):
         return [_binary("mosquitto"), "-c", str(self.conf_path)]
 
     def _ready(self) -> bool:
+        if self.listener_conf is not None:
+            with socket.create_connection((self.host, self.port), timeout=1.0):
+                return True
         # MQTT 3.1.1 CONNECT (clean session, keepalive 10, empty client id); expect CONNACK rc 0.
         with socket.create_connection((self.host, self.port), timeout=1.0) as s:
             s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x0a\x00\x00")

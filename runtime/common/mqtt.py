@@ -7,9 +7,11 @@ reconnect policy that does not make a fleet stampede a restarted broker.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +23,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from runtime.common.errors import TransientError
+from runtime.common.errors import ConfigError, TransientError
 from runtime.common.ratelimit import RateLimitedLog
+from runtime.common.secrets import read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,80 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
 class TlsSettings(BaseModel):
-    """Server authentication with ``ca_file``; mutual TLS adds ``cert_file`` + ``key_file``."""
+    """TLS to the broker (docs/security.md).
+
+    ``ca_file`` authenticates the server (default: the system trust store);
+    ``cert_file`` + ``key_file`` add a client certificate (mutual TLS), with
+    ``key_password`` or ``key_password_file`` if the key is encrypted. The files
+    are loaded while the config is validated, so a missing file, a key that
+    does not match its certificate or a wrong key password is a ConfigError
+    naming the field, not a connection failure later.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    key_password: SecretStr | None = None
+    key_password_file: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
     insecure_skip_verify: bool = Field(
-        default=False, description="disable hostname checks (testing only)"
+        default=False,
+        description="skip the hostname check only (the certificate chain is still verified); testing only",
     )
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> object:
+        # YAML reads `min_version: 1.2` as a float.
+        return str(value) if isinstance(value, (int, float)) else value
+
+    @model_validator(mode="after")
+    def _load_files(self) -> "TlsSettings":
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        if self.key_password is not None and self.key_password_file is not None:
+            raise ValueError("set 'key_password' or 'key_password_file', not both")
+        if self.key_password_file is not None:
+            value = read_secret_file(self.key_password_file, "key_password_file")
+            object.__setattr__(self, "key_password", SecretStr(value))
+        self.ssl_context()
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context: verify the server (and its name), present our certificate if any.
+
+        Raises ValueError naming the field whose file cannot be used.
+        """
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        except ssl.SSLError as exc:  # a broken system trust store
+            raise ValueError(f"cannot create a TLS context: {exc}") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        if self.ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(self.ca_file))
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError(f"ca_file {str(self.ca_file)!r} holds no PEM CA certificate") from None
+        if self.cert_file is not None:
+            password = self.key_password.get_secret_value() if self.key_password else None
+            try:
+                ctx.load_cert_chain(
+                    str(self.cert_file), str(self.key_file) if self.key_file else None, password=password or None
+                )
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError(
+                    f"cert_file {str(self.cert_file)!r} and key_file {str(self.key_file)!r} are not a PEM "
+                    "certificate and its private key (or the key is encrypted and key_password is wrong or missing)"
+                ) from None
+        if self.insecure_skip_verify:
+            ctx.check_hostname = False
+        return ctx
 
 
 class MqttSettings(BaseModel):
@@ -53,6 +120,7 @@ class MqttSettings(BaseModel):
     client_id: str | None = Field(default=None, max_length=128)
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = Field(default=None, description="file holding the password; read at startup")
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     tls: TlsSettings | None = None
@@ -71,6 +139,17 @@ class MqttSettings(BaseModel):
     def _protocol(cls, value: object) -> object:
         # YAML reads `protocol: 5` as an int and `3.1.1` as a string.
         return str(value) if isinstance(value, (int, float)) else value
+
+    @model_validator(mode="after")
+    def _secrets_and_tls(self) -> "MqttSettings":
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set 'password' or 'password_file', not both")
+        if self.password_file is not None:
+            # Frozen model: the file is read once here, at startup.
+            object.__setattr__(self, "password", SecretStr(read_secret_file(self.password_file, "password_file")))
+        if self.tls is not None and not parse_broker_url(self.url).tls:
+            raise ValueError("'tls' is set but 'url' is mqtt:// (plain TCP): use mqtts://host (default port 8883)")
+        return self
 
 
 class BrokerAddress(BaseModel):
@@ -114,6 +193,13 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Will(BaseModel):
@@ -163,6 +249,10 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._rng = random.Random()
         self._stopping = False
+        #: Why the last connection attempt failed ("Not authorized", a TLS error), for start()'s error.
+        self.last_failure: str | None = None
+        self._connack_refused = False
+        self._last_io_error: str | None = None
 
         self.v5 = settings.protocol == "5"
         self.client = paho.Client(
@@ -179,6 +269,8 @@ class MqttLink:
             self.client.username_pw_set(username, password.get_secret_value() if password else None)
         if self.address.tls or settings.tls:
             self._configure_tls(settings.tls or TlsSettings())
+        elif password is not None and not _loopback(self.address.host):
+            log.warning("sending MQTT credentials to %s without TLS: use mqtts://", self.address.host)
         if will is not None:
             self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._jitter_reconnect()
@@ -188,13 +280,15 @@ class MqttLink:
         self._fail_log = RateLimitedLog(log, interval_s=60.0, per_interval=3)
         if on_message is not None:
             self.client.on_message = lambda _c, _u, msg: on_message(msg)
+        # Only while not connected (no cost on the message path): paho reports socket and TLS
+        # errors through its log callback alone.
+        self.client.on_log = self._capture_io_error
 
     def _configure_tls(self, tls: TlsSettings) -> None:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-        if tls.insecure_skip_verify:
-            ctx.check_hostname = False
+        try:
+            ctx = tls.ssl_context()
+        except ValueError as exc:  # files changed since the config was validated
+            raise ConfigError("mqtt.tls", [str(exc)]) from None
         self.client.tls_set_context(ctx)
 
     def _jitter_reconnect(self) -> None:
@@ -206,8 +300,13 @@ class MqttLink:
 
     def _handle_connect(self, client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
         if reason_code.is_failure:
+            self.last_failure = f"broker refused the connection: {reason_code}"
+            self._connack_refused = True
             log.warning("broker %s refused connection: %s", redact_url(self.settings.url), reason_code)
             return
+        self.last_failure = None
+        self._last_io_error = None
+        client.on_log = None
         if self._ever_connected:
             self.reconnects += 1
             log.info("reconnected to %s", redact_url(self.settings.url))
@@ -223,11 +322,35 @@ class MqttLink:
         self.connected.clear()
         if was_connected and not self._stopping:
             log.warning("disconnected from %s: %s", redact_url(self.settings.url), reason_code)
+        elif not was_connected and not self._stopping:
+            if self._connack_refused:
+                self._connack_refused = False  # last_failure already says why
+            else:
+                # e.g. TLS 1.3: a broker refusing our certificate ends the session after the handshake.
+                self.last_failure = f"connection closed before CONNACK: {self._last_io_error or reason_code}"
+                self._fail_log.warning(
+                    "connect_fail",
+                    "cannot connect to broker %s (%s); retrying with backoff",
+                    redact_url(self.settings.url),
+                    self.last_failure,
+                )
+        self.client.on_log = self._capture_io_error
         self._jitter_reconnect()
 
+    def _capture_io_error(self, _client, _userdata, level, buf) -> None:  # noqa: ANN001
+        if level == paho.MQTT_LOG_ERR:
+            self._last_io_error = buf
+
     def _handle_connect_fail(self, _client, _userdata) -> None:  # noqa: ANN001
+        # paho calls this from inside its `except OSError` block: the exception is the reason
+        # (connection refused, a TLS handshake error such as an unknown CA).
+        exc = sys.exc_info()[1]
+        self.last_failure = f"{type(exc).__name__}: {exc}" if exc is not None else "connection failed"
         self._fail_log.warning(
-            "connect_fail", "cannot connect to broker %s; retrying with backoff", redact_url(self.settings.url)
+            "connect_fail",
+            "cannot connect to broker %s (%s); retrying with backoff",
+            redact_url(self.settings.url),
+            self.last_failure,
         )
 
     def start(self, wait_s: float | None = 10.0) -> None:
@@ -246,8 +369,9 @@ class MqttLink:
         self.client.loop_start()
         if wait_s is not None and not self.connected.wait(wait_s):
             self.stop()
+            why = f" ({self.last_failure})" if self.last_failure else ""
             raise TransientError(
-                f"no connection to broker {redact_url(self.settings.url)} within {wait_s:.0f}s"
+                f"no connection to broker {redact_url(self.settings.url)} within {wait_s:.0f}s{why}"
             )
 
     def unsubscribe_all(self, timeout_s: float = 2.0) -> bool:

@@ -1,0 +1,35 @@
+"""Self-test vectors for a deployment: inputs and the outputs this exact artifact gives for them.
+
+Why through the edge's own interpreter path (``runtime.inference``): the edge
+runs the same rows through the same code after loading the artifact, so a
+mismatch means the device's interpreter, or the bytes, do not behave like the
+model that was evaluated -- not that the two sides compute differently. Lives
+under ``training`` because, like the trainer, it needs an interpreter on the
+cloud side (LiteRT, tflite-runtime or TensorFlow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.deploy_contract import SelfTest
+from runtime.inference import TfliteModel
+from runtime.modelfile import ModelMetadata
+
+DEFAULT_ROWS = 8
+
+
+def make_selftest(
+    content: bytes, metadata: ModelMetadata, rows: int = DEFAULT_ROWS, atol: float = 1e-3, rtol: float = 1e-3
+) -> SelfTest:
+    """Standard-normal rows (the scale of normalised features), seeded by the artifact's sha256."""
+    model = TfliteModel.from_bytes(content, metadata)
+    rng = np.random.default_rng(int(metadata.sha256[:16], 16))
+    inputs = rng.standard_normal((rows, *model.input_shape)).astype(np.float32)
+    outputs = model.run(inputs)
+    return SelfTest(
+        inputs=inputs.reshape(rows, -1).astype(float).tolist(),
+        expected=outputs.reshape(rows, -1).astype(float).tolist(),
+        atol=atol,
+        rtol=rtol,
+    )

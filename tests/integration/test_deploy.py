@@ -1,0 +1,257 @@
+"""Signed over-the-air deployment against a real mosquitto: swap, refusals, canary and rollback.
+
+Edges run in-process (EdgeApp, the same object ``edgeloop edge run`` starts)
+so the tests can count windows exactly; the deployer and the devices talk to
+them only through the broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from cloud_bridge.deployer import Deployer
+from cloud_bridge.events import EventWriter
+from deploy_fixtures import (
+    BASE_VERSION,
+    MODEL,
+    Stream,
+    Watcher,
+    edge_config,
+    expected_windows,
+    make_keys,
+    seeded_registry,
+    start_edge,
+    tiny_variant,
+    variant,
+)
+from runtime.common.mqtt import MqttSettings
+from runtime.deploy_contract import SelfTest, canonical_bytes, deploy_topic, sign_manifest
+from servers import eventually
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return make_keys(tmp_path_factory.mktemp("deploy-keys"))
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_variant()
+
+
+class Lines:
+    """An events sink that keeps the lines it is given."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, lines: list[str]) -> None:
+        self.lines += lines
+
+
+@pytest.fixture
+def setup(mosquitto, tmp_path, keys):
+    """(registry, deployer, watcher, events); everything closed afterwards."""
+    registry = seeded_registry(tmp_path / "registry")
+    events = Lines()
+    deployer = Deployer.connect(
+        MqttSettings(url=mosquitto.url), registry, keys.signing, canary_timeout_s=30, rollout_timeout_s=30,
+        chunk_size=1024, events=EventWriter(events),
+    )
+    watcher = Watcher(mosquitto.port)
+    edges = []
+    yield registry, deployer, watcher, events, edges
+    for edge in edges:
+        edge.stop()
+    deployer.close()
+    watcher.close()
+
+
+def _online(deployer: Deployer, *nodes: str) -> None:
+    eventually(lambda: set(nodes) <= set(deployer.nodes()), timeout=15, message=f"{nodes} not online")
+
+
+def test_good_deploy_swaps_between_batches_without_losing_a_window(setup, mosquitto, tmp_path, keys):
+    registry, deployer, watcher, events, edges = setup
+    edges.append(start_edge(edge_config(mosquitto.url, "edge-a", keys, tmp_path)))
+    _online(deployer, "edge-a")
+    content, meta = variant("1.1.0")
+    registry.add(MODEL, content, meta, parent=BASE_VERSION)
+
+    stream = Stream(mosquitto.port, devices=2)
+    try:
+        stream.publish(20)
+        stream.run(per_s=150, limit=400)
+        eventually(lambda: len(watcher.results) >= 20, timeout=15, message="no results before the deploy")
+        report = deployer.deploy(MODEL, "1.1.0", targets="*")
+        assert report.outcome == "deployed", report
+        eventually(lambda: (s := watcher.deploy_state("edge-a")) is not None and s.state == "healthy", timeout=30,
+                   message="edge-a never reported 1.1.0 healthy")
+        stream.stop()
+        assert stream.published > 40
+        windows = expected_windows(stream.readings)
+        eventually(lambda: len(watcher.results) >= windows, timeout=30,
+                   message=f"fewer than {windows} results")
+        assert edges[0].stop()  # drain: nothing more can arrive after this
+    finally:
+        stream.close()
+    edges.clear()
+
+    results = watcher.results_of("edge-a")
+    keys_seen = Counter((r.device, r.seq, r.ts) for r in results)
+    assert len(results) == windows and set(keys_seen.values()) == {1}, "every window exactly one result"
+    by_device: dict[str, list] = {}
+    for r in sorted(results, key=lambda r: (r.device, r.seq, r.ts)):
+        by_device.setdefault(r.device, []).append(r)
+    for device, rows in by_device.items():
+        versions = [r.model_version for r in rows]
+        switch = versions.index("1.1.0")
+        assert set(versions[:switch]) == {BASE_VERSION} and set(versions[switch:]) == {"1.1.0"}, device
+        assert {r.model_sha256 for r in rows[switch:]} == {meta.sha256}
+        assert switch > 0
+    assert registry.current(MODEL) == "1.1.0" and registry.previous(MODEL) == BASE_VERSION
+    assert any(",kind=deploy," in line and 'version="1.1.0"' in line for line in events.lines)
+    assert [e["action"] for e in registry.audit(MODEL)][-1] == "promote"
+    kept = tmp_path / "state-edge-a" / MODEL
+    assert json.loads((kept / "current" / f"{MODEL}.json").read_text())["version"] == "1.1.0"
+    assert json.loads((kept / "previous" / f"{MODEL}.json").read_text())["version"] == BASE_VERSION
+
+
+def _tampered(deployer, registry, keys):
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    bad = bytearray(content)
+    bad[len(bad) // 2] ^= 0x01
+    deployer.publish_artifact(manifest, bytes(bad))
+    deployer.publish_manifest(manifest)
+
+
+def _wrong_key(deployer, registry, keys):
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    deployer.publish_artifact(manifest, content)
+    deployer.publish_manifest(manifest, sign_manifest(manifest, keys.other))
+
+
+def _unsigned(deployer, registry, keys):
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    deployer.publish_artifact(manifest, content)
+    deployer.publish_manifest(manifest, canonical_bytes(manifest.unsigned_dict()))
+
+
+def _truncated(deployer, registry, keys):
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    deployer.publish_artifact(manifest, content, chunks=list(range(manifest.chunks - 2)))
+    deployer.publish_manifest(manifest)
+
+
+def _bad_selftest(deployer, registry, keys):
+    good = deployer.selftest_for(MODEL, "1.2.0")
+    wrong = SelfTest(inputs=good.inputs, expected=[[v + 1.0 for v in row] for row in good.expected])
+    deployer.publish(MODEL, "1.2.0", "*", selftest=wrong)
+
+
+def _oversized(deployer, registry, keys):
+    deployer.publish(MODEL, "1.2.0", "*")
+
+
+def _spec_mismatch(deployer, registry, keys):
+    deployer.publish(MODEL, "9.9.9", "*")
+
+
+REFUSALS = [
+    ("tampered artifact", _tampered, "hash_mismatch", {}),
+    ("wrong key", _wrong_key, "unknown_key", {}),
+    ("unsigned manifest", _unsigned, "unsigned", {}),
+    ("truncated chunks", _truncated, "incomplete", {"chunk_timeout_s": 1.0}),
+    ("bad self-test", _bad_selftest, "selftest_failed", {}),
+    ("oversized artifact", _oversized, "too_large", {"max_artifact_bytes": 4096}),
+    ("tensor spec mismatch", _spec_mismatch, "spec_mismatch", {}),
+]
+
+
+@pytest.mark.parametrize("case, act, reason, deploy_cfg", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refused_deployments_keep_the_old_model_serving(case, act, reason, deploy_cfg, setup, mosquitto, tmp_path,
+                                                         keys, tiny_model):
+    registry, deployer, watcher, events, edges = setup
+    edges.append(start_edge(edge_config(mosquitto.url, "edge-r", keys, tmp_path, **deploy_cfg)))
+    _online(deployer, "edge-r")
+    content, meta = variant("1.2.0")
+    registry.add(MODEL, content, meta, parent=BASE_VERSION)
+    registry.add(MODEL, *tiny_model)
+
+    act(deployer, registry, keys)
+    state = eventually(
+        lambda: (s := watcher.deploy_state("edge-r")) is not None and s.state == "refused" and s,
+        timeout=20, message=f"{case}: edge-r never reported a refusal",
+    )
+    assert state.reason == reason, state
+    assert state.detail
+    assert any(json.loads(d)["reason"] == reason for d in watcher.deadletters), "refusal dead-lettered"
+
+    stream = Stream(mosquitto.port, devices=1)
+    try:
+        stream.publish(6)
+        eventually(lambda: len(watcher.results_of("edge-r")) >= 5, timeout=15, message="old model stopped serving")
+    finally:
+        stream.close()
+    assert {r.model_version for r in watcher.results_of("edge-r")} == {BASE_VERSION}
+    assert watcher.status["edge-r"].models[MODEL].version == BASE_VERSION
+    assert edges[0].engine.runners["vibration"].model.version == BASE_VERSION
+
+
+def test_canary_failure_rolls_back_on_the_canary_and_leaves_the_fleet_alone(setup, mosquitto, tmp_path, keys):
+    registry, deployer, watcher, events, edges = setup
+    for node in ("edge-c", "edge-f1", "edge-f2"):
+        edges.append(start_edge(edge_config(mosquitto.url, node, keys, tmp_path)))
+    _online(deployer, "edge-c", "edge-f1", "edge-f2")
+    content, meta = variant("2.0.0", threshold=0.0)  # every window an anomaly
+    registry.add(MODEL, content, meta, parent=BASE_VERSION)
+
+    stream = Stream(mosquitto.port, devices=2)
+    try:
+        stream.publish(10)
+        stream.run(per_s=150, limit=600)
+        report = deployer.deploy(MODEL, "2.0.0", targets="*", canary=["edge-c"])
+        assert report.outcome == "canary_failed", report
+        assert report.nodes["edge-c"] == "rolled_back:unhealthy"
+        before = len(watcher.results_of("edge-c"))
+        eventually(lambda: len(watcher.results_of("edge-c")) >= before + 10, timeout=15,
+                   message="edge-c stopped producing results after the rollback")
+    finally:
+        stream.close()
+
+    state = watcher.deploy_state("edge-c")
+    assert state.state == "rolled_back" and state.reason == "unhealthy" and "anomaly rate" in state.detail
+    canary = sorted(watcher.results_of("edge-c"), key=lambda r: r.ts)
+    versions = [r.model_version for r in canary]
+    assert "2.0.0" in versions and versions[-1] == BASE_VERSION
+    assert all(r.anomaly for r in canary if r.model_version == "2.0.0")
+    for node in ("edge-f1", "edge-f2"):
+        assert {r.model_version for r in watcher.results_of(node)} == {BASE_VERSION}, node
+        assert watcher.deploy_state(node) is None, node
+        assert watcher.status[node].models[MODEL].version == BASE_VERSION
+    assert "2.0.0" in registry.refused(MODEL)
+    assert registry.current(MODEL) == BASE_VERSION
+    assert any(",kind=refused," in line and 'version="2.0.0"' in line for line in events.lines)
+    # The retained manifest is back on the fleet's version, so a node that connects now stays on it.
+    retained = watcher_retained(mosquitto.port, deploy_topic(MODEL))
+    assert json.loads(retained)["version"] == BASE_VERSION
+
+
+def watcher_retained(port: int, topic: str) -> bytes:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[bytes] = []
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        return eventually(lambda: got and got[0], timeout=10, message=f"no retained message on {topic}")
+    finally:
+        client.loop_stop()
+        client.disconnect()

@@ -1,0 +1,83 @@
+"""The production broker configuration (docker/mosquitto/) run on a free loopback port, for tests.
+
+Why this module: the security tests must exercise the files users deploy, not a look-alike.
+``production_conf`` keeps the security-relevant lines of ``docker/mosquitto/mosquitto.conf``
+(listener, TLS, identity, ACL, limits) and points its container paths at the test's
+certificates; persistence and logging come from the test launcher. ``production_acl`` is
+``docker/mosquitto/acl``, optionally with the documented gateway example switched on and
+test-only lines appended. A line the rewrite does not understand fails loudly, so the shipped
+files and the tests cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from certs import Issued
+from servers import Mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "docker" / "mosquitto" / "mosquitto.conf"
+ACL = REPO / "docker" / "mosquitto" / "acl"
+
+#: Directives taken over from the production config; everything else must be in DROPPED.
+KEPT = {
+    "per_listener_settings", "allow_anonymous", "acl_file", "listener", "protocol", "cafile", "certfile",
+    "keyfile", "require_certificate", "use_identity_as_username", "tls_version", "max_packet_size",
+    "max_inflight_messages", "max_queued_messages",
+}
+DROPPED = {"persistence", "persistence_location", "autosave_interval", "log_dest", "log_type", "connection_messages"}
+
+#: Observes everything: used by tests to see what the broker let through. Never in the shipped ACL.
+OBSERVER = "test-observer"
+
+
+def production_acl(gateway: bool = False, extra: str = "") -> str:
+    lines = []
+    in_example = False
+    for line in ACL.read_text().splitlines():
+        if line.startswith("#BEGIN gateway example"):
+            in_example = True
+            continue
+        if line.startswith("#END gateway example"):
+            in_example = False
+            continue
+        if in_example:
+            if gateway:
+                lines.append(line[1:])
+            continue
+        lines.append(line)
+    return "\n".join(lines) + f"\n\nuser {OBSERVER}\ntopic readwrite #\n" + extra + "\n"
+
+
+def production_conf(ca_file: Path, server: Issued, acl_file: Path) -> str:
+    paths = {
+        "/mosquitto/config/certs/ca.crt": str(ca_file),
+        "/mosquitto/config/certs/server.crt": str(server.cert),
+        "/mosquitto/config/certs/server.key": str(server.key),
+        "/mosquitto/config/acl": str(acl_file),
+    }
+    out = []
+    for line in CONF.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] in DROPPED:
+            continue
+        assert words[0] in KEPT, f"{CONF}: directive {words[0]!r} is neither kept nor dropped by the tests"
+        if words[0] == "listener":
+            line = "listener {port} {host}"
+        for container_path, local in paths.items():
+            line = line.replace(container_path, local)
+        assert "/mosquitto/" not in line, f"{CONF}: unmapped container path in {line!r}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def secure_broker(workdir: Path, ca_file: Path, server: Issued, *, gateway: bool = False,
+                  extra_acl: str = "") -> Mosquitto:
+    """A (not yet started) mosquitto running the production TLS listener and ACL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    acl = workdir / "acl"
+    acl.write_text(production_acl(gateway, extra_acl))
+    return Mosquitto(workdir, listener_conf=production_conf(ca_file, server, acl))
