@@ -169,6 +169,23 @@ class Deployer:
                 self._nodes[node] = status
             self._changed.notify_all()
 
+    def wait_for_fleet(self, timeout_s: float = 2.0, quiet_s: float = 0.3) -> dict[str, NodeStatus]:
+        """Give the retained statuses time to arrive: a fresh connection learns the fleet from them.
+
+        Returns once ``quiet_s`` passed without a new node after at least one, or after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            known, last_change = len(self._nodes), time.monotonic()
+            while True:
+                now = time.monotonic()
+                if now >= deadline or (self._nodes and now - last_change >= quiet_s):
+                    break
+                self._changed.wait(min(quiet_s, deadline - now))
+                if len(self._nodes) != known:
+                    known, last_change = len(self._nodes), time.monotonic()
+        return self.nodes()
+
     def nodes(self, online_only: bool = True) -> dict[str, NodeStatus]:
         with self._changed:
             return {n: s for n, s in self._nodes.items() if s.state == "online" or not online_only}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import __version__
+from runtime.cli_deploy import add_commands as add_deploy_commands
 from runtime.common.errors import ConfigError, ModelError, TransientError
 
 log = logging.getLogger("edgeloop")
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(Path(__file__).parent / "models"))
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_model_build)
+    add_deploy_commands(sub, model)  # keys generate; model list|show|add|promote|rollback|deploy
 
     p = sub.add_parser("demo", help="the whole loop on this machine, with its own broker and InfluxDB")
     p.add_argument("--duration", type=float, default=30.0)

@@ -1,0 +1,262 @@
+"""``edgeloop keys generate`` and ``edgeloop model list|show|add|promote|rollback|deploy``.
+
+Why apart from ``runtime/cli.py``: these commands belong to the registry and
+the deployer (cloud side), and keeping them in one file keeps the shared CLI
+module small; ``cli.py`` only calls :func:`add_commands`. Heavy modules
+(cryptography, the registry, paho) are imported when a command runs.
+
+Registry directory: ``--registry DIR``, else ``retrain.registry`` of the
+bridge config given with ``-c``, else ``./registry``. Signing key likewise:
+``--key FILE``, else ``retrain.signing_key_file``.
+
+``promote`` and ``rollback`` move the registry's pointers only; with
+``--deploy`` (or with ``model deploy``) the now-current version is also
+published to the fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_REGISTRY = Path("registry")
+
+
+def _bridge_retrain(args: argparse.Namespace) -> Any:
+    if not getattr(args, "config", None):
+        return None
+    from cloud_bridge.config import load_bridge_config
+
+    return getattr(load_bridge_config(args.config, {}), "retrain", None)
+
+
+def _registry(args: argparse.Namespace):  # noqa: ANN202
+    from cloud_bridge.registry import Registry
+
+    root = args.registry
+    if root is None:
+        retrain = _bridge_retrain(args)
+        root = getattr(retrain, "registry", None) or DEFAULT_REGISTRY
+    return Registry(root)
+
+
+def _signing_key(args: argparse.Namespace):  # noqa: ANN202
+    from runtime.common.errors import ConfigError
+    from runtime.common.signing import SigningKey
+
+    path = args.key or getattr(_bridge_retrain(args), "signing_key_file", None)
+    if path is None:
+        raise ConfigError("command line", ["--key FILE (the Ed25519 private key from `edgeloop keys generate`) is required"])
+    return SigningKey.load(path)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"edgeloop: {exc}", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from runtime.common.signing import generate_keypair
+
+    private, public, key_id = generate_keypair(args.out, overwrite=args.force)
+    print(f"private key {private} (mode 0600: keep it on the deploying host only)")
+    print(f"public key  {public} (deploy.public_key_file on every edge)")
+    print(f"key id      {key_id}")
+    return 0
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    names = [args.name] if args.name else registry.names()
+    rows = [info.as_dict() for name in names for info in registry.list(name)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models in {registry.root}")
+        return 0
+    print(f"{'model':<20} {'version':<20} {'':<9} {'sha256':<14} {'bytes':>9}  {'parent':<12} added")
+    for r in rows:
+        mark = "current" if r["current"] else "previous" if r["previous"] else "refused" if r["refused"] else ""
+        added = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["added"]))
+        print(f"{r['name']:<20} {r['version']:<20} {mark:<9} {r['sha256'][:12]:<14} {r['size']:>9}  "
+              f"{(r['parent'] or '-'):<12} {added}")
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from cloud_bridge.registry import RegistryError
+
+    registry = _registry(args)
+    try:
+        version = args.version or registry.current(args.name)
+        if version is None:
+            raise RegistryError(f"model {args.name} has no current version; give one")
+        path, meta = registry.get(args.name, version)
+        out = {
+            "model": args.name,
+            "version": version,
+            "file": str(path),
+            "current": registry.current(args.name) == version,
+            "refused": registry.refused(args.name).get(version),
+            "record": registry.record(args.name, version),
+            "metadata": meta.model_dump(mode="json", exclude_none=True, exclude={"reference"}),
+            "audit": [e for e in registry.audit(args.name) if e.get("version") == version or e.get("rolled_back") == version],
+        }
+    except RegistryError as exc:
+        return _fail(exc)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_model_add(args: argparse.Namespace) -> int:
+    from cloud_bridge.registry import RegistryError
+    from runtime.modelfile import load_model_files
+
+    content, meta = load_model_files(args.file)
+    registry = _registry(args)
+    try:
+        version = registry.add(meta.name, content, meta, parent=args.parent)
+        if args.promote:
+            registry.promote(meta.name, version, reason="edgeloop model add --promote")
+    except RegistryError as exc:
+        return _fail(exc)
+    print(f"added {meta.name} {version} ({len(content)} bytes, sha256 {meta.sha256[:12]}...) to {registry.root}")
+    return 0
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    from cloud_bridge.registry import RegistryError
+
+    registry = _registry(args)
+    try:
+        if args.force:
+            registry.clear_refused(args.name, args.version)
+        registry.promote(args.name, args.version, reason=args.reason)
+    except RegistryError as exc:
+        return _fail(exc)
+    print(f"{args.name}: current {args.version}, previous {registry.previous(args.name)}")
+    return _deploy(args, registry, args.version) if args.deploy else 0
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from cloud_bridge.registry import RegistryError
+
+    registry = _registry(args)
+    try:
+        version = registry.rollback(args.name, reason=args.reason)
+    except RegistryError as exc:
+        return _fail(exc)
+    print(f"{args.name}: current {version}")
+    return _deploy(args, registry, version) if args.deploy else 0
+
+
+def cmd_model_deploy(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    version = args.version or registry.current(args.name)
+    if version is None:
+        return _fail(ValueError(f"model {args.name} has no current version; give one"))
+    return _deploy(args, registry, version)
+
+
+def _deploy(args: argparse.Namespace, registry: Any, version: str) -> int:
+    from cloud_bridge.deployer import DeployError, Deployer
+    from cloud_bridge.registry import RegistryError
+    from runtime.common.mqtt import MqttSettings
+
+    key = _signing_key(args)
+    deployer = Deployer.connect(
+        MqttSettings(url=args.broker), registry, key, client_id=f"edgeloop-deploy-cli-{int(time.time())}",
+        canary_timeout_s=args.timeout, rollout_timeout_s=args.timeout,
+    )
+    try:
+        if args.canary or not args.no_wait:
+            deployer.wait_for_fleet(args.discover_s)
+        report = deployer.deploy(args.name, version, targets=args.targets or ["*"], canary=args.canary or None,
+                                 wait=not args.no_wait)
+    except (DeployError, RegistryError) as exc:
+        return _fail(exc)
+    finally:
+        deployer.close()
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.outcome in ("deployed", "published") else 1
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def add_commands(sub: argparse._SubParsersAction, model: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="Ed25519 keys for signed model deployment").add_subparsers(
+        dest="action", required=True
+    )
+    p = keys.add_parser("generate", help="write deploy.key (private, 0600) and deploy.pub into a directory")
+    p.add_argument("--out", required=True, help="directory for deploy.key and deploy.pub")
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
+    p.set_defaults(func=cmd_keys_generate)
+
+    def registry_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--registry", type=Path, help="registry directory (default: retrain.registry of -c, or ./registry)")
+        p.add_argument("-c", "--config", help="bridge.yaml to take the registry and signing key from")
+
+    def deploy_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+        p.add_argument("--key", help="Ed25519 private key (default: retrain.signing_key_file of -c)")
+        p.add_argument("--targets", nargs="+", help="node ids or globs (default: every node)")
+        p.add_argument("--canary", nargs="+", help="node ids or globs deployed first; the fleet follows only if healthy")
+        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the canary, and for the rollout")
+        p.add_argument("--discover-s", type=float, default=2.0, help="seconds to collect the retained node statuses")
+        p.add_argument("--no-wait", action="store_true", help="publish and return without waiting for the fleet")
+
+    p = model.add_parser("list", help="versions in the registry")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    registry_flags(p)
+    p.set_defaults(func=cmd_model_list)
+
+    p = model.add_parser("show", help="one version: metadata, record, audit entries")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", help="default: the current version")
+    registry_flags(p)
+    p.set_defaults(func=cmd_model_show)
+
+    p = model.add_parser("add", help="put a .tflite (with its .json beside it) into the registry")
+    p.add_argument("file")
+    p.add_argument("--parent", help="the version it was derived from")
+    p.add_argument("--promote", action="store_true", help="also make it current")
+    registry_flags(p)
+    p.set_defaults(func=cmd_model_add)
+
+    p = model.add_parser("promote", help="make a version current (the old current becomes previous)")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--reason")
+    p.add_argument("--force", action="store_true", help="also promote a version that was refused")
+    p.add_argument("--deploy", action="store_true", help="and publish it to the fleet")
+    registry_flags(p)
+    deploy_flags(p)
+    p.set_defaults(func=cmd_model_promote)
+
+    p = model.add_parser("rollback", help="make the previous version current again")
+    p.add_argument("name")
+    p.add_argument("--reason")
+    p.add_argument("--deploy", action="store_true", help="and publish it to the fleet")
+    registry_flags(p)
+    deploy_flags(p)
+    p.set_defaults(func=cmd_model_rollback)
+
+    p = model.add_parser("deploy", help="publish a signed version to the fleet over MQTT (canary first with --canary)")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", help="default: the current version")
+    registry_flags(p)
+    deploy_flags(p)
+    p.set_defaults(func=cmd_model_deploy)
