@@ -1,0 +1,366 @@
+"""The drift monitor: decides, from field samples, when a model no longer fits its fleet.
+
+Input: the random-fraction rows of ``SampleBatch`` messages (flagged rows are
+not an unbiased picture of the fleet and are ignored here). Every
+``interval_s`` each (model, cohort) is evaluated over the last ``window_s``
+(see ``DriftSettings`` for every knob).
+
+Why the trigger compares each device with *its own* baseline: measured on the
+simulator, a fleet of 3-8 machines differs from the reference statistics in
+the model metadata (48 other machines) about as much as a regime change does
+(score PSI 0.1-0.9 before drift, 0.9-6 after), because windows of one machine
+are alike and the fleet is a handful of machines. A device's recent windows
+against its first windows under the same model version, however, separate
+the two cleanly (two-sample KS, ``scipy.stats.ks_2samp``, on the score and on
+every raw feature). Requiring that change on a ``fleet_fraction`` of the
+cohort's devices is what keeps a single device's burst of faults (a real
+fault, not drift) from triggering a retrain, and ``consecutive`` evaluations
+in a row is what makes the drift *sustained*. The second way to drift,
+*mismatch*, catches a fleet that already ran in a new regime when the model
+arrived: more than ``mismatch_rate`` (default half) of its random windows
+flagged, on a ``fleet_fraction`` of the devices.
+
+Evidence against the model's metadata reference is computed on every
+evaluation and travels with the trigger (Grafana annotation fields): PSI and
+one-sample KS of the score against the reference score quantiles, PSI of every
+raw feature against the reference feature quantiles, the anomaly rate against
+the rate the threshold was set for, and a Page-Hinkley detector (``river``)
+on the stream of log-scores (its detections are reported; it does not gate).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import SampleBatch
+from runtime.modelfile import ModelMetadata
+
+from cloud_bridge.loopconfig import DriftSettings
+
+log = logging.getLogger("cloud_bridge.drift")
+
+_EPS = 1e-4
+_LOG_FLOOR = 1e-3
+_MAX_RECENT = 500_000
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def psi(expected: np.ndarray, actual_counts: np.ndarray, eps: float = _EPS) -> float:
+    """Population stability index of observed counts against expected bin proportions."""
+    total = float(np.sum(actual_counts))
+    if total <= 0:
+        return 0.0
+    a = np.maximum(np.asarray(actual_counts, dtype=np.float64) / total, eps)
+    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_against_quantiles(values: np.ndarray, levels: np.ndarray, edges: np.ndarray) -> float:
+    """PSI of ``values`` in the bins a reference cuts at ``edges`` (its values at cumulative ``levels``)."""
+    expected = np.diff(np.concatenate([[0.0], levels, [1.0]]))
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(expected))
+    return psi(expected, counts)
+
+
+def ks_against_quantiles(values: np.ndarray, levels: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """One-sample KS (statistic, p-value) against the piecewise-linear CDF through (edges, levels)."""
+    from scipy import stats
+
+    res = stats.kstest(values, lambda x: np.interp(x, edges, levels, left=0.0, right=1.0))
+    return float(res.statistic), float(res.pvalue)
+
+
+def changed(
+    base_scores: np.ndarray,
+    base_features: np.ndarray,
+    scores: np.ndarray,
+    features: np.ndarray,
+    alpha: float,
+    min_effect: float,
+    feature_fraction: float,
+) -> tuple[bool, float, float]:
+    """Whether recent windows of one device differ from its baseline; (changed, score D, features share)."""
+    from scipy import stats
+
+    score = stats.ks_2samp(base_scores, scores)
+    feats = stats.ks_2samp(base_features, features, axis=0)
+    n_feat = max(1, features.shape[1])
+    d_feat = np.nan_to_num(np.atleast_1d(feats.statistic))
+    p_feat = np.nan_to_num(np.atleast_1d(feats.pvalue), nan=1.0)
+    share = float(np.mean((p_feat < alpha / n_feat) & (d_feat >= min_effect)))
+    by_score = score.pvalue < alpha and score.statistic >= min_effect
+    return bool(by_score or share >= feature_fraction), float(score.statistic), share
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Trigger:
+    """Sustained drift of one model in one cohort: retrain on samples received since ``since``."""
+
+    model: str
+    cohort: str
+    version: str
+    at: float
+    since: float
+    message: str
+    evidence: dict[str, float]
+
+
+@dataclass
+class Evaluation:
+    model: str
+    cohort: str
+    version: str | None
+    at: float
+    status: str  # "insufficient", "stable", "drifted"
+    evidence: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Baseline:
+    scores: list[float] = field(default_factory=list)
+    features: list[list[float]] = field(default_factory=list)
+    complete_at: float | None = None
+
+
+@dataclass
+class _Cohort:
+    recent: deque = field(default_factory=lambda: deque(maxlen=_MAX_RECENT))
+    baselines: dict[tuple[str, str], _Baseline] = field(default_factory=dict)
+    consecutive: int = 0
+    first_drifted: float | None = None
+    ph: dict[str, Any] = field(default_factory=dict)
+    ph_detections: dict[str, int] = field(default_factory=dict)
+    last: Evaluation | None = None
+
+
+ReferenceLookup = Callable[[str, str], ModelMetadata | None]
+
+
+class DriftMonitor:
+    """``observe`` sample batches (any thread), ``evaluate`` periodically (one thread)."""
+
+    def __init__(
+        self, settings: DriftSettings, reference_for: ReferenceLookup | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self._reference_for = reference_for or (lambda _m, _v: None)
+        self._clock = clock
+        self._cohorts: dict[tuple[str, str], _Cohort] = {}
+        self._cooldown_until: dict[str, float] = {}
+        self._meta_cache: dict[tuple[str, str], ModelMetadata | None] = {}
+        self.observed = 0
+        self.ignored_flagged = 0
+        self.triggers = 0
+
+    # ------------------------------------------------------------------ input
+
+    def cohort_of(self, batch: SampleBatch) -> str:
+        by = self.settings.cohort_by
+        if by == "none":
+            return "fleet"
+        return (batch.site if by == "site" else batch.node) or "unknown"
+
+    def observe(self, batch: SampleBatch, received: float | None = None) -> None:
+        received = self._clock() if received is None else received
+        key = (batch.model, self.cohort_of(batch))
+        cohort = self._cohorts.get(key)
+        if cohort is None:
+            cohort = self._cohorts[key] = _Cohort()
+        bkey = (batch.device, batch.model_version)
+        base = cohort.baselines.get(bkey)
+        if base is None and len(cohort.baselines) < self.settings.max_devices:
+            base = cohort.baselines[bkey] = _Baseline()
+        ph = cohort.ph.get(batch.model_version)
+        if ph is None:
+            from river.drift import PageHinkley
+
+            ph = cohort.ph[batch.model_version] = PageHinkley(threshold=self.settings.ph_threshold, mode="both")
+        for row in batch.rows:
+            if row.reason != "random":
+                self.ignored_flagged += 1
+                continue
+            self.observed += 1
+            cohort.recent.append((received, batch.device, batch.model_version, row.score, row.anomaly, row.features))
+            if base is not None and base.complete_at is None:
+                base.scores.append(row.score)
+                base.features.append(row.features)
+                if len(base.scores) >= self.settings.baseline_samples:
+                    base.complete_at = received
+            ph.update(math.log(max(row.score, 0.0) + _LOG_FLOOR))
+            if ph.drift_detected:
+                cohort.ph_detections[batch.model_version] = cohort.ph_detections.get(batch.model_version, 0) + 1
+
+    # ------------------------------------------------------------------ control
+
+    def cooldown(self, model: str, seconds: float | None = None, now: float | None = None) -> None:
+        """No trigger for ``model`` for ``seconds`` (default ``cooldown_s``) from now."""
+        now = self._clock() if now is None else now
+        self._cooldown_until[model] = now + (self.settings.cooldown_s if seconds is None else seconds)
+
+    def in_cooldown(self, model: str, now: float | None = None) -> bool:
+        return (self._clock() if now is None else now) < self._cooldown_until.get(model, 0.0)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, now: float | None = None) -> list[Trigger]:
+        """Evaluate every (model, cohort); return the triggers of sustained drift (cooldown starts)."""
+        now = self._clock() if now is None else now
+        s = self.settings
+        triggers = []
+        for (model, cohort_name), cohort in list(self._cohorts.items()):
+            horizon = now - s.window_s
+            while cohort.recent and cohort.recent[0][0] < horizon:
+                cohort.recent.popleft()
+            ev = self._evaluate(model, cohort_name, cohort, now)
+            cohort.last = ev
+            if ev.status == "drifted":
+                cohort.consecutive += 1
+                cohort.first_drifted = cohort.first_drifted or now
+            else:
+                cohort.consecutive, cohort.first_drifted = 0, None
+            ev.evidence["consecutive"] = float(cohort.consecutive)
+            if cohort.consecutive >= s.consecutive and not self.in_cooldown(model, now):
+                since = cohort.first_drifted
+                trigger = Trigger(
+                    model=model,
+                    cohort=cohort_name,
+                    version=ev.version or "",
+                    at=now,
+                    since=since,
+                    message=(
+                        f"sustained drift in cohort {cohort_name}: {ev.evidence['changed_devices']:.0f} of "
+                        f"{ev.evidence['devices']:.0f} devices changed, {ev.evidence['mismatched_devices']:.0f} "
+                        f"mismatched, for {cohort.consecutive} evaluations"
+                    ),
+                    evidence=dict(ev.evidence),
+                )
+                triggers.append(trigger)
+                self.triggers += 1
+                self.cooldown(model, now=now)
+                cohort.consecutive, cohort.first_drifted = 0, None
+        return triggers
+
+    def _meta(self, model: str, version: str) -> ModelMetadata | None:
+        key = (model, version)
+        if key not in self._meta_cache:
+            try:
+                self._meta_cache[key] = self._reference_for(model, version)
+            except Exception as exc:  # noqa: BLE001 -- evidence is optional; the trigger does not need it
+                log.warning("no reference for %s %s: %s", model, version, exc)
+                self._meta_cache[key] = None
+        return self._meta_cache[key]
+
+    def _evaluate(self, model: str, cohort_name: str, cohort: _Cohort, now: float) -> Evaluation:
+        s = self.settings
+        versions: dict[str, int] = {}
+        for row in cohort.recent:
+            versions[row[2]] = versions.get(row[2], 0) + 1
+        if not versions:
+            return Evaluation(model, cohort_name, None, now, "insufficient", {"n": 0.0})
+        version = max(versions, key=versions.__getitem__)
+        rows = [r for r in cohort.recent if r[2] == version]
+        by_device: dict[str, list[tuple]] = {}
+        for r in rows:
+            by_device.setdefault(r[1], []).append(r)
+        eligible = {d: rs for d, rs in by_device.items() if len(rs) >= s.min_device_samples}
+        scores = np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows))
+        anomalies = np.fromiter((r[4] for r in rows), dtype=bool, count=len(rows))
+        evidence: dict[str, float] = {
+            "n": float(len(rows)),
+            "devices": float(len(eligible)),
+            "anomaly_rate": float(anomalies.mean()),
+            "ph_detections": float(cohort.ph_detections.get(version, 0)),
+            "window_s": s.window_s,
+        }
+        changed_n = compared = mismatched = 0
+        horizon = now - s.window_s
+        for device, drows in eligible.items():
+            d_scores = np.fromiter((r[3] for r in drows), dtype=np.float64, count=len(drows))
+            if float(np.mean([r[4] for r in drows])) > s.mismatch_rate:
+                mismatched += 1
+            base = cohort.baselines.get((device, version))
+            if base is None or base.complete_at is None or base.complete_at >= horizon:
+                continue  # baseline still forming (or overlapping the window): no change test yet
+            compared += 1
+            d_feats = np.asarray([r[5] for r in drows], dtype=np.float64)
+            is_changed, _, _ = changed(
+                np.asarray(base.scores), np.asarray(base.features, dtype=np.float64), d_scores, d_feats,
+                s.alpha, s.min_effect, s.feature_fraction,
+            )
+            changed_n += is_changed
+        n_dev = len(eligible)
+        evidence.update(
+            changed_devices=float(changed_n),
+            compared_devices=float(compared),
+            mismatched_devices=float(mismatched),
+            changed_fraction=changed_n / compared if compared else 0.0,
+            mismatched_fraction=mismatched / n_dev if n_dev else 0.0,
+        )
+        meta = self._meta(model, version)
+        if meta is not None:
+            evidence.update(self._reference_evidence(meta, scores, [r[5] for r in rows]))
+        if len(rows) < s.min_samples or n_dev < s.min_devices:
+            return Evaluation(model, cohort_name, version, now, "insufficient", evidence)
+        drifted = (compared >= s.min_devices and changed_n / compared >= s.fleet_fraction) or (
+            mismatched / n_dev >= s.fleet_fraction
+        )
+        return Evaluation(model, cohort_name, version, now, "drifted" if drifted else "stable", evidence)
+
+    @staticmethod
+    def _reference_evidence(meta: ModelMetadata, scores: np.ndarray, features: list[list[float]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        ref = meta.reference
+        if ref is None or len(scores) == 0:
+            return out
+        if ref.score_quantiles:
+            pairs = sorted((float(k), v) for k, v in ref.score_quantiles.items())
+            levels = np.array([p for p, _ in pairs])
+            edges = np.maximum.accumulate(np.array([v for _, v in pairs]))
+            deciles = np.isin(np.round(levels, 6), np.round(np.arange(1, 10) / 10, 6))
+            if deciles.sum() >= 3:
+                out["score_psi"] = psi_against_quantiles(scores, levels[deciles], edges[deciles])
+            else:
+                out["score_psi"] = psi_against_quantiles(scores, levels, edges)
+            out["score_ks"], out["score_ks_p"] = ks_against_quantiles(scores, levels, edges)
+        threshold_q = (meta.training.evaluation.get("threshold_quantile") if meta.training else None) or 0.995
+        out["expected_anomaly_rate"] = float(1.0 - threshold_q)
+        if ref.feature_quantiles and features and len(features[0]) == len(ref.feature_quantiles):
+            levels = np.asarray(ref.quantile_levels)
+            feats = np.asarray(features, dtype=np.float64)
+            values = [
+                psi_against_quantiles(feats[:, j], levels, np.maximum.accumulate(np.asarray(q)))
+                for j, q in enumerate(ref.feature_quantiles)
+            ]
+            out["feature_psi_max"] = float(np.max(values))
+            out["feature_psi_median"] = float(np.median(values))
+            out["feature_psi_top"] = float(np.argmax(values))
+        return out
+
+    # ------------------------------------------------------------------ introspection
+
+    def last_evaluations(self) -> list[Evaluation]:
+        return [c.last for c in self._cohorts.values() if c.last is not None]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "observed": self.observed,
+            "ignored_flagged": self.ignored_flagged,
+            "triggers": self.triggers,
+            "evaluations": {
+                f"{e.model}/{e.cohort}": {"status": e.status, "version": e.version, **e.evidence}
+                for e in self.last_evaluations()
+            },
+        }

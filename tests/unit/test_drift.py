@@ -1,0 +1,180 @@
+"""Drift monitor: the statistics, and the trigger on simulated fleets scored by the bundled model.
+
+Time here is simulated (each window's device time is its arrival time), so the
+fleet scenarios are deterministic and take no wall-clock time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud_bridge.drift import DriftMonitor, changed, ks_against_quantiles, psi, psi_against_quantiles
+from cloud_bridge.loopconfig import DriftSettings
+from cloud_bridge.training.build import DEFAULT_VIBRATION_PIPELINE, raw_features
+from devices.simulator import FleetSimulator
+from runtime.config import BUNDLED_MODEL
+from runtime.contract import SampleBatch, SampleRow
+from runtime.inference import TfliteModel
+from runtime.modelfile import load_metadata, metadata_path
+from runtime.stages import build_pipeline
+
+SHA = "ab" * 32
+LEVELS = np.arange(1, 10) / 10
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def test_psi_is_zero_for_the_expected_proportions_and_grows_with_the_shift():
+    expected = np.full(10, 0.1)
+    assert psi(expected, np.full(10, 50)) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=100_000)
+    edges = np.quantile(ref, LEVELS)
+    same = psi_against_quantiles(rng.normal(size=2000), LEVELS, edges)
+    small = psi_against_quantiles(rng.normal(0.3, 1, size=2000), LEVELS, edges)
+    large = psi_against_quantiles(rng.normal(1.5, 1, size=2000), LEVELS, edges)
+    assert same < 0.02 < small < 0.25 < large
+
+
+def test_ks_against_reference_quantiles():
+    rng = np.random.default_rng(1)
+    levels = np.array([0.01, 0.05, *LEVELS, 0.95, 0.99])
+    edges = np.quantile(rng.exponential(size=100_000), levels)
+    d_same, p_same = ks_against_quantiles(rng.exponential(size=500), levels, edges)
+    d_shift, p_shift = ks_against_quantiles(rng.exponential(size=500) * 2, levels, edges)
+    assert p_same > 0.01 and d_same < 0.08
+    assert p_shift < 1e-6 and d_shift > 0.2
+
+
+def test_device_change_test_needs_significance_and_effect():
+    rng = np.random.default_rng(2)
+    base_s, base_f = rng.normal(size=100), rng.normal(size=(100, 10))
+    same = changed(base_s, base_f, rng.normal(size=100), rng.normal(size=(100, 10)), 0.01, 0.3, 0.2)
+    moved_features = rng.normal(size=(100, 10))
+    moved_features[:, :4] += 2.0
+    by_features = changed(base_s, base_f, rng.normal(size=100), moved_features, 0.01, 0.3, 0.2)
+    by_score = changed(base_s, base_f, rng.normal(2, 1, size=100), rng.normal(size=(100, 10)), 0.01, 0.3, 0.2)
+    assert not same[0] and by_features[0] and by_score[0]
+    assert by_features[2] == pytest.approx(0.4)
+
+
+def test_settings_refuse_an_interval_longer_than_the_window():
+    with pytest.raises(ValueError, match="interval_s"):
+        DriftSettings(window_s=5, interval_s=10)
+
+
+# ------------------------------------------------------------------ fleets
+
+SETTINGS = DriftSettings(
+    enabled=True, window_s=20, interval_s=5, consecutive=3, min_samples=60, min_device_samples=15,
+    baseline_samples=40, cooldown_s=1000,
+)
+FRACTION = 0.3
+STAGES = DEFAULT_VIBRATION_PIPELINE
+
+
+@pytest.fixture(scope="module")
+def model() -> TfliteModel:
+    return TfliteModel(BUNDLED_MODEL)
+
+
+def device_windows(sim: FleetSimulator, device: int, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(end time of each window in simulated seconds, its raw features), as the edge cuts them."""
+    pipeline = build_pipeline([s for s in STAGES if s["type"] != "normalize"], in_channels=3)
+    n = int(duration_s / sim.chunk_s)
+    block = sim.vibration_samples(device, 0, n * sim.chunk_size)
+    times, windows = [], []
+    for k in range(n):
+        lo = k * sim.chunk_size
+        for w in pipeline.push(("d", "v"), block.samples[lo : lo + sim.chunk_size], float(block.t[lo]), None, k):
+            windows.append(w.data)
+            times.append(float(block.t[lo + sim.chunk_size - 1]))
+    return np.array(times), raw_features(windows, STAGES)
+
+
+def fleet_stream(
+    model: TfliteModel, sims: list[FleetSimulator], duration_s: float, seed: int = 0,
+    switch: dict[int, tuple[float, FleetSimulator]] | None = None,
+) -> list[SampleBatch]:
+    """Random-fraction SampleBatches (one row each), in time order; device i comes from ``sims[i]``,
+    or from ``switch[i][1]`` from simulated time ``switch[i][0]`` on."""
+    rng = np.random.default_rng(seed)
+    norm = model.normalization
+    events = []
+    for i, sim in enumerate(sims):
+        t, raw = device_windows(sim, i, duration_s)
+        if switch and i in switch:
+            at, other = switch[i]
+            raw = np.where((t >= at)[:, None], device_windows(other, i, duration_s)[1], raw)
+        x = ((raw - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)).astype(np.float32)
+        scores = model.run(x)[:, 0]
+        for k in np.flatnonzero(rng.random(len(t)) < FRACTION):
+            row = SampleRow(ts=1.7e9 + t[k], seq=int(k), features=raw[k].tolist(), score=float(scores[k]),
+                            anomaly=bool(scores[k] > model.threshold), reason="random")
+            events.append((t[k], SampleBatch(device=f"dev-{i:03d}", sensor="vibration", model=model.name,
+                                             model_version=model.version, model_sha256=SHA, rows=[row])))
+    events.sort(key=lambda e: e[0])
+    return events
+
+
+def run_monitor(events: list, settings: DriftSettings = SETTINGS) -> tuple[DriftMonitor, list]:
+    meta = load_metadata(metadata_path(BUNDLED_MODEL))
+    monitor = DriftMonitor(settings, reference_for=lambda _m, _v: meta, clock=lambda: 0.0)
+    triggers, next_eval = [], settings.interval_s
+    for t, batch in events:
+        while t >= next_eval:
+            triggers += monitor.evaluate(now=next_eval)
+            next_eval += settings.interval_s
+        monitor.observe(batch, received=t)
+    triggers += monitor.evaluate(now=next_eval)
+    return monitor, triggers
+
+
+def test_a_stable_fleet_with_ordinary_faults_does_not_trigger(model):
+    sims = [FleetSimulator(3, seed=42, anomaly_rate=0.004)] * 3
+    monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
+    assert triggers == []
+    [ev] = monitor.last_evaluations()
+    assert ev.status == "stable" and ev.evidence["compared_devices"] == 3
+
+
+def test_a_fleet_wide_regime_change_triggers_once_with_evidence(model):
+    drift_at = 60.0
+    sims = [FleetSimulator(3, seed=42, anomaly_rate=0.004, drift_at_s=drift_at)] * 3
+    monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
+    assert len(triggers) == 1  # then the cooldown holds
+    [trig] = triggers
+    assert drift_at < trig.since <= trig.at and trig.at - drift_at <= 60.0  # simulated seconds
+    assert trig.model == model.name and trig.version == model.version and trig.cohort == "fleet"
+    ev = trig.evidence
+    assert ev["changed_devices"] >= 2 and ev["consecutive"] == SETTINGS.consecutive
+    for key in ("score_psi", "score_ks", "score_ks_p", "feature_psi_max", "feature_psi_median", "anomaly_rate"):
+        assert np.isfinite(ev[key])
+    assert ev["anomaly_rate"] > ev["expected_anomaly_rate"]
+
+
+def test_a_single_devices_burst_of_faults_does_not_trigger(model):
+    normal = FleetSimulator(3, seed=42, anomaly_rate=0.004)
+    burst = FleetSimulator(3, seed=42, anomaly_rate=0.3)  # the same machines, faulty most of the time
+    events = fleet_stream(model, [normal] * 3, 150.0, switch={2: (60.0, burst)})  # dev-002 breaks down at 60 s
+    monitor, triggers = run_monitor(events)
+    assert triggers == []
+    [ev] = monitor.last_evaluations()
+    assert ev.evidence["changed_devices"] == 1 and ev.evidence["mismatched_devices"] == 1
+    # ...while the same burst on a one-device fleet is indistinguishable from drift:
+    _, alone = run_monitor(fleet_stream(model, [burst, burst, burst], 150.0))
+    assert alone
+
+
+def test_flagged_rows_are_ignored_and_cohorts_are_separate():
+    monitor = DriftMonitor(DriftSettings(enabled=True, cohort_by="site", window_s=10, interval_s=5), clock=lambda: 0.0)
+    row = SampleRow(ts=1.7e9, seq=1, features=[1.0], score=5.0, anomaly=True, reason="flagged")
+    for site in ("a", "b"):
+        monitor.observe(SampleBatch(device="d", sensor="s", model="m", model_version="1", model_sha256=SHA,
+                                    site=site, rows=[row, row.model_copy(update={"reason": "random"})]), received=1.0)
+    monitor.evaluate(now=2.0)
+    assert monitor.ignored_flagged == 2 and monitor.observed == 2
+    assert sorted(monitor.stats()["evaluations"]) == ["m/a", "m/b"]
+    assert all(e.status == "insufficient" for e in monitor.last_evaluations())
