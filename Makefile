@@ -9,7 +9,7 @@ STAMP_TRAIN := $(VENV)/.stamp-train
 
 # binary:debian-package -- a package is installed only when its binary is missing.
 SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb \
-               influx:influxdb-client victoria-metrics:victoria-metrics
+               influx:influxdb-client victoria-metrics:victoria-metrics systemd-analyze:systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
