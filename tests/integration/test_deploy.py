@@ -255,3 +255,46 @@ def watcher_retained(port: int, topic: str) -> bytes:
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_path, capsys):
+    from runtime.cli import main
+    from runtime.common.signing import SigningKey, VerifyKey
+    from runtime.modelfile import write_model_files
+    from deploy_fixtures import Keys, bundled
+
+    assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
+    keys = Keys(SigningKey.load(tmp_path / "keys" / "deploy.key"), tmp_path / "keys" / "deploy.pub", None)
+    assert "deploy.pub" in capsys.readouterr().out and VerifyKey.load(keys.public_file).key_id == keys.signing.key_id
+    reg = ["--registry", str(tmp_path / "registry")]
+    base = write_model_files(tmp_path / "base", *bundled())
+    new = write_model_files(tmp_path / "new", *variant("1.1.0"))
+    assert main(["model", "add", str(base), "--promote", *reg]) == 0
+    assert main(["model", "add", str(new), "--parent", BASE_VERSION, *reg]) == 0
+
+    edge = start_edge(edge_config(mosquitto.url, "edge-cli", keys, tmp_path))
+    watcher = Watcher(mosquitto.port)
+    deploy = ["--broker", mosquitto.url, "--key", str(tmp_path / "keys" / "deploy.key"), "--timeout", "20"]
+    try:
+        eventually(lambda: "edge-cli" in watcher.status, timeout=10, message="edge-cli not online")
+        capsys.readouterr()
+        assert main(["model", "deploy", MODEL, "1.1.0", *reg, *deploy]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["outcome"] == "deployed" and report["nodes"]["edge-cli"] in ("healthy", "running", "canary")
+        eventually(lambda: edge.engine.runners["vibration"].model.version == "1.1.0", timeout=10,
+                   message="edge-cli not on 1.1.0")
+        assert main(["model", "list", MODEL, "--json", *reg]) == 0
+        rows = {r["version"]: r for r in json.loads(capsys.readouterr().out)}
+        assert rows["1.1.0"]["current"] and rows[BASE_VERSION]["previous"]
+
+        assert main(["model", "rollback", MODEL, "--deploy", *reg, *deploy]) == 0
+        eventually(lambda: edge.engine.runners["vibration"].model.version == BASE_VERSION, timeout=10,
+                   message="edge-cli not back on 1.0.0")
+        capsys.readouterr()
+        assert main(["model", "show", MODEL, *reg]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["version"] == BASE_VERSION and shown["current"]
+        assert any(e["action"] == "rollback" for e in shown["audit"])
+    finally:
+        edge.stop()
+        watcher.close()
