@@ -7,10 +7,20 @@ database, and the database must see large batches, not one request per message):
          on_message only enqueues               bounded              parse topic, decode, check,
                                                                      encode lines, batch, write
 
-Overflow policy of the queue: when it is full, ``on_message`` blocks paho's
-network thread for at most 1 s (back-pressure: the broker stops sending to us
-and, at QoS 1, holds the messages), then drops the message and counts it in
-``stats()["dropped_queue_full"]``.
+Delivery is at-least-once (docs/reliability.md): paho runs with
+``manual_ack``, every queue item carries its ``Delivery`` (mid, qos, connection
+generation), and ``_settle`` sends the MQTT ack only once the batch holding the
+message was written (or the message was refused or dead-lettered). The session
+is persistent (``mqtt.session_expiry_s``, default 3600 s), so while the bridge
+is down or not acknowledging, the broker holds the backlog; with
+``share_group`` several replicas split it (``$share/{group}/...``).
+
+Overflow policy of the queue (the in-flight budget, ``queue_size``; also sent
+as the MQTT v5 Receive Maximum): when it is full, a QoS 1 message makes
+``on_message`` wait -- back-pressure on paho's network thread, so the broker
+stops sending and holds the rest -- until the writer frees room or the bridge
+stops (then it is left unacknowledged for redelivery). A QoS 0 message waits at
+most 1 s, then is dropped and counted in ``stats()["dropped_queue_full"]``.
 
 A batch is flushed when ``influx.batch_size`` lines or ``influx.batch_max_bytes``
 are pending (a batch may exceed either by one message's results: a message is
@@ -44,7 +54,7 @@ from runtime.contract import (
     parse_status_topic,
 )
 
-from cloud_bridge.batching import Batch, BatchWriter
+from cloud_bridge.batching import Batch, BatchWriter, Delivery
 from cloud_bridge.config import DEFAULT_CLIENT_ID, BridgeConfig
 from cloud_bridge.schema import LineEncoder
 from cloud_bridge.sinks import Sink, make_sink
@@ -55,6 +65,8 @@ QUEUE_BLOCK_S = 1.0
 BURST_WAIT_S = 0.002
 TOPIC_CACHE_MAX = 4096
 STATS_EVERY_S = 10.0
+#: Bridge default for ``mqtt.session_expiry_s``: the broker keeps an hour of results for a stopped bridge.
+BRIDGE_SESSION_EXPIRY_S = 3600
 
 _STOP = object()
 
@@ -67,13 +79,20 @@ class Bridge:
         self._sink = sink
         self._encoder = LineEncoder(cfg.influx)
         self._queue: queue.Queue = queue.Queue(cfg.queue_size)
+        expiry = BRIDGE_SESSION_EXPIRY_S if cfg.mqtt.session_expiry_s is None else cfg.mqtt.session_expiry_s
+        self._persistent = expiry > 0
+        self._intake_open = True
         self._link = MqttLink(
             cfg.mqtt,
             DEFAULT_CLIENT_ID,
             on_message=self._on_message,
-            subscriptions=[(topic, cfg.qos) for topic in cfg.subscribe],
+            subscriptions=[(topic, cfg.qos) for topic in cfg.topic_filters],
             will=Will(topic=status_topic(cfg.node_id), payload=self._status("offline")),
             on_connected=self._publish_birth,
+            clean_start=not self._persistent,
+            session_expiry_s=expiry,
+            manual_ack=cfg.qos == 1,
+            receive_maximum=min(65535, cfg.queue_size),
         )
         self.rejects = Rejects("bridge", log, publish=lambda t, p: self._link.publish(t, p, qos=0))
         self._writer: BatchWriter | None = None
@@ -111,18 +130,24 @@ class Bridge:
             raise
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """Unsubscribe, write everything already received, disconnect.
+        """Stop taking messages, write everything already received, disconnect.
 
         Returns True if everything was drained; after ``timeout_s`` (database
-        down) the rest is dropped and counted (``given_up_at_stop`` messages).
+        down) the rest is given up, counted (``given_up_at_stop`` messages) and
+        not acknowledged, so a persistent session delivers it to the next start.
         """
         if not self._started or self._stopped:
             return True
         self._stopped = True
         deadline = time.monotonic() + timeout_s
         writer = self._writer
-        # After UNSUBACK the broker sends nothing more; everything it sent before is queued.
-        self._link.unsubscribe_all(min(2.0, timeout_s))
+        # After the (UN)SUBACK, everything the broker sent before is queued. A persistent
+        # session keeps its subscriptions, so the broker queues what comes next for the next start.
+        if self._persistent:
+            self._link.barrier(min(2.0, timeout_s))
+        else:
+            self._link.unsubscribe_all(min(2.0, timeout_s))
+        self._intake_open = False
         writer.stopping(deadline)
         try:
             self._queue.put(_STOP, timeout=max(0.1, deadline - time.monotonic()))
@@ -176,21 +201,38 @@ class Bridge:
     def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho.MQTTMessage
         """Runs on paho's thread: only hand off, never raise."""
         try:
+            if not self._intake_open:
+                return  # stopping: not acknowledged, so the broker keeps it for the next start
             try:
-                item = (msg.topic, msg.payload)
+                topic = msg.topic
             except UnicodeDecodeError:
-                item = (msg._topic.decode("utf-8", "replace"), msg.payload)
+                topic = msg._topic.decode("utf-8", "replace")
+            item = (topic, msg.payload, Delivery(topic, msg.mid, msg.qos, self._link.generation))
             self._received += 1
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
-                try:
-                    self._queue.put(item, timeout=QUEUE_BLOCK_S)
-                except queue.Full:
+                if not self._wait_for_room(item, msg.qos):
                     self._dropped_queue_full += 1
                     self._log.warning("queue_full", "queue full (%d): dropped a message", self.cfg.queue_size)
         except Exception as exc:  # noqa: BLE001 -- an exception here would kill paho's loop
             self._log.warning("on_message", "on_message failed: %r", exc)
+
+    def _wait_for_room(self, item: tuple, qos: int) -> bool:
+        """Back-pressure: QoS 1 waits until the writer frees room (or we stop); QoS 0 at most QUEUE_BLOCK_S."""
+        if not qos:
+            try:
+                self._queue.put(item, timeout=QUEUE_BLOCK_S)
+                return True
+            except queue.Full:
+                return False
+        while self._intake_open:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return True  # stopping: left unacknowledged on purpose, not dropped
 
     # ------------------------------------------------------------------ writer thread
 
@@ -210,7 +252,7 @@ class Bridge:
                 if item is _STOP:
                     stopping = True
                     break
-                self._handle(item[0], item[1], batch)
+                self._handle(item[0], item[1], batch, item[2] if len(item) > 2 else None)
                 if len(batch.lines) >= influx.batch_size or batch.nbytes >= influx.batch_max_bytes:
                     break
                 try:
@@ -242,8 +284,9 @@ class Bridge:
                 if item is not _STOP:
                     writer.given_up_at_stop += 1
 
-    def _handle(self, topic: str, payload: bytes, batch: Batch) -> None:
-        """Validate one message and add its lines to ``batch``, or reject it."""
+    def _handle(self, topic: str, payload: bytes, batch: Batch, delivery: Delivery | None = None) -> None:
+        """Validate one message and add its lines to ``batch``, or reject it (and settle it)."""
+        delivery = delivery or Delivery(topic)
         self._messages += 1
         max_bytes = self.cfg.max_payload_bytes
         try:
@@ -279,17 +322,17 @@ class Bridge:
                 raise ContractError("bad_topic", f"topic {topic[:80]!r} is not results/... or status/...")
         except ContractError as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))
-            self._settle([topic])
+            self._settle([delivery])
             return
         except Exception as exc:  # noqa: BLE001 -- a bug must cost one message, not the bridge
             log.exception("unexpected error handling a message on %r", topic[:128])
             self.rejects.reject(topic, payload, "internal_error", repr(exc))
-            self._settle([topic])
+            self._settle([delivery])
             return
         if lines:
-            batch.add(lines, topic, device_ts)
+            batch.add(lines, delivery, device_ts)
         else:
-            self._settle([topic])
+            self._settle([delivery])
 
     def _remember_topic(self, topic: str, parsed: tuple[str, str]) -> tuple[str, str]:
         """Valid result topics are few (devices x models); parsing each message again is wasted time."""
@@ -298,13 +341,17 @@ class Bridge:
         self._topics[topic] = parsed
         return parsed
 
-    def _settle(self, deliveries: list[str]) -> None:
-        """These messages are done with (written, refused or given up).
+    def _settle(self, deliveries: list[Delivery]) -> None:
+        """These messages are done with (written, refused or dead-lettered): acknowledge them to the broker.
 
-        At-least-once delivery needs only this: carry (mid, qos) in the queue
-        item instead of the topic, and send the MQTT ack here (paho ``manual_ack``).
+        An ack for a message that arrived on an earlier connection is not sent
+        (``MqttLink.ack``): the broker has sent it again, and that copy gets acked.
         """
         self._settled += len(deliveries)
+        ack = self._link.ack
+        for d in deliveries:
+            if d.qos:
+                ack(d.mid, d.qos, d.generation)
 
 
 def run_bridge(cfg: BridgeConfig, stop_event: threading.Event) -> int:

@@ -12,8 +12,11 @@ the outputs), and it is easiest to read and test on its own:
 - Fatal, or an unexpected exception from a sink: log an error, count, drop.
 
 A batch remembers the deliveries (messages) its lines came from and hands
-them to ``on_settled`` when it is done with them either way: that is where
-MQTT acks go once delivery is at-least-once.
+them to ``on_settled`` when it is done with them either way: that is where the
+bridge sends the MQTT acks (paho ``manual_ack``), so a QoS 1 result is
+acknowledged to the broker only after the database accepted it (or it was
+refused or dead-lettered). A batch given up at stop is *not* settled: with a
+persistent session the broker sends it again to the next process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from runtime.common.ratelimit import RateLimitedLog
 from runtime.common.rejects import Rejects
@@ -38,6 +42,15 @@ RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 30.0
 
 
+class Delivery(NamedTuple):
+    """One MQTT message a batch holds lines from: what to acknowledge once it is settled."""
+
+    topic: str
+    mid: int = 0
+    qos: int = 0
+    generation: int = 0  # MqttLink.generation when it arrived: acks for older connections are not sent
+
+
 class Batch:
     """Lines waiting to be written, their size, and the deliveries they came from."""
 
@@ -46,16 +59,16 @@ class Batch:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.nbytes = 0
-        self.deliveries: list[str] = []
+        self.deliveries: list[Delivery] = []
         self.started = 0.0
         self.device_ts: list[float] = []  # device time of each result, for the stored-lag figure
 
-    def add(self, lines: list[str], delivery: str, device_ts: list[float] | None = None) -> None:
+    def add(self, lines: list[str], delivery: Delivery | str, device_ts: list[float] | None = None) -> None:
         if not self.lines:
             self.started = time.monotonic()
         self.lines.extend(lines)
         self.nbytes += sum(map(len, lines))
-        self.deliveries.append(delivery)
+        self.deliveries.append(delivery if isinstance(delivery, Delivery) else Delivery(delivery))
         if device_ts:
             self.device_ts.extend(device_ts)
 
@@ -90,7 +103,7 @@ class BatchWriter:
         sink: Sink,
         rejects: Rejects,
         target: str,
-        on_settled: Callable[[list[str]], None],
+        on_settled: Callable[[list[Delivery]], None],
     ) -> None:
         self.sink = sink
         self.rejects = rejects
@@ -129,9 +142,10 @@ class BatchWriter:
                 kind = "throttled" if isinstance(exc, Throttled) else "unavailable"
                 self.errors[kind] += 1
                 if self.halt or (self.give_up_at is not None and time.monotonic() >= self.give_up_at):
-                    log.error("stopping: dropped a batch of %d points after %d attempts: %s", n, attempt + 1, exc)
+                    log.error("stopping: gave up a batch of %d points after %d attempts (not acknowledged: "
+                              "a persistent session redelivers it): %s", n, attempt + 1, exc)
                     self.give_up(batch)
-                    break
+                    return  # not settled: no MQTT ack
                 delay = self._backoff(attempt, exc)
                 attempt += 1
                 self.retries += 1
@@ -177,7 +191,7 @@ class BatchWriter:
             "points": len(batch.lines),
             "dropped": exc.dropped,
             "reason": exc.reason,
-            "topics": sorted(set(batch.deliveries))[:20],
+            "topics": sorted({d.topic for d in batch.deliveries})[:20],
             "first_line": batch.lines[0][:400],
         }
         self.rejects.reject(self.target, json.dumps(summary).encode(), "partial_write", exc.reason)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from runtime.common.configfile import load_config
 from runtime.common.metrics import BRIDGE_METRICS_PORT, MetricsSettings
@@ -157,9 +157,11 @@ class BridgeConfig(BaseModel):
     model_config = _STRICT
 
     node_id: TopicLevel = Field(
-        default=DEFAULT_CLIENT_ID, description="id in status/{node_id} (birth online, LWT offline); unique per replica"
+        default=DEFAULT_CLIENT_ID,
+        description="id in status/{node_id} (birth online, LWT offline) and the default MQTT client id "
+        "(which keys the persistent session); unique per replica",
     )
-    mqtt: MqttSettings = MqttSettings(client_id=DEFAULT_CLIENT_ID)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, validate_default=True)
     subscribe: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1)] = [
         "results/+/+",
         "status/+",
@@ -167,13 +169,26 @@ class BridgeConfig(BaseModel):
     qos: Literal[0, 1] = 1
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = 262144
     queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    share_group: TopicLevel | None = Field(
+        default=None,
+        description="subscribe as $share/{group}/...: replicas with the same group split the messages "
+        "(MQTT v5 shared subscription; each replica needs its own node_id)",
+    )
     influx: InfluxSettings = InfluxSettings()
     metrics: MetricsSettings = MetricsSettings(port=BRIDGE_METRICS_PORT)
 
     @field_validator("mqtt")
     @classmethod
-    def _client_id(cls, mqtt: MqttSettings) -> MqttSettings:
-        return mqtt if mqtt.client_id else mqtt.model_copy(update={"client_id": DEFAULT_CLIENT_ID})
+    def _client_id(cls, mqtt: MqttSettings, info: ValidationInfo) -> MqttSettings:
+        node_id = info.data.get("node_id") or DEFAULT_CLIENT_ID
+        return mqtt if mqtt.client_id else mqtt.model_copy(update={"client_id": node_id})
+
+    @property
+    def topic_filters(self) -> list[str]:
+        """``subscribe``, each behind ``$share/{share_group}/`` when a group is set."""
+        if self.share_group is None:
+            return list(self.subscribe)
+        return [f"$share/{self.share_group}/{topic}" for topic in self.subscribe]
 
 
 def load_bridge_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BridgeConfig:

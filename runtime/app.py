@@ -4,10 +4,13 @@ Threads:
   paho network thread  on_message only appends (topic, payload, t) to a
                        bounded queue -- it never decodes or infers
   worker thread        drains the queue into the Engine, flushes batches,
-                       publishes results
+                       appends results to the disk outbox
+  outbox sender        sends the outbox oldest first, deletes on PUBACK
+                       (runtime/delivery.py, docs/reliability.md)
   main thread          waits for SIGTERM/SIGINT, then stop(): intake stops,
                        the worker drains what was received, publishes, waits
-                       for the broker's acks, publishes "offline", exits 0
+                       (bounded) for the broker's acks, publishes "offline",
+                       exits 0; what is not acked stays in the outbox
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import time
 
 from runtime import __version__
 from runtime.common.errors import ConfigError
-from runtime.common.mqtt import MqttLink, Will, redact_url, wait_for_all
+from runtime.common.mqtt import MqttLink, Will, redact_url
 from runtime.common.rejects import RateLimitedLog, Rejects
 from runtime.common.systemd import SystemdNotifier
 from runtime.config import EdgeConfig
 from runtime.contract import NodeStatus, status_topic
+from runtime.delivery import EdgeDelivery
 from runtime.engine import Engine, PipelineRunner
 from runtime.inference import TfliteModel
 from runtime.model_manager import ModelManager
@@ -72,8 +76,10 @@ class EdgeApp:
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)
         self._worker = threading.Thread(target=self._work, name="edgeloop-worker", daemon=True)
-        self._unacked: list = []
         self.systemd = SystemdNotifier.from_env()  # no-op outside systemd
+        self._intake_open = True
+        # Outbox, persistent session and input acks (at-least-once both ways): runtime/delivery.py.
+        self.delivery = EdgeDelivery(cfg)
         self.link = MqttLink(
             cfg.mqtt,
             client_id=f"edgeloop-{cfg.node_id}",
@@ -82,7 +88,9 @@ class EdgeApp:
             + (self.deploy.subscriptions() if self.deploy is not None else []),
             will=Will(topic=status_topic(cfg.node_id), payload=self._status("offline")),
             on_connected=self._publish_birth,
+            **self.delivery.link_options(),
         )
+        self.delivery.attach(self.link)
 
         if self.deploy is not None:
             self.deploy.attach(self.link)
@@ -90,12 +98,25 @@ class EdgeApp:
     # ------------------------------------------------------------ network thread
 
     def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+        if not self._intake_open:
+            return  # stopping: unacknowledged, so a persistent session delivers it to the next start
         if self.deploy is not None and msg.topic.startswith("models/"):
             self.deploy.offer(msg.topic, msg.payload)
+            self.link.ack(msg.mid, msg.qos, self.link.generation)  # the deploy manager owns it now
             return
+        item = (msg.topic, msg.payload, time.monotonic(), msg.mid, msg.qos, self.link.generation)
         try:
-            self.inbox.put_nowait((msg.topic, msg.payload, time.monotonic()))
+            self.inbox.put_nowait(item)
         except queue.Full:
+            # QoS 1 waits for room (the broker holds the rest); QoS 0 is shed at the door.
+            while msg.qos and self._intake_open:
+                try:
+                    self.inbox.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            if msg.qos:
+                return  # stopping: left unacknowledged on purpose
             self.dropped_queue_full += 1
             self._drop_log.warning("queue_full", "input queue full (%d): dropping newest readings", self.cfg.input.queue_size)
 
@@ -143,7 +164,7 @@ class EdgeApp:
             if item is _STOP:
                 stopping = True
             elif item is not None:
-                engine.ingest(*item)
+                self._ingest(item)
                 # Greedily take what is already queued, up to a full batch.
                 while engine.pending < batching.max_batch:
                     try:
@@ -153,7 +174,7 @@ class EdgeApp:
                     if item is _STOP:
                         stopping = True
                         break
-                    engine.ingest(*item)
+                    self._ingest(item)
             if engine.pending and (
                 engine.pending >= batching.max_batch
                 or time.monotonic() >= engine.oldest_pending + max_wait
@@ -168,14 +189,14 @@ class EdgeApp:
         if engine.pending:
             self._publish(engine.flush())
 
+    def _ingest(self, item: tuple) -> None:
+        samples = self.engine.ingest(item[0], item[1], item[2])
+        if len(item) >= 6:  # (topic, payload, t, mid, qos, generation) from _on_message
+            self.delivery.ingested(item[0], item[3], item[4], item[5], samples or 0, self.engine.pending)
+
     def _publish(self, messages: list[tuple[str, bytes]]) -> None:
-        qos = self.cfg.output.qos
-        for topic, payload in messages:
-            info = self.link.publish(topic, payload, qos=qos)
-            if qos and len(self._unacked) < 100_000:
-                self._unacked.append(info)
-        if len(self._unacked) > 10_000:
-            self._unacked = [i for i in self._unacked if not i.is_published()]
+        """The one way results and samples leave the edge: disk outbox first, then the broker."""
+        self.delivery.publish(messages, self.engine.pending)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -187,6 +208,8 @@ class EdgeApp:
         out["reconnects"] = self.link.reconnects if hasattr(self, "link") else 0
         if getattr(self, "deploy", None) is not None:
             out.update(self.deploy.counters)
+        if getattr(self, "delivery", None) is not None:
+            out.update(self.delivery.counters())  # outbox_depth, outbox_dropped_overflow, input_held, ...
         return out
 
     def start(self, connect_timeout_s: float | None = 30.0) -> None:
@@ -197,19 +220,33 @@ class EdgeApp:
             ", ".join(f"{p.subscription} -> {p.model.path.name}" for p in self.cfg.pipelines),
         )
         self._worker.start()
+        self.delivery.start()
         if self.deploy is not None:
             self.deploy.start()
         self.link.start(wait_s=connect_timeout_s)
 
     def stop(self) -> bool:
-        """Drain and disconnect. Returns True when every result was acknowledged."""
-        self.link.unsubscribe_all()
+        """Drain and disconnect. Returns True when every result was acknowledged.
+
+        A persistent session keeps its subscriptions (the broker queues readings
+        for the next start); the SUBACK of a re-subscribe marks what has arrived.
+        Results the broker has not acknowledged within ``drain_timeout_s`` stay
+        in the outbox for the next start.
+        """
+        if self.delivery.persistent:
+            self.link.barrier()
+        else:
+            self.link.unsubscribe_all()
+        self._intake_open = False
         self.inbox.put(_STOP)
         self._worker.join(self.cfg.drain_timeout_s)
+        if not self._worker.is_alive():
+            self.delivery.finish_input()
         if self.deploy is not None:
             self.deploy.stop()
-        acked = wait_for_all([i for i in self._unacked if not i.is_published()], self.cfg.drain_timeout_s)
+        acked = self.delivery.drain(self.cfg.drain_timeout_s)
         self.link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
+        self.delivery.close()
         log.info("edge %s stopped: %s", self.cfg.node_id, self.counters())
         return acked and not self._worker.is_alive()
 

@@ -92,14 +92,19 @@ class BatchingSettings(BaseModel):
 class InputSettings(BaseModel):
     """Hand-off from the MQTT network thread to the inference worker.
 
-    The queue is bounded; when it is full the *newest* reading is dropped and
+    The queue is bounded. A QoS 0 reading that finds it full is dropped and
     counted (``dropped_queue_full``): under overload the edge sheds load at the
-    door instead of growing latency without bound.
+    door instead of growing latency without bound. A QoS 1 reading waits for
+    room instead (back-pressure: the broker holds the rest in our session) and
+    is acknowledged only once its results are in the outbox (docs/reliability.md).
+
+    ``qos`` defaults to 1 because the persistent session (``mqtt.session_expiry_s``)
+    queues only QoS 1 readings for an edge that is restarting or offline.
     """
 
     model_config = _FROZEN
 
-    qos: Literal[0, 1] = 0
+    qos: Literal[0, 1] = 1
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_payload_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 256 * 1024
 
@@ -113,6 +118,29 @@ class OutputSettings(BaseModel):
         description="publish one JSON array per (device, model) per flush instead of one message per result",
     )
     deadletter: bool = Field(default=True, description="publish rejected input on deadletter/edge")
+
+
+class OutboxSettings(BaseModel):
+    """The disk outbox every result and sample passes through (runtime/outbox.py, docs/reliability.md).
+
+    ``fsync: full`` survives power loss (one fsync per micro-batch); ``normal``
+    survives a killed process only. Over ``max_messages`` or ``max_bytes`` the
+    oldest unsent messages are dropped (counted); older than ``ttl_s`` they
+    expire unsent (counted). ``enabled: false`` publishes straight to the
+    client (lost if the process dies before the broker acknowledges).
+    """
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file; default $EDGELOOP_STATE_DIR (or ~/.local/state/edgeloop)/outbox-{node_id}.sqlite",
+    )
+    fsync: Literal["full", "normal"] = "full"
+    max_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
+    max_bytes: Annotated[int, Field(ge=1024, le=1024**4)] = 512 * 1024 * 1024
+    ttl_s: Annotated[float, Field(gt=0, le=365 * 24 * 3600)] = 7 * 24 * 3600.0
 
 
 class DeploySettings(BaseModel):
@@ -169,6 +197,7 @@ class EdgeConfig(BaseModel):
     sampling: SamplingSettings = Field(
         default_factory=SamplingSettings, description="windows sent home on samples/{device}/{model} for retraining"
     )
+    outbox: OutboxSettings = OutboxSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
@@ -176,6 +205,12 @@ class EdgeConfig(BaseModel):
         sensors = [p.sensor for p in self.pipelines]
         if len(set(sensors)) != len(sensors):
             raise ValueError("pipelines: each sensor may have only one pipeline")
+        return self
+
+    @model_validator(mode="after")
+    def _outbox_needs_acks(self) -> "EdgeConfig":
+        if self.outbox.enabled and self.output.qos == 0:
+            raise ValueError("output.qos 0 has no broker acknowledgement to empty the outbox: use qos 1 or outbox.enabled: false")
         return self
 
 

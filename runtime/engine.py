@@ -103,8 +103,12 @@ class Engine:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, topic: str, payload: bytes, received: float) -> None:
-        """Validate one reading and feed it to its stream's window. Never raises for bad input."""
+    def ingest(self, topic: str, payload: bytes, received: float) -> int:
+        """Validate one reading and feed it to its stream's window. Never raises for bad input.
+
+        Returns the number of samples taken into the window (0: rejected or a repeated seq),
+        which tells the app how long the reading is still needed (runtime/inputacks.py).
+        """
         self.counters["readings_in"] += 1
         try:
             device, sensor = parse_sensor_topic(topic)
@@ -121,15 +125,16 @@ class Engine:
                 )
             key = (device, sensor)
             if not self._in_sequence(runner, key, reading.seq):
-                return
+                return 0
             windows = runner.pipeline.push(key, samples, reading.ts, reading.rate_hz, reading.seq)
         except (ContractError, PayloadError) as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))
-            return
+            return 0
         if windows:
             if self.oldest_pending is None:
                 self.oldest_pending = received
             runner.pending.extend(_Pending(w, received) for w in windows)
+        return int(samples.shape[0])
 
     def _in_sequence(self, runner: PipelineRunner, key: StreamKey, seq: int) -> bool:
         """Windows must be cut from contiguous samples.

@@ -27,6 +27,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(autouse=True)
+def edge_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Edge outboxes (runtime/outbox.py) of this test, and of edge processes it starts, live in its tmp dir."""
+    state = tmp_path / "edgeloop-state"
+    monkeypatch.setenv("EDGELOOP_STATE_DIR", str(state))
+    return state
+
+
 @pytest.fixture
 def unique_id() -> str:
     """A short random id for topics, devices and databases, so tests never see each other's data."""

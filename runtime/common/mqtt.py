@@ -23,6 +23,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from runtime.common.errors import ConfigError, TransientError
@@ -127,6 +128,11 @@ class MqttSettings(BaseModel):
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = 100
+    session_expiry_s: Annotated[int, Field(ge=0, le=4294967295)] | None = Field(
+        default=None,
+        description="persistent session lifetime after a disconnect (v5 session expiry; 3.1.1: >0 means "
+        "clean_session=false); 0 = clean session; default: the component's (edge and bridge: 3600)",
+    )
 
     @field_validator("url")
     @classmethod
@@ -237,6 +243,9 @@ class MqttLink:
         on_connected: Callable[[], None] | None = None,
         clean_start: bool = True,
         session_expiry_s: int = 0,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
+        on_publish: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.settings = settings
         self.address = parse_broker_url(settings.url)
@@ -247,6 +256,12 @@ class MqttLink:
         self._ever_connected = False
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        #: Incremented on every accepted CONNACK: an ack for a message received on an older
+        #: connection must not be sent (its packet id may name another message by now).
+        self.generation = 0
+        #: The broker resumed our session (MQTT v5 clean_start=false / 3.1.1 clean_session=false).
+        self.session_present = False
         self._rng = random.Random()
         self._stopping = False
         #: Why the last connection attempt failed ("Not authorized", a TLS error), for start()'s error.
@@ -260,6 +275,7 @@ class MqttLink:
             client_id=settings.client_id or client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
             clean_session=None if self.v5 else clean_start,
+            manual_ack=manual_ack,
         )
         self.client.max_inflight_messages_set(settings.max_inflight)
         self.client.max_queued_messages_set(0)
@@ -280,6 +296,9 @@ class MqttLink:
         self._fail_log = RateLimitedLog(log, interval_s=60.0, per_interval=3)
         if on_message is not None:
             self.client.on_message = lambda _c, _u, msg: on_message(msg)
+        if on_publish is not None:
+            # (mid, accepted): PUBACK for QoS 1 (a v5 reason code >= 0x80 is a refusal), written for QoS 0.
+            self.client.on_publish = lambda _c, _u, mid, rc, _p: on_publish(mid, not rc.is_failure)
         # Only while not connected (no cost on the message path): paho reports socket and TLS
         # errors through its log callback alone.
         self.client.on_log = self._capture_io_error
@@ -307,9 +326,11 @@ class MqttLink:
         self.last_failure = None
         self._last_io_error = None
         client.on_log = None
+        self.generation += 1
+        self.session_present = bool(getattr(_flags, "session_present", False))
         if self._ever_connected:
             self.reconnects += 1
-            log.info("reconnected to %s", redact_url(self.settings.url))
+            log.info("reconnected to %s%s", redact_url(self.settings.url), " (session resumed)" if self.session_present else "")
         self._ever_connected = True
         for topic, qos in self.subscriptions:
             client.subscribe(topic, qos=qos)
@@ -359,6 +380,8 @@ class MqttLink:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self._session_expiry_s
+            if self._receive_maximum:
+                props.ReceiveMaximum = min(65535, self._receive_maximum)
         self.client.connect_async(
             self.address.host,
             self.address.port,
@@ -386,6 +409,46 @@ class MqttLink:
         self.client.on_unsubscribe = lambda *_args: done.set()
         self.client.unsubscribe([topic for topic, _ in self.subscriptions])
         return done.wait(timeout_s)
+
+    def barrier(self, timeout_s: float = 2.0) -> bool:
+        """Subscribe again to every subscription (no change, no retained resend) and wait for SUBACK.
+
+        The drain point for a persistent session, where unsubscribing would stop
+        the broker from queueing for us while we are away: like UNSUBACK, the
+        SUBACK comes after every message the broker had already sent us.
+        """
+        if not self.subscriptions or not self.connected.is_set():
+            return False
+        done = threading.Event()
+        acked: set[int] = set()
+        ours: list[int] = []
+
+        def on_subscribe(_c, _u, mid, *_rest) -> None:  # noqa: ANN001 -- only our own SUBACK counts
+            acked.add(mid)
+            if ours and ours[0] in acked:
+                done.set()
+
+        self.client.on_subscribe = on_subscribe
+        if self.v5:
+            keep = SubscribeOptions.RETAIN_DO_NOT_SEND
+            _, mid = self.client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=keep)) for t, q in self.subscriptions])
+        else:
+            _, mid = self.client.subscribe(list(self.subscriptions))
+        ours.append(mid)
+        if mid in acked:
+            done.set()
+        return done.wait(timeout_s)
+
+    def ack(self, mid: int, qos: int, generation: int) -> bool:
+        """Acknowledge a message received with ``manual_ack`` on connection ``generation``.
+
+        Skipped (False) if the connection changed since: the broker sends the
+        message again on the new connection (persistent session) or has forgotten it.
+        """
+        if qos == 0 or generation != self.generation or not self.connected.is_set():
+            return False
+        self.client.ack(mid, qos)
+        return True
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)

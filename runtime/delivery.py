@@ -1,0 +1,192 @@
+"""The edge's at-least-once plumbing, in one object the app calls at four points.
+
+- out: ``publish(messages)`` appends to the disk outbox (runtime/outbox.py);
+  ``OutboxSender`` (runtime/sender.py) sends oldest first and deletes on PUBACK.
+- in: with ``input.qos: 1`` paho runs with ``manual_ack``; ``ingested()`` and
+  ``publish()`` feed ``InputAcks`` (runtime/inputacks.py), which acknowledges a
+  reading once its results are on disk and no future window needs it.
+- session: a persistent MQTT session (``mqtt.session_expiry_s``, default 3600 s
+  on the edge) so the broker queues readings while the edge restarts.
+- ``outbox.enabled: false`` keeps the old direct path: results go straight to
+  paho (in memory), and stop() waits for their acks.
+
+Why a separate object: the app's worker loop, model deployment and metrics are
+other people's concerns; this keeps delivery semantics in one reviewable place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+from runtime.common.mqtt import MqttLink, wait_for_all
+from runtime.common.ratelimit import RateLimitedLog
+from runtime.config import EdgeConfig
+from runtime.contract import parse_sensor_topic
+from runtime.inputacks import InputAcks
+from runtime.outbox import Outbox, default_state_dir
+from runtime.sender import OutboxSender
+
+log = logging.getLogger("edgeloop.edge")
+
+#: Edge default for ``mqtt.session_expiry_s``: an hour of readings queued by the broker across a restart.
+EDGE_SESSION_EXPIRY_S = 3600
+
+
+def session_expiry_s(cfg: EdgeConfig) -> int:
+    value = cfg.mqtt.session_expiry_s
+    return EDGE_SESSION_EXPIRY_S if value is None else value
+
+
+def outbox_path(cfg: EdgeConfig):  # noqa: ANN201 -- Path
+    return cfg.outbox.path or default_state_dir() / f"outbox-{cfg.node_id}.sqlite"
+
+
+def window_history(cfg: EdgeConfig) -> dict[str, int]:
+    """Samples a reading stays needed after it, per sensor: ``size - 1`` of the pipeline's window stage."""
+    out = {}
+    for p in cfg.pipelines:
+        sizes = [getattr(stage, "size", 0) for stage in p.stages if getattr(stage, "type", None) == "window"]
+        out[p.sensor] = max(0, max(sizes, default=0) - 1)
+    return out
+
+
+class EdgeDelivery:
+    def __init__(self, cfg: EdgeConfig) -> None:
+        self.cfg = cfg
+        self.expiry_s = session_expiry_s(cfg)
+        self.persistent = self.expiry_s > 0
+        self.link: MqttLink | None = None
+        self.outbox: Outbox | None = None
+        self.sender: OutboxSender | None = None
+        if cfg.outbox.enabled:
+            o = cfg.outbox
+            self.outbox = Outbox(
+                outbox_path(cfg), max_messages=o.max_messages, max_bytes=o.max_bytes, ttl_s=o.ttl_s, fsync=o.fsync
+            )
+            if self.outbox.depth:
+                log.info("outbox %s holds %d messages from before: replaying them first", self.outbox.path, self.outbox.depth)
+            self.sender = OutboxSender(self.outbox, None, window=cfg.mqtt.max_inflight)
+        self._direct: list = []  # MQTTMessageInfo of direct publishes (outbox disabled)
+        self.outbox_write_errors = 0
+        self._log = RateLimitedLog(log)
+        self.acks: InputAcks | None = None
+        if cfg.input.qos == 1:
+            history = window_history(cfg) if self.persistent else {}
+            self.acks = InputAcks(self._ack, lambda topic: self._history_of(topic, history))
+
+    # ------------------------------------------------------------------ wiring
+
+    def link_options(self) -> dict:
+        """Keyword arguments for MqttLink: session, manual acks, receive maximum, PUBACK callback."""
+        return {
+            "clean_start": not self.persistent,
+            "session_expiry_s": self.expiry_s,
+            "manual_ack": self.acks is not None,
+            "receive_maximum": min(65535, self.cfg.input.queue_size) if self.acks is not None else None,
+            "on_publish": self.sender.on_publish if self.sender is not None else None,
+        }
+
+    def attach(self, link: MqttLink) -> None:
+        self.link = link
+        if self.sender is not None:
+            self.sender.link = link
+
+    def start(self) -> None:
+        if self.sender is not None:
+            self.sender.start()
+
+    # ------------------------------------------------------------------ worker thread
+
+    def ingested(self, topic: str, mid: int, qos: int, gen: int, samples: int, engine_pending: int) -> None:
+        """After ``engine.ingest``: remember the ack; send it now if nothing waits for a flush."""
+        if self.acks is None:
+            return
+        self.acks.received(topic, mid, qos, gen, samples)
+        if not engine_pending:
+            self.acks.commit()
+
+    def publish(self, messages: list[tuple[str, bytes]], engine_pending: int) -> None:
+        """Results and samples: to disk, then to the broker. Readings whose windows are all out get acked."""
+        if messages:
+            if self.outbox is None:
+                self._publish_direct(messages)
+            else:
+                try:
+                    self.outbox.append(messages)
+                except sqlite3.Error as exc:
+                    # Disk full or gone: better in memory (lost only if the process dies) than nowhere.
+                    self.outbox_write_errors += 1
+                    self._log.error("outbox_write", "outbox append failed (%s): publishing %d messages directly", exc, len(messages))
+                    self._publish_direct(messages)
+                else:
+                    self.sender.wake()
+        if self.acks is not None and not engine_pending:
+            self.acks.commit()
+
+    def _publish_direct(self, messages: list[tuple[str, bytes]]) -> None:
+        qos = self.cfg.output.qos
+        for topic, payload in messages:
+            info = self.link.publish(topic, payload, qos=qos)
+            if qos and len(self._direct) < 100_000:
+                self._direct.append(info)
+        if len(self._direct) > 10_000:
+            self._direct = [i for i in self._direct if not i.is_published()]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def finish_input(self) -> None:
+        """Worker done: acknowledge what was processed. Held readings stay unacknowledged in a
+        persistent session (the next start rebuilds its windows from them); without one they are acked."""
+        if self.acks is None:
+            return
+        self.acks.commit()
+        if not self.persistent:
+            self.acks.release_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the broker has acknowledged everything published. What is left stays on disk."""
+        deadline = time.monotonic() + timeout_s
+        ok = True
+        if self.sender is not None:
+            ok = self.sender.drain(timeout_s)
+            if not ok:
+                log.warning(
+                    "outbox: %d messages not acknowledged within %.0fs; kept in %s for the next start",
+                    self.outbox.depth, timeout_s, self.outbox.path,
+                )
+        pending = [i for i in self._direct if not i.is_published()]
+        return wait_for_all(pending, max(0.0, deadline - time.monotonic())) and ok
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self.outbox is not None:
+            out.update(self.outbox.counters())
+            out.update(self.sender.counters())
+            out["outbox_write_errors"] = self.outbox_write_errors
+        if self.acks is not None:
+            out.update(self.acks.counters())
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ack(self, mid: int, qos: int, gen: int) -> None:
+        link = self.link
+        if link is not None:
+            link.ack(mid, qos, gen)
+
+    @staticmethod
+    def _history_of(topic: str, history: dict[str, int]) -> int:
+        if not history or not topic.startswith("sensors/"):
+            return 0
+        try:
+            return history.get(parse_sensor_topic(topic)[1], 0)
+        except Exception:  # noqa: BLE001 -- a topic the engine rejected: nothing to hold
+            return 0

@@ -1,0 +1,134 @@
+"""When the edge acknowledges a QoS 1 reading: once nothing is lost if the process dies right after.
+
+A reading is acknowledged (paho ``manual_ack``) only when
+
+1. every window it completed has its result in the outbox (the worker calls
+   ``commit()`` after the outbox append, or when no window is pending), and
+2. no *future* window still needs its samples: an overlapping window (size
+   128, hop 64) is cut from this reading and the next one, and the window
+   buffer is memory. So, with a persistent session, the last readings of each
+   stream stay unacknowledged until ``history`` samples have arrived after
+   them (``size - 1`` for a window stage). If the process is killed, the
+   broker sends them again to the next process, which rebuilds the window
+   buffer from them; the windows they complete again are identical, so they
+   overwrite themselves in the database.
+
+Safety valves, so held readings never stall the broker's in-flight window or
+outlive their packet id (brokers reuse ids after 65535 messages): a held
+reading is released (acknowledged, counted ``input_released_early``) when more
+than ``max_held`` are held, or when ``max_age`` later messages have arrived.
+After a reconnect, acknowledgements for the previous connection are not sent
+(``MqttLink.ack`` checks the generation): the broker resends those messages,
+and the engine skips what it has already seen (``stale_readings``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Ack = Callable[[int, int, int], object]  # (mid, qos, generation)
+
+
+@dataclass(slots=True)
+class _Held:
+    mid: int
+    qos: int
+    gen: int
+    samples: int
+    index: int  # receive order, for the age valve
+
+
+class InputAcks:
+    """Worker-thread only: ``received()`` after each ingest, ``commit()`` once results are durable."""
+
+    def __init__(
+        self,
+        ack: Ack,
+        history: Callable[[str], int],
+        *,
+        max_held: int = 5000,
+        max_age: int = 30_000,
+    ) -> None:
+        self._ack = ack
+        self._history = history
+        self.max_held = max_held
+        self.max_age = max_age
+        self._pending: list[tuple[str, int, int, int, int]] = []
+        self._streams: dict[str, deque[_Held]] = {}
+        self._samples: dict[str, int] = {}
+        self._index = 0
+        self._next_sweep = 1024
+        self.held = 0
+        self.acked = 0
+        self.released_early = 0
+
+    def received(self, topic: str, mid: int, qos: int, gen: int, samples: int) -> None:
+        """A message was ingested; ``samples`` is what the engine took from it (0: rejected or skipped)."""
+        if qos:
+            self._pending.append((topic, mid, qos, gen, samples))
+
+    @property
+    def uncommitted(self) -> int:
+        return len(self._pending)
+
+    def commit(self) -> None:
+        """Everything ingested so far has its results in the outbox: acknowledge what is no longer needed."""
+        pending, self._pending = self._pending, []
+        for topic, mid, qos, gen, samples in pending:
+            self._index += 1
+            history = self._history(topic) if samples > 0 else 0
+            if history <= 0:
+                self._send(mid, qos, gen)
+                continue
+            stream = self._streams.get(topic)
+            if stream is None:
+                stream = self._streams[topic] = deque()
+                self._samples[topic] = 0
+            stream.append(_Held(mid, qos, gen, samples, self._index))
+            total = self._samples[topic] + samples
+            self.held += 1
+            # The oldest reading is no longer needed once `history` samples arrived after it.
+            while stream and total - stream[0].samples >= history:
+                head = stream.popleft()
+                total -= head.samples
+                self.held -= 1
+                self._send(head.mid, head.qos, head.gen)
+            self._samples[topic] = total
+        if self.held > self.max_held or (self.held and self._index >= self._next_sweep):
+            self._next_sweep = self._index + 1024
+            self._valve()
+
+    def _valve(self) -> None:
+        oldest_ok = self._index - self.max_age
+        over = self.held - self.max_held
+        heads = sorted((stream[0].index, topic) for topic, stream in self._streams.items() if stream)
+        for _, topic in heads:
+            stream = self._streams[topic]
+            while stream and (stream[0].index < oldest_ok or over > 0):
+                head = stream.popleft()
+                self._samples[topic] -= head.samples
+                self.held -= 1
+                over -= 1
+                self.released_early += 1
+                self._send(head.mid, head.qos, head.gen)
+            if not stream:
+                del self._streams[topic]
+                del self._samples[topic]
+
+    def release_all(self) -> None:
+        """Acknowledge everything held (used when the session is not persistent: nothing would be resent)."""
+        for stream in self._streams.values():
+            for held in stream:
+                self._send(held.mid, held.qos, held.gen)
+        self._streams.clear()
+        self._samples.clear()
+        self.held = 0
+
+    def _send(self, mid: int, qos: int, gen: int) -> None:
+        self.acked += 1
+        self._ack(mid, qos, gen)
+
+    def counters(self) -> dict[str, int]:
+        return {"input_held": self.held, "input_released_early": self.released_early}

@@ -1,0 +1,303 @@
+"""The edge's store-and-forward outbox: a message leaves the disk only when the broker has it.
+
+Every result and sample the edge publishes is appended here first (one
+transaction per micro-batch), sent oldest first by ``runtime.sender``, and
+deleted only when the broker's PUBACK (QoS 1) arrives. What is on disk after a
+``kill -9``, a power cut or a long outage is sent again, in order, by the next
+process: delivery is at-least-once, and a redelivered result overwrites itself
+in InfluxDB (its point identity is deterministic: see ``cloud_bridge.schema``).
+
+Why SQLite (standard library ``sqlite3``) in WAL mode: a well-kept embedded
+store with atomic, crash-safe transactions and no extra dependency; WAL lets
+the sender read while the worker appends, and turns each commit into one
+sequential append to the ``-wal`` file.
+
+Durability (``fsync``):
+
+``full`` (default)
+    ``PRAGMA synchronous=FULL``: each append transaction is fsynced before
+    ``append()`` returns, so an appended message survives power loss. It costs
+    one fsync per micro-batch, not per message.
+``normal``
+    ``PRAGMA synchronous=NORMAL``: no fsync per commit; the WAL is synced at
+    checkpoints. Survives ``kill -9`` of the process (the OS holds the pages);
+    a power cut may lose the last appends, never the database's consistency.
+
+Deletes (acknowledged messages) always commit with ``synchronous=NORMAL``:
+losing a delete to a power cut only resends a message the broker already has.
+
+Bounds and overflow, each counted:
+
+- ``max_messages`` / ``max_bytes`` (topic + payload bytes): an append that
+  would exceed either drops the *oldest messages not yet handed to the MQTT
+  client* (``dropped_overflow``) -- under a long outage the newest data wins,
+  and messages already in flight are never dropped under the sender's feet.
+- ``ttl_s``: a message older than this when its turn to be sent comes is
+  deleted unsent (``expired``): a result that is days late is noise.
+- A database that cannot be opened (corrupt file) is moved aside to
+  ``<path>.corrupt-<unix time>`` and a fresh one is created (logged as an error).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Fsync = Literal["full", "normal"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused, so id order = append order
+    created REAL    NOT NULL,                   -- unix time of the append, for the TTL
+    topic   TEXT    NOT NULL,
+    payload BLOB    NOT NULL
+)
+"""
+
+#: How often (seconds) the sender's reads also delete expired messages.
+TTL_SWEEP_EVERY_S = 1.0
+
+
+def default_state_dir() -> Path:
+    """``$EDGELOOP_STATE_DIR``, else ``$XDG_STATE_HOME/edgeloop``, else ``~/.local/state/edgeloop``."""
+    explicit = os.environ.get("EDGELOOP_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "edgeloop"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    topic: str
+    payload: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.topic) + len(self.payload)
+
+
+class Outbox:
+    """Append, read in order, delete on ack. Thread-safe (one connection behind a lock)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        max_messages: int = 1_000_000,
+        max_bytes: int = 512 * 1024 * 1024,
+        ttl_s: float = 7 * 24 * 3600.0,
+        fsync: Fsync = "full",
+        clock=time.time,  # noqa: ANN001 -- injectable for tests
+    ) -> None:
+        if fsync not in ("full", "normal"):
+            raise ValueError(f"fsync must be 'full' or 'normal', got {fsync!r}")
+        self.path = Path(path)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.fsync = fsync
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cursor = 0  # highest id handed out by next() in this process
+        self._next_sweep = 0.0
+        self.appended = 0
+        self.deleted = 0
+        self.dropped_overflow = 0
+        self.expired = 0
+        self.recovered_corrupt = 0
+        self._db = self._open()
+        count, nbytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(CAST(topic AS BLOB)) + length(payload)), 0) FROM outbox"
+        ).fetchone()
+        self.depth = int(count)
+        self.nbytes = int(nbytes)
+        #: Messages found on disk at open: what a previous process left to replay.
+        self.replayed_at_open = self.depth
+
+    # ------------------------------------------------------------------ open/close
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("outbox %s cannot be opened (%s): moved aside to %s, starting empty", self.path, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{aside}{suffix}"))
+            self.recovered_corrupt += 1
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: explicit BEGIN/COMMIT, so one transaction covers a whole micro-batch.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.DatabaseError(f"journal_mode is {mode}, WAL not available")
+            db.execute(f"PRAGMA synchronous={self.fsync.upper()}")
+            db.execute(_SCHEMA)
+            db.execute("SELECT count(*) FROM outbox").fetchone()  # touches the table: a corrupt file fails here
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                self._db.close()
+                self._db = None
+
+    # ------------------------------------------------------------------ writes
+
+    def append(self, messages: list[tuple[str, bytes]]) -> None:
+        """Store ``messages`` durably (see fsync) in one transaction; drop the oldest unsent if over a bound.
+
+        Raises sqlite3.Error if the disk refuses (full, read-only): the caller decides.
+        """
+        if not messages:
+            return
+        now = self._clock()
+        rows = [(now, topic, payload) for topic, payload in messages]
+        size = sum(len(t) + len(p) for t, p in messages)
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO outbox (created, topic, payload) VALUES (?, ?, ?)", rows)
+                self.depth += len(rows)
+                self.nbytes += size
+                if self.depth > self.max_messages or self.nbytes > self.max_bytes:
+                    self._drop_oldest_unsent()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self._recount()
+                raise
+            self.appended += len(rows)
+
+    def _drop_oldest_unsent(self) -> None:
+        """Inside append's transaction: delete the oldest rows not handed out yet until both bounds hold."""
+        excess_n = max(0, self.depth - self.max_messages)
+        excess_b = max(0, self.nbytes - self.max_bytes)
+        dropped = freed = 0
+        cur = self._db.execute(
+            "SELECT id, length(CAST(topic AS BLOB)) + length(payload) FROM outbox WHERE id > ? ORDER BY id",
+            (self._cursor,),
+        )
+        last_id = None
+        for row_id, size in cur:
+            if dropped >= excess_n and freed >= excess_b:
+                break
+            dropped += 1
+            freed += size
+            last_id = row_id
+        cur.close()
+        if last_id is None:
+            return
+        self._db.execute("DELETE FROM outbox WHERE id > ? AND id <= ?", (self._cursor, last_id))
+        self.depth -= dropped
+        self.nbytes -= freed
+        self.dropped_overflow += dropped
+
+    def delete(self, rows: list[Row]) -> None:
+        """Forget acknowledged rows (one lazily-synced transaction)."""
+        if not rows:
+            return
+        with self._lock:
+            db = self._db
+            if db is None:
+                return
+            if self.fsync != "normal":
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = 0
+                for i in range(0, len(rows), 500):
+                    chunk = rows[i : i + 500]
+                    n += db.execute(
+                        f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", [r.id for r in chunk]
+                    ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                if self.fsync != "normal":
+                    db.execute(f"PRAGMA synchronous={self.fsync.upper()}")
+            if n == len(rows):
+                self.depth -= n
+                self.nbytes -= sum(r.size for r in rows)
+            else:  # some were dropped or expired meanwhile: count from the table
+                self._recount()
+            self.deleted += n
+
+    def _recount(self) -> None:
+        count, nbytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(CAST(topic AS BLOB)) + length(payload)), 0) FROM outbox"
+        ).fetchone()
+        self.depth, self.nbytes = int(count), int(nbytes)
+
+    # ------------------------------------------------------------------ reads
+
+    def next(self, limit: int) -> list[Row]:
+        """Up to ``limit`` rows not yet handed out by this process, oldest first; expired ones are deleted."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            db = self._db
+            if db is None:
+                return []
+            now = self._clock()
+            if now >= self._next_sweep:
+                self._next_sweep = now + TTL_SWEEP_EVERY_S
+                self._expire(now)
+            rows = [
+                Row(i, t, p)
+                for i, t, p in db.execute(
+                    "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (self._cursor, limit)
+                )
+            ]
+            if rows:
+                self._cursor = rows[-1].id
+            return rows
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.ttl_s
+        n, freed = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(CAST(topic AS BLOB)) + length(payload)), 0) "
+            "FROM outbox WHERE id > ? AND created < ?",
+            (self._cursor, cutoff),
+        ).fetchone()
+        if n:
+            self._db.execute("DELETE FROM outbox WHERE id > ? AND created < ?", (self._cursor, cutoff))
+            self.depth -= n
+            self.nbytes -= freed
+            self.expired += n
+            log.warning("outbox: %d messages older than ttl_s=%.0f deleted unsent", n, self.ttl_s)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "outbox_depth": self.depth,
+            "outbox_bytes": self.nbytes,
+            "outbox_dropped_overflow": self.dropped_overflow,
+            "outbox_expired": self.expired,
+            "outbox_replayed_at_start": self.replayed_at_open,
+        }

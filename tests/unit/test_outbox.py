@@ -1,0 +1,136 @@
+"""The disk outbox on its own: order, delete-on-ack, bounds, TTL, reopen, a kill -9 mid-stream, corrupt files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runtime.outbox import Outbox, default_state_dir
+
+
+def msgs(start: int, n: int, size: int = 10) -> list[tuple[str, bytes]]:
+    return [(f"results/dev-{i % 3}/m", f"{i:0{size}d}".encode()) for i in range(start, start + n)]
+
+
+def payloads(rows) -> list[int]:
+    return [int(r.payload) for r in rows]
+
+
+@pytest.mark.parametrize("fsync", ["full", "normal"])
+def test_rows_come_out_in_append_order_and_leave_only_when_deleted(tmp_path, fsync):
+    box = Outbox(tmp_path / "o.sqlite", fsync=fsync)
+    box.append(msgs(0, 5))
+    box.append(msgs(5, 5))
+    first = box.next(4)
+    assert payloads(first) == [0, 1, 2, 3]
+    assert payloads(box.next(100)) == [4, 5, 6, 7, 8, 9]  # each row is handed out once per process
+    assert box.next(100) == []
+    box.delete(first[:2])
+    assert (box.depth, box.nbytes) == (8, sum(len(t) + len(p) for t, p in msgs(2, 8)))
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite", fsync=fsync)  # a new process: everything not deleted, in order
+    assert again.replayed_at_open == 8
+    assert payloads(again.next(100)) == list(range(2, 10))
+
+
+def test_ids_are_never_reused_after_the_table_empties(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    box.append(msgs(0, 3))
+    box.delete(box.next(10))
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite")
+    box.append(msgs(3, 2))
+    rows = box.next(10)
+    assert payloads(rows) == [3, 4] and min(r.id for r in rows) > 3
+
+
+def test_over_the_count_bound_the_oldest_unsent_are_dropped_and_counted(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_messages=10)
+    box.append(msgs(0, 4))
+    in_flight = box.next(2)  # 0 and 1 are with the MQTT client: never dropped under it
+    box.append(msgs(4, 10))
+    assert box.depth == 10 and box.dropped_overflow == 4
+    box.delete(in_flight)
+    assert payloads(box.next(100)) == list(range(6, 14))
+    assert box.counters()["outbox_dropped_overflow"] == 4
+
+
+def test_over_the_byte_bound_the_oldest_unsent_are_dropped(tmp_path):
+    one = sum(len(t) + len(p) for t, p in msgs(0, 1, size=100))
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=5 * one)
+    box.append(msgs(0, 8, size=100))
+    assert box.depth == 5 and box.nbytes <= 5 * one and box.dropped_overflow == 3
+    assert payloads(box.next(100)) == [3, 4, 5, 6, 7]
+
+
+def test_messages_past_their_ttl_expire_unsent(tmp_path):
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.sqlite", ttl_s=60, clock=lambda: now[0])
+    box.append(msgs(0, 3))
+    now[0] += 30
+    box.append(msgs(3, 2))
+    now[0] += 40  # the first three are 70 s old
+    assert payloads(box.next(100)) == [3, 4]
+    assert box.expired == 3 and box.depth == 2
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_fresh_outbox_starts(tmp_path):
+    path = tmp_path / "o.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    box = Outbox(path)
+    assert box.recovered_corrupt == 1 and box.depth == 0
+    assert list(tmp_path.glob("o.sqlite.corrupt-*"))
+    box.append(msgs(0, 1))
+    assert payloads(box.next(1)) == [0]
+
+
+def test_a_failed_append_leaves_the_outbox_as_it_was(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    box.append(msgs(0, 2))
+    with pytest.raises(sqlite3.Error):
+        box.append([("t", b"x"), ("t", [1, 2])])  # the second cannot be stored: the whole batch rolls back
+    assert box.depth == 2 and payloads(box.next(10)) == [0, 1]
+
+
+def test_what_append_returned_for_survives_kill_9(tmp_path):
+    """A child appends batches and reports each; SIGKILL mid-stream; every reported batch is on disk."""
+    path = tmp_path / "o.sqlite"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from runtime.outbox import Outbox
+        box = Outbox({str(path)!r}, fsync="normal")
+        i = 0
+        while True:
+            box.append([("results/d/m", str(i * 10 + k).encode()) for k in range(10)])
+            print(i, flush=True)
+            i += 1
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    reported = -1
+    for line in child.stdout:
+        reported = int(line)
+        if reported >= 200:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    box = Outbox(path)
+    stored = payloads(box.next(1_000_000))
+    assert stored[: (reported + 1) * 10] == list(range((reported + 1) * 10))
+    assert len(stored) % 10 == 0  # never half a batch: one transaction per append
+
+
+def test_default_state_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGELOOP_STATE_DIR", str(tmp_path / "s"))
+    assert default_state_dir() == tmp_path / "s"
+    monkeypatch.delenv("EDGELOOP_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "x"))
+    assert default_state_dir() == tmp_path / "x" / "edgeloop"
