@@ -13,7 +13,7 @@ SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influ
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench model clean distclean
+.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench model docs clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ demo: deps venv ## run the demo (DEMO_ARGS=... passes through)
 
 bench: deps venv ## run the benchmarks (BENCH_ARGS=... passes through)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+docs: venv ## regenerate docs/configuration.md and the Grafana dashboards (tests fail when they are stale)
+	$(PY) docs/gen_config_reference.py
+	$(PY) docker/grafana/generate.py
 
 model: deps venv-train ## train and convert the bundled model (needs the train extra)
 	$(VENV)/bin/edgeloop model build

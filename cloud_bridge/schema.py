@@ -31,7 +31,7 @@ Measurement ``node_status`` (``influx.measurements.status``), one point per Node
 | field     | online          | boolean            | status.state == "online"                        |
 | field     | models          | string             | ``"name=version,..."`` sorted by name ("" if none) |
 | field     | runtime_version | string, if present | status.runtime_version                          |
-| field     | readings_in, results_out, rejected, dropped_queue_full, queue_depth, reconnects, outbox_depth, outbox_dropped | integer (``i``), each if present | status.counters[...] (a fixed list: a peer cannot add fields) |
+| field     | readings_in, results_out, rejected, dropped_queue_full, queue_depth, reconnects, outbox_depth, outbox_dropped_overflow | integer (``i``), each if present | status.counters[...] (a fixed list: a peer cannot add fields) |
 | timestamp |                 | ns, whole µs       | ``round(status.ts * 1e6) * 1000``               |
 
 Why this shape: a point's identity in InfluxDB is measurement + tag set +
@@ -80,7 +80,7 @@ STATUS_COUNTERS = (
     "queue_depth",
     "reconnects",
     "outbox_depth",
-    "outbox_dropped",
+    "outbox_dropped_overflow",
 )
 
 _MEASUREMENT_ESCAPE = str.maketrans({",": r"\,", " ": r"\ "})

@@ -46,7 +46,22 @@ KNOWN = {
     "stale_readings": (f"{PREFIX}_stale_readings", "counter", "repeated or older readings skipped (redelivery)"),
     "sequence_gaps": (f"{PREFIX}_sequence_gaps", "counter", "gaps in a stream's seq (lost readings)"),
     "invalid_outputs": (f"{PREFIX}_invalid_outputs", "counter", "model outputs that failed result validation"),
-    "outbox_depth": (f"{PREFIX}_outbox_depth", "gauge", "results waiting in the disk outbox"),
+    # The disk outbox and at-least-once input (runtime/outbox.py, sender.py, inputacks.py).
+    "outbox_depth": (f"{PREFIX}_outbox_depth", "gauge", "messages waiting in the disk outbox"),
+    "outbox_bytes": (f"{PREFIX}_outbox_bytes", "gauge", "bytes of messages waiting in the disk outbox"),
+    "outbox_inflight": (f"{PREFIX}_outbox_inflight", "gauge", "outbox messages published, waiting for the broker's ack"),
+    "outbox_sent": (f"{PREFIX}_outbox_sent", "counter", "outbox messages published"),
+    "outbox_acked": (f"{PREFIX}_outbox_acked", "counter", "outbox messages acknowledged by the broker and deleted"),
+    "outbox_refused": (f"{PREFIX}_outbox_refused", "counter", "outbox messages the broker refused (dropped)"),
+    "outbox_dropped_overflow": (f"{PREFIX}_outbox_dropped_overflow", "counter",
+                                "oldest outbox messages dropped because the outbox was full"),
+    "outbox_expired": (f"{PREFIX}_outbox_expired", "counter", "outbox messages deleted unsent because too old"),
+    "outbox_replayed_at_start": (f"{PREFIX}_outbox_replayed_at_start", "counter",
+                                 "messages found in the outbox at start and sent again"),
+    "outbox_write_errors": (f"{PREFIX}_outbox_write_errors", "counter", "failed outbox appends (published directly)"),
+    "input_held": (f"{PREFIX}_input_held", "gauge", "QoS 1 readings received but not yet acknowledged to the broker"),
+    "input_released_early": (f"{PREFIX}_input_released_early", "counter",
+                             "QoS 1 readings acknowledged before their result was durable (limits reached)"),
 }
 #: Kept in the dict for NodeStatus, exported with a reason label instead.
 SKIP = ("rejected",)

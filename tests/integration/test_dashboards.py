@@ -147,7 +147,7 @@ def filled(tmp_path_factory, influxdb):
             node="edge-b", state="online", ts=time.time(), site="plant-2", runtime_version="0.1.0",
             models={"vibration_ae": ModelRef(version="1.0.0", sha256=sha)},
             counters={"readings_in": 10, "results_out": 9, "rejected": 0, "queue_depth": 0, "reconnects": 2,
-                      "dropped_queue_full": 0, "outbox_depth": 42, "outbox_dropped": 0},
+                      "dropped_queue_full": 0, "outbox_depth": 42, "outbox_dropped_overflow": 0},
         ).model_dump_json().encode(), qos=1).wait_for_publish(10)
         # Loop events, encoded by the same code the deployer and the drift monitor use.
         lines = [

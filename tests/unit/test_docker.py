@@ -273,3 +273,27 @@ def test_docker_compose_config_is_not_available_here():
         return
     result = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
     assert result.returncode != 0 or "Docker Compose" in result.stdout
+
+
+def test_kubernetes_bridge_replicas_share_one_subscription_and_have_their_own_ids(tmp_path, monkeypatch, capsys):
+    config_map, deployment = yaml.safe_load_all((DOCKER / "k8s/bridge-deployment.yaml").read_text())
+    assert (config_map["kind"], deployment["kind"]) == ("ConfigMap", "Deployment")
+    assert deployment["spec"]["replicas"] > 1
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.action, args.config) == ("bridge", "run", "/etc/edgeloop/bridge.yaml")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The ConfigMap's bridge.yaml passes config check, with the pod's environment and token file.
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    token.chmod(0o600)
+    text = config_map["data"]["bridge.yaml"].replace("/var/run/secrets/edgeloop/token", str(token))
+    (tmp_path / "bridge.yaml").write_text(text)
+    monkeypatch.setenv("POD_NAME", "edgeloop-bridge-7d9f-x2k4q")
+    for name in ("EDGELOOP_BROKER", "EDGELOOP_INFLUX_URL"):
+        monkeypatch.setenv(name, env[name]["value"])
+    assert main(["config", "check", "--kind", "bridge", str(tmp_path / "bridge.yaml")]) == 0
+    effective = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert effective["node_id"] == "edgeloop-bridge-7d9f-x2k4q" == effective["mqtt"]["client_id"]
+    assert effective["share_group"] == "bridges"
