@@ -280,10 +280,13 @@ class Deployer:
         return manifest
 
     def publish_artifact(self, manifest: ModelManifest, content: bytes, chunks: list[int] | None = None) -> None:
-        """Retained chunks of one version (``chunks``: only these indexes -- tests use it to truncate)."""
+        """Retained chunks of one version (``chunks``: only these indexes -- tests use it to truncate).
+
+        Published again on every manifest, even if retained before: a broker
+        restarted without persistence has lost them, and a topic nobody
+        subscribes to costs the broker next to nothing.
+        """
         published = self._published(manifest.model)
-        if chunks is None and published.get(manifest.version) == manifest.chunks:
-            return
         parts = split_chunks(content, manifest.chunk_size)
         infos = [
             self.link.publish(chunk_topic(manifest.model, manifest.version, i), part, qos=1, retain=True)
