@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ModelManager._swap_in = timed
     tmp = Path(tempfile.mkdtemp(prefix="edgeloop-bench-deploy-"))
+    os.environ["EDGELOOP_STATE_DIR"] = str(tmp / "state")  # the edges' outboxes, not the user's
     rows = []
     with Mosquitto(tmp / "mosquitto") as broker:
         keys = make_keys(tmp)

@@ -298,3 +298,74 @@ def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_
     finally:
         edge.stop()
         watcher.close()
+
+
+def test_a_node_that_connects_later_installs_the_retained_deployment(setup, mosquitto, tmp_path, keys):
+    registry, deployer, watcher, events, edges = setup
+    edges.append(start_edge(edge_config(mosquitto.url, "edge-early", keys, tmp_path)))
+    _online(deployer, "edge-early")
+    registry.add(MODEL, *variant("1.3.0"), parent=BASE_VERSION)
+    registry.add(MODEL, *variant("1.4.0", pad=32), parent="1.3.0")
+    assert deployer.deploy(MODEL, "1.3.0").outcome == "deployed"
+    assert deployer.deploy(MODEL, "1.4.0").outcome == "deployed"  # clears the retained chunks of 1.3.0
+
+    late = start_edge(edge_config(mosquitto.url, "edge-late", keys, tmp_path))
+    edges.append(late)
+    eventually(lambda: late.engine.runners["vibration"].model.version == "1.4.0", timeout=15,
+               message="edge-late did not install the retained deployment")
+    chunks = retained_under(mosquitto.port, f"models/{MODEL}/+/chunk/+")
+    assert {t.split("/")[2] for t, p in chunks if p} == {"1.4.0"}
+    assert len(chunks) == -(-len(variant("1.4.0", pad=32)[0]) // 1024)
+
+
+def retained_under(port: int, topic_filter: str) -> list[tuple[str, bytes]]:
+    """Every retained message under a filter: a marker published after the SUBACK arrives after all of them."""
+    import threading
+    import uuid
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    marker = f"test/marker/{uuid.uuid4().hex}"
+    got: list[tuple[str, bytes]] = []
+    done, subscribed = threading.Event(), threading.Event()
+
+    def on_message(_c, _u, msg) -> None:  # noqa: ANN001
+        if msg.topic == marker:
+            done.set()
+        else:
+            got.append((msg.topic, msg.payload))
+
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.subscribe([(topic_filter, 1), (marker, 1)])
+        assert subscribed.wait(10)
+        client.publish(marker, b"x", qos=1)
+        assert done.wait(10), "marker never came back"
+        return got
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_a_silent_canary_fails_the_rollout(mosquitto, tmp_path, keys):
+    from runtime.config import EdgeConfig
+
+    registry = seeded_registry(tmp_path / "registry")
+    registry.add(MODEL, *variant("1.7.0"), parent=BASE_VERSION)
+    deployer = Deployer.connect(MqttSettings(url=mosquitto.url), registry, keys.signing, canary_timeout_s=1.0)
+    mute = start_edge(EdgeConfig(node_id="edge-mute", mqtt=MqttSettings(url=mosquitto.url)))  # deploy disabled
+    try:
+        _online(deployer, "edge-mute")
+        report = deployer.deploy(MODEL, "1.7.0", canary=["edge-mute"])
+    finally:
+        mute.stop()
+        deployer.close()
+    assert report.outcome == "canary_failed" and report.nodes == {"edge-mute": "silent"}
+    assert "silent" in registry.refused(MODEL)["1.7.0"] and registry.current(MODEL) == BASE_VERSION
+    manifest = json.loads(watcher_retained(mosquitto.port, deploy_topic(MODEL)))
+    assert (manifest["version"], manifest["targets"]) == (BASE_VERSION, ["*"])
