@@ -109,6 +109,13 @@ class Bridge:
         self._statuses = 0
         self._ignored_empty = 0
         self._settled = 0
+        #: samples store, drift monitor, retrain and deploy (cloud_bridge.loop): its own MQTT link and threads.
+        self.loop = None
+        if cfg.samples.enabled or cfg.drift.enabled or cfg.retrain.enabled:
+            from cloud_bridge.events import EventWriter
+            from cloud_bridge.loop import ClosedLoop
+
+            self.loop = ClosedLoop(cfg, EventWriter(make_sink(cfg), cfg.influx.tags))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,6 +135,8 @@ class Bridge:
             self._queue.put(_STOP)
             self._thread.join(5.0)
             raise
+        if self.loop is not None:
+            self.loop.start(wait_s)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop taking messages, write everything already received, disconnect.
@@ -139,6 +148,8 @@ class Bridge:
         if not self._started or self._stopped:
             return True
         self._stopped = True
+        if self.loop is not None:
+            self.loop.stop()
         deadline = time.monotonic() + timeout_s
         writer = self._writer
         # After the (UN)SUBACK, everything the broker sent before is queued. A persistent

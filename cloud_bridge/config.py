@@ -30,6 +30,8 @@ from runtime.common.mqtt import MqttSettings
 from runtime.common.secrets import read_secret_file
 from runtime.contract import TopicLevel
 
+from cloud_bridge.loopconfig import DriftSettings, RetrainSettings, SampleStoreSettings
+
 DEFAULT_CLIENT_ID = "edgeloop-bridge"
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -176,6 +178,10 @@ class BridgeConfig(BaseModel):
     )
     influx: InfluxSettings = InfluxSettings()
     metrics: MetricsSettings = MetricsSettings(port=BRIDGE_METRICS_PORT)
+    # The closed loop (cloud_bridge.loop, docs/closed-loop.md); all off by default.
+    samples: SampleStoreSettings = SampleStoreSettings()
+    drift: DriftSettings = DriftSettings()
+    retrain: RetrainSettings = RetrainSettings()
 
     @field_validator("mqtt")
     @classmethod

@@ -239,6 +239,37 @@ class SampleStore:
 
     # ------------------------------------------------------------------ reading
 
+    def _dataset(self, model: str, since: float | None):  # noqa: ANN202
+        import pyarrow.dataset as ds
+
+        first_day = _day(since) if since is not None else None
+        paths = [
+            str(p) for p in self.files(model)
+            if first_day is None or p.parent.name[len("date="):] >= first_day
+        ]
+        return ds.dataset(paths, format="parquet", schema=_schema()) if paths else None
+
+    @staticmethod
+    def _filter(since: float | None, until: float | None, reasons: tuple[str, ...] | None):  # noqa: ANN205
+        import pyarrow.dataset as ds
+
+        expr = None
+        for cond in (
+            (ds.field("received") >= since) if since is not None else None,
+            (ds.field("received") < until) if until is not None else None,
+            ds.field("reason").isin(list(reasons)) if reasons else None,
+        ):
+            if cond is not None:
+                expr = cond if expr is None else expr & cond
+        return expr
+
+    def count(
+        self, model: str, since: float | None = None, until: float | None = None, reasons: tuple[str, ...] | None = None
+    ) -> int:
+        """Rows of ``model`` on disk received in [since, until), without loading them."""
+        dataset = self._dataset(model, since)
+        return 0 if dataset is None else dataset.count_rows(filter=self._filter(since, until, reasons))
+
     def read(
         self,
         model: str,
@@ -252,25 +283,11 @@ class SampleStore:
         pipeline) are left out.
         """
         import pyarrow.compute as pc
-        import pyarrow.dataset as ds
 
-        first_day = _day(since) if since is not None else None
-        paths = [
-            str(p) for p in self.files(model)
-            if first_day is None or p.parent.name[len("date="):] >= first_day
-        ]
-        if not paths:
+        dataset = self._dataset(model, since)
+        if dataset is None:
             return SampleFrame.empty()
-        dataset = ds.dataset(paths, format="parquet", schema=_schema())
-        expr = None
-        for cond in (
-            (ds.field("received") >= since) if since is not None else None,
-            (ds.field("received") < until) if until is not None else None,
-            ds.field("reason").isin(list(reasons)) if reasons else None,
-        ):
-            if cond is not None:
-                expr = cond if expr is None else expr & cond
-        table = dataset.to_table(filter=expr)
+        table = dataset.to_table(filter=self._filter(since, until, reasons))
         if table.num_rows == 0:
             return SampleFrame.empty()
         table = table.sort_by("received")

@@ -1,0 +1,394 @@
+"""The closed loop inside the bridge: samples -> store + drift monitor -> retrain -> registry -> deploy.
+
+Threads and hand-offs (why: ingestion of results must never wait on any of this,
+and nothing here may wait on training):
+
+    paho network thread (own MQTT link: samples/+/+ and the retrain command topic)
+        --(topic, payload, received)--> Queue(bounded; full: dropped and counted)
+    loop thread        decode + validate SampleBatch (bad input: counted, logged, dead-lettered),
+                       store.add + monitor.observe; every drift.interval_s monitor.evaluate();
+                       store flush and retention; the retrain schedule; starts retrain jobs
+    retrain job thread (one per model at a time) waits for enough samples, runs the worker
+                       *process* (cloud_bridge.training.retrain), registers a candidate that
+                       passed the gate, asks the Deployer to roll it out (canary first if
+                       configured); writes an event at every step
+
+Triggers: sustained drift (``DriftMonitor``), ``{"model": NAME}`` on
+``retrain.command_topic`` (``commands/bridge/retrain``; ``edgeloop model
+retrain NAME --request``), ``retrain.schedule_s``, and :meth:`request_retrain`.
+Every trigger starts the model's cooldown, and a model has at most one job.
+
+Events (``cloud_bridge.events``, measurement ``events``, tags model + kind):
+``drift`` (the trigger and its statistics), ``retrain`` (requested / candidate
+passed the gate, with its metrics), ``refused`` (gate or job failure), and the
+deployer's ``deploy`` / ``refused`` / ``rollback``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.common.errors import ConfigError, EdgeloopError
+from runtime.common.mqtt import MqttLink
+from runtime.common.ratelimit import RateLimitedLog
+from runtime.common.rejects import Rejects
+from runtime.contract import ContractError, TopicLevel, decode_samples, parse_sample_topic
+from runtime.modelfile import ModelMetadata, load_model_files
+
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.drift import DriftMonitor, Trigger
+from cloud_bridge.events import EventWriter
+from cloud_bridge.samples import SampleStore
+
+log = logging.getLogger("cloud_bridge.loop")
+
+SAMPLES_FILTER = "samples/+/+"
+QUEUE_SIZE = 10_000
+RETENTION_EVERY_S = 600.0
+MAX_COMMAND_BYTES = 4096
+
+
+class RetrainCommand(BaseModel):
+    """Payload of the retrain command topic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: TopicLevel
+    since_s: float | None = Field(default=None, gt=0, description="train on samples of the last N seconds")
+
+
+@dataclass
+class _Job:
+    model: str
+    trigger: str
+    thread: threading.Thread
+    started: float
+    proc: Any = None
+    state: str = "waiting"
+    result: Any = None
+    deploy: Any = None
+    timeline: dict[str, float] = field(default_factory=dict)
+
+
+class ClosedLoop:
+    """``start()``, ``stop()``, ``request_retrain()``, ``stats()``. Built and started by the Bridge."""
+
+    def __init__(self, cfg: BridgeConfig, events: EventWriter | None = None, workdir: Path | None = None) -> None:
+        self.cfg = cfg
+        problems = []
+        if cfg.retrain.enabled and not cfg.samples.enabled:
+            problems.append("retrain.enabled needs samples.enabled (training reads the sample store)")
+        if problems:
+            raise ConfigError("bridge config", problems)
+        self.store = SampleStore(cfg.samples) if cfg.samples.enabled else None
+        self.registry = None
+        if cfg.retrain.enabled or cfg.drift.enabled:
+            from cloud_bridge.registry import Registry
+
+            self.registry = Registry(cfg.retrain.registry)
+        self.monitor = DriftMonitor(cfg.drift, reference_for=self._reference) if cfg.drift.enabled else None
+        self.events = events if events is not None else EventWriter(None, cfg.influx.tags)
+        self._events_lock = threading.Lock()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeloop-retrain-"))
+        self.deployer = None
+        self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bridge-loop", daemon=True)
+        self._jobs: dict[str, _Job] = {}
+        self._jobs_lock = threading.Lock()
+        self.history: list[dict[str, Any]] = []
+        self._log = RateLimitedLog(log)
+        self._last_schedule: dict[str, float] = {}
+        self._models_seen: set[str] = set()
+        self.received = self.dropped_queue_full = self.batches = 0
+        self.triggers: list[dict[str, Any]] = []
+        subscriptions = [(SAMPLES_FILTER, 1)] if (self.store or self.monitor) else []
+        if cfg.retrain.enabled:
+            subscriptions.append((cfg.retrain.command_topic, 1))
+        client_id = f"{cfg.mqtt.client_id or 'edgeloop-bridge'}-loop"
+        self._link = MqttLink(cfg.mqtt.model_copy(update={"client_id": client_id}), client_id,
+                              on_message=self._on_message, subscriptions=subscriptions)
+        self.rejects = Rejects("bridge", log, publish=lambda t, p: self._link.publish(t, p, qos=0))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait_s: float | None = 10.0) -> None:
+        rt = self.cfg.retrain
+        if rt.enabled and rt.deploy:
+            from cloud_bridge.deployer import Deployer
+            from runtime.common.signing import SigningKey
+
+            client_id = f"{self.cfg.mqtt.client_id or 'edgeloop-bridge'}-deployer"
+            self.deployer = Deployer.connect(
+                self.cfg.mqtt.model_copy(update={"client_id": client_id}), self.registry,
+                SigningKey.load(rt.signing_key_file), client_id=client_id, wait_s=wait_s or 10.0,
+                chunk_size=rt.chunk_size, canary_timeout_s=rt.canary_timeout_s,
+                rollout_timeout_s=rt.rollout_timeout_s, events=self.event,
+            )
+        self._thread.start()
+        self._link.start(wait_s)
+        if wait_s:
+            self._link.barrier(min(wait_s, 5.0))  # subscribed (SUBACK) before start() returns
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop intake, flush the store, end jobs (a running worker process is killed)."""
+        self._link.unsubscribe_all(min(2.0, timeout_s))
+        self._stop.set()
+        self._thread.join(timeout_s)
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if job.proc is not None and job.proc.poll() is None:
+                job.proc.kill()
+            job.thread.join(timeout_s)
+        if self.store is not None:
+            self.store.flush()
+        self._link.stop()
+        if self.deployer is not None:
+            self.deployer.close()
+
+    def event(self, model: str, kind: str, message: str, version: str | None = None, **fields: Any) -> None:
+        """Write one loop event (thread-safe); also kept in ``history`` for tests and the demo."""
+        with self._events_lock:
+            self.history.append({"ts": time.time(), "model": model, "kind": kind, "message": message,
+                                 "version": version, **fields})
+            self.events(model, kind, message, version, **fields)
+
+    # ------------------------------------------------------------------ network thread
+
+    def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+        try:
+            self.received += 1
+            self._queue.put_nowait(("msg", msg.topic, msg.payload, time.time()))
+        except queue.Full:
+            self.dropped_queue_full += 1
+            self._log.warning("queue_full", "loop queue full (%d): dropped a sample message", QUEUE_SIZE)
+        except Exception as exc:  # noqa: BLE001 -- never kill paho's thread
+            self._log.warning("on_message", "on_message failed: %r", exc)
+
+    def request_retrain(self, model: str, trigger: str = "api", since: float | None = None,
+                        evidence: dict[str, float] | None = None) -> None:
+        """Ask for a retrain of ``model`` (any thread); handled by the loop thread."""
+        self._queue.put(("retrain", model, trigger, since, evidence or {}))
+
+    # ------------------------------------------------------------------ loop thread
+
+    def _run(self) -> None:
+        drift_every = self.cfg.drift.interval_s if self.monitor else None
+        now = time.time()
+        next_eval = now + drift_every if drift_every else None
+        next_retention = now + RETENTION_EVERY_S
+        while not self._stop.is_set():
+            timeout = 0.5 if next_eval is None else max(0.0, min(0.5, next_eval - time.time()))
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._handle(item)
+                now = time.time()
+                if self.store is not None and self.store.flush_due(now):
+                    self.store.flush()
+                if next_eval is not None and now >= next_eval:
+                    next_eval = now + drift_every
+                    for trigger in self.monitor.evaluate(now):
+                        self._on_drift(trigger)
+                if self.store is not None and now >= next_retention:
+                    next_retention = now + RETENTION_EVERY_S
+                    self.store.enforce_retention(now)
+                self._schedule(now)
+            except Exception:  # noqa: BLE001 -- a bug must cost one step, not the loop
+                log.exception("closed loop step failed")
+
+    def _handle(self, item: tuple) -> None:
+        if item[0] == "retrain":
+            _, model, trigger, since, evidence = item
+            self._start_job(model, trigger, since, evidence)
+            return
+        _, topic, payload, received = item
+        if topic == self.cfg.retrain.command_topic:
+            self._command(topic, payload)
+            return
+        try:
+            device, model = parse_sample_topic(topic)
+            batch = decode_samples(payload, self.cfg.max_payload_bytes)
+            if batch.device != device or batch.model != model:
+                raise ContractError("topic_mismatch", f"payload {batch.device}/{batch.model} != topic {device}/{model}")
+        except ContractError as exc:
+            self.rejects.reject(topic, payload, exc.reason, str(exc))
+            return
+        self.batches += 1
+        self._models_seen.add(model)
+        if self.store is not None:
+            self.store.add(batch, received)
+        if self.monitor is not None:
+            self.monitor.observe(batch, received)
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        try:
+            if len(payload) > MAX_COMMAND_BYTES:
+                raise ContractError("oversized", f"command of {len(payload)} bytes")
+            cmd = RetrainCommand.model_validate_json(payload)
+        except ValidationError as exc:
+            self.rejects.reject(topic, payload, "invalid_schema", str(exc.errors()[0]["msg"]))
+            return
+        except ContractError as exc:
+            self.rejects.reject(topic, payload, exc.reason, str(exc))
+            return
+        since = time.time() - cmd.since_s if cmd.since_s else None
+        self._start_job(cmd.model, "mqtt", since, {})
+
+    def _schedule(self, now: float) -> None:
+        every = self.cfg.retrain.schedule_s
+        if not (self.cfg.retrain.enabled and every):
+            return
+        for model in list(self._models_seen):
+            last = self._last_schedule.setdefault(model, now)
+            if now - last >= every:
+                self._last_schedule[model] = now
+                self._start_job(model, "schedule", now - every, {})
+
+    def _on_drift(self, trig: Trigger) -> None:
+        self.triggers.append({"at": trig.at, "since": trig.since, "model": trig.model, "cohort": trig.cohort})
+        self.event(trig.model, "drift", trig.message, trig.version, cohort=trig.cohort, since=trig.since, **trig.evidence)
+        if self.cfg.retrain.enabled:
+            self._start_job(trig.model, "drift", trig.since, trig.evidence)
+
+    # ------------------------------------------------------------------ retrain jobs
+
+    def _start_job(self, model: str, trigger: str, since: float | None, evidence: dict[str, float]) -> None:
+        if not self.cfg.retrain.enabled:
+            log.warning("retrain of %s requested (%s) but retrain is not enabled", model, trigger)
+            return
+        with self._jobs_lock:
+            running = self._jobs.get(model)
+            if running is not None and running.thread.is_alive():
+                log.info("retrain of %s requested (%s) while one is running: ignored", model, trigger)
+                return
+            if self.monitor is not None:
+                self.monitor.cooldown(model)
+            thread = threading.Thread(
+                target=self._job, args=(model, trigger, since), name=f"retrain-{model}", daemon=True
+            )
+            job = self._jobs[model] = _Job(model, trigger, thread, time.time())
+        if trigger != "drift":
+            self.event(model, "retrain", f"retrain requested ({trigger})", None, trigger=trigger)
+        thread.start()
+
+    def _enough_samples(self, model: str, since: float | None) -> int:
+        rt = self.cfg.retrain
+        deadline = time.time() + rt.wait_for_samples_s
+        count = 0
+        while not self._stop.is_set():
+            self.store.flush()
+            count = self.store.count(model, since=since, reasons=("random",))
+            if count >= rt.min_train_samples or time.time() >= deadline:
+                return count
+            self._stop.wait(1.0)
+        return count
+
+    def _job(self, model: str, trigger: str, since: float | None) -> None:
+        from cloud_bridge.training.retrain import RetrainJob, read_result, start_worker
+
+        job = self._jobs[model]
+        rt = self.cfg.retrain
+        try:
+            count = self._enough_samples(model, since)
+            if self._stop.is_set():
+                return
+            job.state, job.timeline["worker_started"] = "training", time.time()
+            work = self.workdir / f"{model}-{int(time.time() * 1000)}"
+            spec = RetrainJob(model=model, store_dir=self.cfg.samples.dir, registry_dir=rt.registry,
+                              out_dir=work / "candidate", since=since, trigger=trigger, settings=rt)
+            log.info("retraining %s (%s) on %d samples since %s", model, trigger, count, since)
+            job.proc, result_path = start_worker(spec, work)
+            try:
+                code = job.proc.wait(rt.timeout_s)
+            except Exception:  # noqa: BLE001 -- subprocess.TimeoutExpired
+                job.proc.kill()
+                code = job.proc.wait()
+            if self._stop.is_set():
+                return
+            result = job.result = read_result(result_path, model, code)
+            job.timeline["worker_done"] = time.time()
+            fields = {k: v for k, v in result.metrics.items()}
+            if not result.passed:
+                job.state = "refused"
+                self.event(model, "refused", result.reason, result.version, trigger=trigger, **fields)
+                return
+            self.event(model, "retrain", f"candidate {result.version} from {result.parent} ({trigger}): {result.reason}",
+                       result.version, trigger=trigger, duration_s=result.duration_s, **fields)
+            content, meta = load_model_files(result.candidate)
+            self.registry.add(model, content, meta, parent=result.parent, actor=f"retrain:{trigger}")
+            job.state, job.timeline["registered"] = "registered", time.time()
+            if self.deployer is not None:
+                job.state = "deploying"
+                job.deploy = self.deployer.deploy(model, result.version, rt.targets, rt.canary or None)
+                job.timeline["deployed"] = time.time()
+                job.state = job.deploy.outcome
+                log.info("deploy of %s %s: %s %s", model, result.version, job.deploy.outcome, job.deploy.reason or "")
+            if self.monitor is not None:
+                self.monitor.cooldown(model)  # the new version needs its own baselines first
+        except (EdgeloopError, OSError, ValueError) as exc:
+            job.state = "failed"
+            log.exception("retrain job of %s failed", model)
+            self.event(model, "refused", f"retrain job failed: {exc}", None, trigger=trigger)
+
+    # ------------------------------------------------------------------ introspection
+
+    def _reference(self, model: str, version: str) -> ModelMetadata | None:
+        if self.registry is None or version not in self.registry.versions(model):
+            return None
+        return self.registry.get(model, version)[1]
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        with self._jobs_lock:
+            jobs = dict(self._jobs)
+        return {
+            m: {
+                "trigger": j.trigger, "state": j.state, "started": j.started, "alive": j.thread.is_alive(),
+                "version": getattr(j.result, "version", None), "reason": getattr(j.result, "reason", None),
+                "deploy": j.deploy.as_dict() if j.deploy is not None else None, **j.timeline,
+            }
+            for m, j in jobs.items()
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "batches": self.batches,
+            "dropped_queue_full": self.dropped_queue_full,
+            "rejected": dict(self.rejects.by_reason),
+            "store": self.store.stats() if self.store else None,
+            "drift": self.monitor.stats() if self.monitor else None,
+            "triggers": list(self.triggers),
+            "jobs": self.jobs(),
+        }
+
+
+def publish_retrain_request(mqtt_url: str, model: str, since_s: float | None = None,
+                            topic: str | None = None) -> None:
+    """What ``edgeloop model retrain NAME --request`` does: ask a running bridge to retrain."""
+    from runtime.common.mqtt import MqttSettings, wait_for_all
+    from cloud_bridge.loopconfig import RETRAIN_COMMAND_TOPIC
+
+    link = MqttLink(MqttSettings(url=mqtt_url), f"edgeloop-retrain-request-{int(time.time() * 1000) % 10**9}")
+    link.start(wait_s=10.0)
+    try:
+        payload = json.dumps({"model": model, **({"since_s": since_s} if since_s else {})})
+        info = link.publish(topic or RETRAIN_COMMAND_TOPIC, payload, qos=1)
+        if not wait_for_all([info], 10.0):
+            raise ConfigError("command line", [f"the broker at {mqtt_url} did not acknowledge the request"])
+    finally:
+        link.stop()
