@@ -266,14 +266,6 @@ def test_bridge_config_without_the_token_fails_naming_the_field(monkeypatch, cap
     assert "influx.token" in capsys.readouterr().err
 
 
-def test_docker_compose_config_is_not_available_here():
-    """Documented fact (docs/operations.md): no compose plugin on this machine, so the schema is the check."""
-    docker = shutil.which("docker")
-    if docker is None:
-        return
-    result = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
-    assert result.returncode != 0 or "Docker Compose" in result.stdout
-
 
 def test_kubernetes_bridge_replicas_share_one_subscription_and_have_their_own_ids(tmp_path, monkeypatch, capsys):
     config_map, deployment = yaml.safe_load_all((DOCKER / "k8s/bridge-deployment.yaml").read_text())
