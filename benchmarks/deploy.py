@@ -24,11 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from cloud_bridge.deployer import Deployer  # noqa: E402
-from deploy_fixtures import MODEL, Stream, edge_config, make_keys, seeded_registry, start_edge, variant  # noqa: E402
-from runtime.common.localservers import Mosquitto, eventually  # noqa: E402
-from runtime.common.mqtt import MqttSettings  # noqa: E402
-from runtime.model_manager import ModelManager  # noqa: E402
+from deploy_fixtures import MODEL, Stream, edge_config, make_keys, seeded_registry, start_edge, variant
+
+from cloud_bridge.deployer import Deployer
+from runtime.common.localservers import Mosquitto, eventually
+from runtime.common.mqtt import MqttSettings
+from runtime.model_manager import ModelManager
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     swaps: list[float] = []
     original = ModelManager._swap_in
 
-    def timed(self, engine, publish, prepared):  # noqa: ANN001, ANN202
+    def timed(self, engine, publish, prepared):
         started = time.perf_counter()
         original(self, engine, publish, prepared)
         swaps.append(time.perf_counter() - started)

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cloud_bridge.events import EventSink
+from cloud_bridge.registry import Registry, atomic_write, json_bytes
 from runtime.common.errors import EdgeloopError
 from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
 from runtime.common.signing import SigningKey
@@ -57,9 +59,6 @@ from runtime.deploy_contract import (
     sign_manifest,
     split_chunks,
 )
-
-from cloud_bridge.events import EventSink
-from cloud_bridge.registry import Registry, atomic_write, json_bytes
 
 log = logging.getLogger("cloud_bridge.deployer")
 

@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cloud_bridge.schema import escape_measurement, escape_string, escape_tag
 from runtime.common.errors import EdgeloopError
 from runtime.contract import ContractError
-
-from cloud_bridge.schema import escape_measurement, escape_string, escape_tag
 
 log = logging.getLogger("cloud_bridge.events")
 

@@ -34,7 +34,7 @@ def _bridge_retrain(args: argparse.Namespace) -> Any:
     return getattr(load_bridge_config(args.config, {}), "retrain", None)
 
 
-def _registry(args: argparse.Namespace):  # noqa: ANN202
+def _registry(args: argparse.Namespace):
     from cloud_bridge.registry import Registry
 
     root = args.registry
@@ -44,7 +44,7 @@ def _registry(args: argparse.Namespace):  # noqa: ANN202
     return Registry(root)
 
 
-def _signing_key(args: argparse.Namespace):  # noqa: ANN202
+def _signing_key(args: argparse.Namespace):
     from runtime.common.errors import ConfigError
     from runtime.common.signing import SigningKey
 
@@ -170,7 +170,7 @@ def cmd_model_deploy(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace, registry: Any, version: str) -> int:
-    from cloud_bridge.deployer import DeployError, Deployer
+    from cloud_bridge.deployer import Deployer, DeployError
     from cloud_bridge.registry import RegistryError
     from runtime.common.mqtt import MqttSettings
 

@@ -33,18 +33,16 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import shutil
-import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime import model_store
 from runtime.common.errors import ModelError
 from runtime.common.rejects import Rejects
 from runtime.common.signing import VerifyKey
@@ -62,18 +60,15 @@ from runtime.deploy_contract import (
 )
 from runtime.engine import Engine, PipelineRunner
 from runtime.inference import TfliteModel
-from runtime.modelfile import load_model_files, write_model_files
+from runtime.model_swap import ModelSwapper, PreparedModel, Publish
 from runtime.stages import PipelineError
 
 log = logging.getLogger("edgeloop.deploy")
 
 INBOX_SIZE = 1024
-RATE_SNAPSHOT_EVERY = 100  # windows between samples of the running model's anomaly rate
-RATE_SNAPSHOTS = 10  # so the "recent rate" spans the last ~1000 windows
 
 _STOP = object()
 _WAKE = object()
-Publish = Callable[[list[tuple[str, bytes]]], None]
 
 
 @dataclass
@@ -82,27 +77,6 @@ class _Transfer:
     deadline: float
     chunks: dict[int, bytes] = field(default_factory=dict)
     bad_chunks: int = 0
-
-
-@dataclass
-class _Prepared:
-    sensor: str
-    runner: PipelineRunner
-    manifest: ModelManifest
-    content: bytes
-
-
-@dataclass
-class _Probation:
-    prepared: _Prepared
-    previous: PipelineRunner
-    baseline_rate: float | None
-
-
-@dataclass
-class _RateTrack:
-    runner: PipelineRunner
-    snapshots: deque = field(default_factory=lambda: deque(maxlen=RATE_SNAPSHOTS))
 
 
 class ModelManager:
@@ -127,15 +101,14 @@ class ModelManager:
             r.model.name: (r.model.version, r.model.sha256) for r in engine.runners.values()
         }
         self._inbox: queue.Queue = queue.Queue(INBOX_SIZE)
-        self._handoff: deque[_Prepared] = deque()
         self._persist: queue.Queue = queue.Queue()
         self._transfers: dict[str, _Transfer] = {}
         self._seen: dict[str, str] = {}  # model -> deploy_id already acted on
-        self._probation: dict[str, _Probation] = {}
-        self._rates: dict[str, _RateTrack] = {}
         self._states: dict[str, DeployState] = {}
         self._lock = threading.Lock()
         self._link: Any = None
+        self._swapper = ModelSwapper(self.settings, self.counters, self._set_state,
+                                     self._keep if self.settings.state_dir is not None else None, self._running)
         self._thread = threading.Thread(target=self._run, name="edgeloop-deploy", daemon=True)
 
     # ------------------------------------------------------------------ wiring
@@ -188,7 +161,7 @@ class ModelManager:
                     self._handle(*item)
                 self._expire()
                 self._drain_persist()
-            except Exception as exc:  # noqa: BLE001 -- a bug costs one message, never the thread
+            except Exception as exc:
                 log.exception("deployment handling failed")
                 self.counters["deploy_internal_errors"] += 1
                 if isinstance(item, tuple):
@@ -304,7 +277,7 @@ class ModelManager:
         if problem:
             self._refuse_manifest(manifest, "selftest_failed", problem)
             return
-        self._handoff.append(_Prepared(sensor, runner, manifest, content))
+        self._handoff.append(PreparedModel(sensor, runner, manifest, content))
         self.counters["deploys_prepared"] += 1
 
     def _subscribe_chunks(self, manifest: ModelManifest) -> None:
@@ -349,101 +322,23 @@ class ModelManager:
         self._refuse(manifest.model, manifest.version, manifest.deploy_id, reason, detail,
                      deploy_topic(manifest.model), b"")
 
-    # ------------------------------------------------------------------ worker thread
+    # ------------------------------------------------------------------ worker thread and state_dir
 
     def service(self, engine: Engine, publish: Publish) -> None:
-        """Called by the worker between batches: swap in what is prepared, judge what is on probation."""
-        if self._handoff:
-            self._swap_in(engine, publish, self._handoff.popleft())
-        if self._probation:
-            self._judge(engine, publish)
-        self._sample_rates(engine)
+        """Called by the worker between batches (runtime/model_swap.py)."""
+        self._swapper.service(engine, publish)
 
-    def _swap(self, engine: Engine, publish: Publish, sensor: str, new: PipelineRunner) -> PipelineRunner:
-        """Flush with the old model, carry the stream state over, install ``new``; return the old runner."""
-        if engine.pending:
-            publish(engine.flush())
-        old = engine.runners[sensor]
-        src, dst = old.pipeline.windower, new.pipeline.windower
-        if src is not None and dst is not None and (src.size, src.hop, src.channels) == (dst.size, dst.hop, dst.channels):
-            new.pipeline.windower = src
-        new.last_seq = old.last_seq
-        new.tally.clear()
-        engine.runners[sensor] = new
-        self._running[new.model.name] = (new.model.version, new.model.sha256)
-        return old
+    @property
+    def _handoff(self):
+        return self._swapper.handoff
 
-    def _swap_in(self, engine: Engine, publish: Publish, prepared: _Prepared) -> None:
-        sensor = prepared.sensor
-        baseline = self._recent_rate(sensor, engine.runners[sensor])
-        old = self._swap(engine, publish, sensor, prepared.runner)
-        on_probation = self._probation.pop(sensor, None)
-        previous = on_probation.previous if on_probation else old  # never keep an unproven model as the fallback
-        self._probation[sensor] = _Probation(prepared, previous, baseline)
-        self.counters["deploys_swapped"] += 1
-        manifest = prepared.manifest
-        log.info("now serving %s %s (sha256 %s...) on probation for %d windows", manifest.model,
-                 manifest.version, manifest.sha256[:12], self.settings.canary_windows)
-        self._set_state(manifest.model, manifest, "canary", windows=0)
-
-    def _judge(self, engine: Engine, publish: Publish) -> None:
-        s = self.settings
-        for sensor, probation in list(self._probation.items()):
-            runner = engine.runners[sensor]
-            tally = runner.tally
-            windows = tally["windows"]
-            if windows < s.canary_windows:
-                continue
-            del self._probation[sensor]
-            manifest = probation.prepared.manifest
-            rate = tally["anomalies"] / windows
-            latency_ms = tally["latency_s"] / windows * 1000.0
-            bound = max(s.max_anomaly_rate, s.anomaly_rate_factor * (probation.baseline_rate or 0.0))
-            problems = []
-            if tally["invalid"]:
-                problems.append(f"{tally['invalid']} invalid outputs")
-            if rate > bound:
-                base = "n/a" if probation.baseline_rate is None else f"{probation.baseline_rate:.3f}"
-                problems.append(f"anomaly rate {rate:.3f} over {windows} windows > bound {bound:.3f} (previous model {base})")
-            if latency_ms > s.max_latency_ms:
-                problems.append(f"mean latency {latency_ms:.1f} ms > {s.max_latency_ms:g} ms")
-            if problems:
-                self._swap(engine, publish, sensor, probation.previous)
-                self.counters["rollbacks"] += 1
-                detail = "; ".join(problems)
-                log.warning("rolled back %s %s to %s: %s", manifest.model, manifest.version,
-                            probation.previous.model.version, detail)
-                self._set_state(manifest.model, manifest, "rolled_back", reason="unhealthy", detail=detail,
-                                windows=windows)
-            else:
-                self.counters["deploys_healthy"] += 1
-                log.info("%s %s healthy after %d windows (anomaly rate %.3f, mean latency %.1f ms)",
-                         manifest.model, manifest.version, windows, rate, latency_ms)
-                self._set_state(manifest.model, manifest, "healthy", windows=windows)
-                if s.state_dir is not None:
-                    self._persist.put((probation.prepared, probation.previous.model))
-                    try:
-                        self._inbox.put_nowait(_WAKE)
-                    except queue.Full:
-                        pass  # the manager thread is busy and will get to it
-
-    def _sample_rates(self, engine: Engine) -> None:
-        for sensor, runner in engine.runners.items():
-            track = self._rates.get(sensor)
-            if track is None or track.runner is not runner:
-                track = self._rates[sensor] = _RateTrack(runner)
-            windows = runner.tally["windows"]
-            if not track.snapshots or windows - track.snapshots[-1][0] >= RATE_SNAPSHOT_EVERY:
-                track.snapshots.append((windows, runner.tally["anomalies"]))
-
-    def _recent_rate(self, sensor: str, runner: PipelineRunner) -> float | None:
-        """Anomaly rate of ``runner`` over roughly its last 1000 windows (None before any)."""
-        track = self._rates.get(sensor)
-        w0, a0 = track.snapshots[0] if track is not None and track.runner is runner and track.snapshots else (0, 0)
-        windows = runner.tally["windows"] - w0
-        return (runner.tally["anomalies"] - a0) / windows if windows > 0 else None
-
-    # ------------------------------------------------------------------ state_dir
+    def _keep(self, prepared: PreparedModel, previous: TfliteModel) -> None:
+        """From the worker: hand the disk writes to the manager thread."""
+        self._persist.put((prepared, previous))
+        try:
+            self._inbox.put_nowait(_WAKE)
+        except queue.Full:
+            pass  # the manager thread is busy and will get to it
 
     def _drain_persist(self) -> None:
         while True:
@@ -452,48 +347,15 @@ class ModelManager:
             except queue.Empty:
                 return
             try:
-                self._save(prepared, previous)
+                model_store.keep(self.settings.state_dir, prepared.content, prepared.manifest.metadata,
+                                 prepared.manifest.deploy_id, previous)
             except (OSError, ModelError) as exc:
                 log.warning("could not keep %s in %s: %s", prepared.manifest.model, self.settings.state_dir, exc)
 
-    def _save(self, prepared: _Prepared, previous: TfliteModel) -> None:
-        """``{state_dir}/{model}/current`` <- the new model; the old current (or the model it replaced) -> ``previous``."""
-        name = prepared.manifest.model
-        root = Path(self.settings.state_dir) / name
-        root.mkdir(parents=True, exist_ok=True)
-        current, prev = root / "current", root / "previous"
-        staged = Path(tempfile.mkdtemp(dir=root, prefix=".new-"))
-        write_model_files(staged, prepared.content, prepared.manifest.metadata)
-        (staged / "manifest.json").write_text(json.dumps({"deploy_id": prepared.manifest.deploy_id}) + "\n")
-        if current.exists():
-            shutil.rmtree(prev, ignore_errors=True)
-            current.rename(prev)
-        elif previous.path.is_file():
-            content, meta = load_model_files(previous.path)
-            shutil.rmtree(prev, ignore_errors=True)
-            write_model_files(prev, content, meta)
-        staged.rename(current)
-
     def restore(self, engine: Engine) -> None:
         """At startup: serve the model kept in ``state_dir`` (current, else previous) instead of the configured one."""
-        if self.settings.state_dir is None:
-            return
-        for sensor, runner in list(engine.runners.items()):
-            name = runner.model.name
-            for slot in ("current", "previous"):
-                path = Path(self.settings.state_dir) / name / slot / f"{name}.tflite"
-                if not path.is_file():
-                    continue
-                settings = self._pipelines[sensor]
-                try:
-                    model = TfliteModel(path, num_threads=settings.model.num_threads, max_batch=self.cfg.batching.max_batch)
-                    engine.runners[sensor] = PipelineRunner.build(settings, model)
-                except (ModelError, PipelineError) as exc:
-                    log.warning("cannot serve the kept %s model %s: %s", slot, path, exc)
-                    continue
-                self._running[name] = (model.version, model.sha256)
-                log.info("serving %s %s kept in %s", name, model.version, path.parent)
-                break
+        if self.settings.state_dir is not None:
+            self._running.update(model_store.restore(self.settings.state_dir, self.cfg, engine))
 
 
 def run_selftest(model: TfliteModel, manifest: ModelManifest) -> str | None:

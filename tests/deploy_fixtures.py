@@ -99,7 +99,7 @@ class Watcher:
         self.client.loop_start()
         assert self._subscribed.wait(10)
 
-    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+    def _on_message(self, _c, _u, msg) -> None:
         with self._lock:
             if msg.topic.startswith("results/"):
                 self.results.append(InferenceResult.model_validate_json(msg.payload))
@@ -113,7 +113,7 @@ class Watcher:
         with self._lock:
             return [r for r in self.results if r.node == node]
 
-    def deploy_state(self, node: str):  # noqa: ANN201
+    def deploy_state(self, node: str):
         with self._lock:
             status = self.status.get(node)
         return status.last_deploy.get(MODEL) if status else None

@@ -27,7 +27,7 @@ PRIVATE_KEY_FILE = "deploy.key"
 PUBLIC_KEY_FILE = "deploy.pub"
 
 
-def _crypto():  # noqa: ANN202 -- lazy import: only deployment needs cryptography
+def _crypto():
     try:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import serialization
@@ -42,7 +42,7 @@ def _crypto():  # noqa: ANN202 -- lazy import: only deployment needs cryptograph
 class SigningKey:
     """A private Ed25519 key. ``repr`` never shows key material."""
 
-    def __init__(self, key) -> None:  # noqa: ANN001 -- cryptography Ed25519PrivateKey
+    def __init__(self, key) -> None:
         self._key = key
         self.public = VerifyKey(key.public_key())
 
@@ -86,7 +86,7 @@ class SigningKey:
 class VerifyKey:
     """A public Ed25519 key."""
 
-    def __init__(self, key) -> None:  # noqa: ANN001 -- cryptography Ed25519PublicKey
+    def __init__(self, key) -> None:
         serialization, _, _ = _crypto()
         self._key = key
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

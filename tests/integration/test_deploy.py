@@ -11,9 +11,6 @@ import json
 from collections import Counter
 
 import pytest
-
-from cloud_bridge.deployer import Deployer
-from cloud_bridge.events import EventWriter
 from deploy_fixtures import (
     BASE_VERSION,
     MODEL,
@@ -27,9 +24,12 @@ from deploy_fixtures import (
     tiny_variant,
     variant,
 )
+from servers import eventually
+
+from cloud_bridge.deployer import Deployer
+from cloud_bridge.events import EventWriter
 from runtime.common.mqtt import MqttSettings
 from runtime.deploy_contract import SelfTest, canonical_bytes, deploy_topic, sign_manifest
-from servers import eventually
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ REFUSALS = [
 @pytest.mark.parametrize("case, act, reason, deploy_cfg", REFUSALS, ids=[r[0] for r in REFUSALS])
 def test_refused_deployments_keep_the_old_model_serving(case, act, reason, deploy_cfg, setup, mosquitto, tmp_path,
                                                          keys, tiny_model):
-    registry, deployer, watcher, events, edges = setup
+    registry, deployer, watcher, _events, edges = setup
     edges.append(start_edge(edge_config(mosquitto.url, "edge-r", keys, tmp_path, **deploy_cfg)))
     _online(deployer, "edge-r")
     content, meta = variant("1.2.0")
@@ -258,10 +258,11 @@ def watcher_retained(port: int, topic: str) -> bytes:
 
 
 def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_path, capsys):
+    from deploy_fixtures import Keys, bundled
+
     from runtime.cli import main
     from runtime.common.signing import SigningKey, VerifyKey
     from runtime.modelfile import write_model_files
-    from deploy_fixtures import Keys, bundled
 
     assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
     keys = Keys(SigningKey.load(tmp_path / "keys" / "deploy.key"), tmp_path / "keys" / "deploy.pub", None)
@@ -301,7 +302,7 @@ def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_
 
 
 def test_a_node_that_connects_later_installs_the_retained_deployment(setup, mosquitto, tmp_path, keys):
-    registry, deployer, watcher, events, edges = setup
+    registry, deployer, _watcher, _events, edges = setup
     edges.append(start_edge(edge_config(mosquitto.url, "edge-early", keys, tmp_path)))
     _online(deployer, "edge-early")
     registry.add(MODEL, *variant("1.3.0"), parent=BASE_VERSION)
@@ -330,7 +331,7 @@ def retained_under(port: int, topic_filter: str) -> list[tuple[str, bytes]]:
     got: list[tuple[str, bytes]] = []
     done, subscribed = threading.Event(), threading.Event()
 
-    def on_message(_c, _u, msg) -> None:  # noqa: ANN001
+    def on_message(_c, _u, msg) -> None:
         if msg.topic == marker:
             done.set()
         else:

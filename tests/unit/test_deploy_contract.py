@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from runtime.common.errors import ConfigError
 from runtime.common.signing import SigningKey, VerifyKey, generate_keypair
+from runtime.config import BUNDLED_MODEL
 from runtime.contract import ContractError
 from runtime.deploy_contract import (
     REFUSAL_REASONS,
@@ -32,7 +33,6 @@ from runtime.deploy_contract import (
     verify_manifest,
 )
 from runtime.modelfile import load_model_files
-from runtime.config import BUNDLED_MODEL
 
 KEY = SigningKey.generate()
 OTHER = SigningKey.generate()
@@ -40,11 +40,12 @@ CONTENT, META = load_model_files(BUNDLED_MODEL)
 
 
 def manifest(**update) -> ModelManifest:
-    fields = dict(
-        model=META.name, version=META.version, sha256=META.sha256, size=len(CONTENT), chunk_size=1024,
-        chunks=chunk_count(len(CONTENT), 1024), targets=["*"], deploy_id="0123456789abcdef", created=1.7e9,
-        metadata=META, selftest=SelfTest(inputs=[[0.0] * 30], expected=[[1.0]]),
-    )
+    fields = {
+        "model": META.name, "version": META.version, "sha256": META.sha256, "size": len(CONTENT),
+        "chunk_size": 1024, "chunks": chunk_count(len(CONTENT), 1024), "targets": ["*"],
+        "deploy_id": "0123456789abcdef", "created": 1.7e9, "metadata": META,
+        "selftest": SelfTest(inputs=[[0.0] * 30], expected=[[1.0]]),
+    }
     fields.update(update)
     return ModelManifest(**fields)
 

@@ -96,7 +96,7 @@ class Node:
     def version(self) -> str:
         return self.engine.runners["vibration"].model.version
 
-    def state(self):  # noqa: ANN201
+    def state(self):
         return self.manager.states().get(MODEL)
 
 
