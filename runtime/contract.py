@@ -13,6 +13,8 @@ per-device broker ACL can pin them):
     results/{device}/{model}      edge -> cloud    InferenceResult, or a JSON array of them
     status/{node}                 edge -> cloud    NodeStatus (retained; LWT "offline")
     samples/{device}/{model}      edge -> cloud    SampleBatch: feature vectors kept for retraining
+    models/{model}/deploy         cloud -> edge    signed ModelManifest, and the artifact on
+    models/{model}/{version}/chunk/{i}             (both retained): runtime.deploy_contract
     deadletter/{component}        any              DeadLetter
 
 Every message carries ``v`` (schema version); receivers reject versions they
