@@ -1,0 +1,586 @@
+"""Fault-injection kit: real edge and bridge processes, a known stream of readings, a pullable cable.
+
+Shared by the fault tests (tests/integration/test_reliability.py) and the
+reliability table (``make reliability`` -> benchmarks/reliability.py), like
+``localservers`` is shared by the tests, the demo and the benchmarks.
+
+One scenario = mosquitto (persistence on) + influxd + a bridge process (or
+several, on a ``$share`` group) + an edge process, all started through the real
+CLI with config files, a paced QoS 1 publisher of simulated vibration readings,
+one fault in the middle of the stream, and at the end a count of what InfluxDB
+holds against what the readings imply (one window per reading after the first
+of each device): lost = expected - stored, duplicates = points - distinct windows.
+
+Only the standard library, paho and the project's own modules are used; the
+"network outage" is an in-process TCP forwarder (``TcpProxy``) that can stop
+forwarding without closing anything, like a pulled cable.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from runtime.common.localservers import HOST, InfluxDB1, Mosquitto, eventually
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Broker settings the guarantees rely on (docs/reliability.md): mosquitto's default of 1000
+#: queued messages per client would drop readings for an edge that is down for long.
+BROKER_CONF = "max_queued_messages 1000000\nmax_queued_bytes 0\n"
+
+
+# ---------------------------------------------------------------------- network
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target. ``cut()`` stops forwarding without closing sockets
+    (neither side sees FIN or RST, only silence, so keepalives must notice) and refuses new
+    connections; ``cut(uplink_only=True)`` stops only client -> target, so the client still
+    receives but nothing it sends (publishes, acks) arrives; ``restore()`` drops the stale
+    connections and forwards again."""
+
+    def __init__(self, target_port: int, target_host: str = HOST) -> None:
+        self.target = (target_host, target_port)
+        self._listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listen.bind((HOST, 0))
+        self._listen.listen(64)
+        self._listen.setblocking(False)
+        self.port = self._listen.getsockname()[1]
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._clients: set[socket.socket] = set()
+        self._up = True
+        self._uplink = True
+        self._closing = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    def cut(self, uplink_only: bool = False) -> None:
+        with self._lock:
+            if uplink_only:
+                self._uplink = False
+            else:
+                self._up = False
+
+    def restore(self) -> None:
+        with self._lock:
+            self._up = self._uplink = True
+            stale = list(self._peers)
+            self._peers.clear()
+            self._clients.clear()
+        for s in stale:
+            _close(s)
+
+    def close(self) -> None:
+        self._closing = True
+        self._thread.join(5)
+        self.restore()
+        _close(self._listen)
+
+    def _run(self) -> None:
+        while not self._closing:
+            with self._lock:
+                up = self._up
+                socks = [p for p in self._peers if self._uplink or p not in self._clients] if up else []
+            readable, _, _ = select.select([self._listen, *socks], [], [], 0.05)
+            for s in readable:
+                if s is self._listen:
+                    self._accept(up)
+                else:
+                    self._forward(s)
+
+    def _accept(self, up: bool) -> None:
+        try:
+            conn, _ = self._listen.accept()
+        except OSError:
+            return
+        if not up:
+            _close(conn)
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=2)
+        except OSError:
+            _close(conn)
+            return
+        with self._lock:
+            self._peers[conn] = upstream
+            self._peers[upstream] = conn
+            self._clients.add(conn)
+
+    def _forward(self, s: socket.socket) -> None:
+        with self._lock:
+            peer = self._peers.get(s)
+        if peer is None:
+            return
+        try:
+            data = s.recv(65536)
+            if data:
+                peer.sendall(data)
+                return
+        except OSError:
+            pass
+        with self._lock:
+            self._peers.pop(s, None)
+            self._peers.pop(peer, None)
+            self._clients.discard(s)
+            self._clients.discard(peer)
+        _close(s)
+        _close(peer)
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class CliProcess:
+    """``python -m runtime.cli <args>`` with its output appended to a log file; kill -9 or SIGTERM."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> "CliProcess":
+        with open(self.log_path, "a") as log:
+            log.write(f"\n===== start {self.starts + 1}: {' '.join(self.args)}\n")
+            log.flush()
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runtime.cli", *self.args],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )
+        self.starts += 1
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye, as in a crash or a power cut."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (drain), then SIGKILL after ``timeout``; the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def final_stats(self) -> dict:
+        """The counters logged by the last run on SIGTERM (``bridge stopped: {...}``,
+        ``edge <node> stopped: {...}``) as a dict; {} if that run did not stop cleanly."""
+        last = self.log().rsplit("===== start", 1)[-1]
+        for line in reversed(last.splitlines()):
+            if " stopped: {" in line:
+                return ast.literal_eval(line.split(" stopped: ", 1)[1])
+        return {}
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2))  # JSON is YAML
+    return path
+
+
+def edge_config(workdir: Path, node: str, broker_url: str, **over) -> dict:
+    cfg = {
+        "node_id": node,
+        "mqtt": {"url": broker_url, "keepalive_s": 5, "reconnect_min_s": 0.5, "reconnect_max_s": 2},
+        "outbox": {"path": str(workdir / f"outbox-{node}.sqlite")},
+        "drain_timeout_s": 10,
+    }
+    return _merge(cfg, over)
+
+
+def bridge_config(node: str, broker_url: str, influx: InfluxDB1, db: str, **over) -> dict:
+    cfg = {
+        "node_id": node,
+        "mqtt": {"url": broker_url, "keepalive_s": 5, "reconnect_min_s": 0.5, "reconnect_max_s": 2},
+        "influx": {"api": "v1", "url": influx.url, "db": db, "batch_size": 500, "flush_interval_ms": 100,
+                   "timeout_s": 2},
+    }
+    return _merge(cfg, over)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ---------------------------------------------------------------------- traffic
+
+
+def fleet_readings(devices: int, per_device: int, seed: int = 3) -> list[tuple[str, bytes, str, int]]:
+    """(topic, payload, device, seq) for ``per_device`` vibration readings of each device, in time order."""
+    from devices.simulator import FleetSimulator
+
+    sim = FleetSimulator(devices, seed=seed, anomaly_rate=0.01, sensors=("vibration",), start_ts=time.time() - 3600)
+    out = []
+    for topic, reading in sim.readings(count=devices * per_device):
+        out.append((topic, reading.model_dump_json(exclude_none=True).encode(), topic.split("/")[1], reading.seq))
+    return out
+
+
+def expected_windows(readings: list[tuple[str, bytes, str, int]]) -> set[tuple[str, int]]:
+    """Windows (device, seq) the default pipeline cuts: size 128, hop 64, 64-sample readings -> one per
+    reading after a device's first."""
+    return {(device, seq) for _, _, device, seq in readings if seq >= 1}
+
+
+class Publisher:
+    """Publishes readings at QoS 1 at a steady rate from a thread; paho keeps every message until its
+    PUBACK and resends after reconnecting, so a broker restart costs the publisher nothing."""
+
+    def __init__(self, broker_port: int, readings: list[tuple[str, bytes, str, int]], rate_per_s: float) -> None:
+        self.readings = readings
+        self.rate = rate_per_s
+        self.published = 0
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                                  client_id=f"faultkit-pub-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(1, 2)
+        self._acked: set[int] = set()
+        self.client.on_publish = lambda _c, _u, mid, _rc, _p: self._acked.add(mid)
+        self.client.connect(HOST, broker_port)
+        self.client.loop_start()
+        self._mids: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+
+    def start(self) -> "Publisher":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        for i, (topic, payload, _, _) in enumerate(self.readings):
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            # Published while the broker is down: paho keeps it and sends it after reconnecting.
+            self._mids.append(self.client.publish(topic, payload, qos=1).mid)
+            self.published = i + 1
+
+    def sent_so_far(self) -> list[tuple[str, bytes, str, int]]:
+        return self.readings[: self.published]
+
+    def wait_acked(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        eventually(lambda: not self._thread.is_alive() and self._acked.issuperset(self._mids),
+                   timeout=timeout, interval=0.1, message="publisher: every reading acknowledged by the broker")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class StatusWatch:
+    """Every status/# message seen, to wait for births and to see an LWT."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.seen: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe("status/#", qos=1)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect(HOST, broker_port)
+        self.client.loop_start()
+
+    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+        try:
+            state = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self._lock:
+            self.seen.append((msg.topic.split("/", 1)[1], state))
+
+    def states(self, node: str) -> list[str]:
+        with self._lock:
+            return [s.get("state") for n, s in self.seen if n == node]
+
+    def wait_online(self, node: str, proc: CliProcess, timeout: float = 60.0, after: int = 0) -> None:
+        def online():
+            assert proc.alive(), f"{node} exited:\n{proc.log()[-3000:]}"
+            return "online" in self.states(node)[after:]
+
+        eventually(online, timeout=timeout, interval=0.05, message=f"{node} online")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# ---------------------------------------------------------------------- database
+
+
+def stored_windows(influx: InfluxDB1, db: str, node: str) -> tuple[set[tuple[str, int]], int]:
+    """(distinct (device, seq) windows, number of points) the edge ``node`` has in ``db``."""
+    rows = influx.points(f"SELECT \"seq\" FROM \"inference\" WHERE \"node\" = '{node}' GROUP BY \"device\"", db)
+    return {(r["device"], int(r["seq"])) for r in rows}, len(rows)
+
+
+@dataclass
+class Outcome:
+    """One scenario's figures (a row of the reliability table)."""
+
+    scenario: str
+    sent: int  # readings published (and acknowledged by the broker)
+    expected: int  # windows those readings imply
+    stored: int  # of those, windows InfluxDB holds
+    distinct: int  # distinct (device, seq) windows InfluxDB holds for the edge (expected or not)
+    points: int  # points InfluxDB holds for the edge (more than distinct: duplicates)
+    recovery_s: float | None  # fault over -> every window published before then is stored
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.stored
+
+    @property
+    def duplicates(self) -> int:
+        return self.points - self.distinct
+
+    def row(self) -> dict:
+        return {"scenario": self.scenario, "sent": self.sent, "expected": self.expected, "stored": self.stored,
+                "lost": self.lost, "duplicates": self.duplicates, "recovery_s": self.recovery_s, **self.notes}
+
+
+def wait_stored(influx: InfluxDB1, db: str, node: str, want: set[tuple[str, int]], timeout: float) -> float:
+    """Poll until every window in ``want`` is stored; the seconds it took."""
+    t0 = time.monotonic()
+    eventually(lambda: want <= stored_windows(influx, db, node)[0], timeout=timeout, interval=0.1,
+               message=f"{len(want)} windows stored")
+    return time.monotonic() - t0
+
+
+
+# ---------------------------------------------------------------------- one scenario
+
+
+class Rig:
+    """Broker, database, bridge(s) and edge for one scenario; ``run(fault)`` streams, breaks, counts.
+
+    ``influx``: a running InfluxDB1 to use, or None to start one of its own (needed when the
+    fault stops the database). ``via_proxy``: the edge reaches the broker through a TcpProxy.
+    """
+
+    def __init__(self, workdir: Path, name: str, *, influx: InfluxDB1 | None = None, devices: int = 3,
+                 per_device: int = 40, rate: float = 60.0, bridges: int = 1, share_group: str | None = None,
+                 via_proxy: bool = False, edge_over: dict | None = None, seed: int = 3) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.node = f"edge-{name}"
+        self.db = f"rel_{name}".replace("-", "_")
+        self.readings = fleet_readings(devices, per_device, seed=seed)
+        self.rate = rate
+        self._own_influx = influx is None
+        self.influx = influx or InfluxDB1(self.workdir / "influxdb")
+        self.broker = Mosquitto(self.workdir / "mosquitto", extra_conf=BROKER_CONF, persistence=True)
+        self.n_bridges = bridges
+        self.share_group = share_group
+        self.via_proxy = via_proxy
+        self.edge_over = edge_over or {}
+        self.proxy: TcpProxy | None = None
+        self.bridges: list[CliProcess] = []
+        self.edge: CliProcess | None = None
+        self.watch: StatusWatch | None = None
+        self.publisher: Publisher | None = None
+
+    def bridge_node(self, i: int) -> str:
+        return f"bridge-{self.name}-{i}"
+
+    def start(self) -> "Rig":
+        if self._own_influx:
+            self.influx.start()
+        self.influx.create_database(self.db)
+        self.broker.start()
+        self.watch = StatusWatch(self.broker.port)
+        for i in range(self.n_bridges):
+            over = {"share_group": self.share_group} if self.share_group else {}
+            cfg = write_yaml(self.workdir / f"bridge{i}.yaml",
+                             bridge_config(self.bridge_node(i), self.broker.url, self.influx, self.db, **over))
+            self.bridges.append(CliProcess(["bridge", "run", "-c", str(cfg)], self.workdir / f"bridge{i}.log").start())
+        url = self.broker.url
+        if self.via_proxy:
+            self.proxy = TcpProxy(self.broker.port)
+            url = self.proxy.url
+        cfg = write_yaml(self.workdir / "edge.yaml", edge_config(self.workdir, self.node, url, **self.edge_over))
+        self.edge = CliProcess(["edge", "run", "-c", str(cfg)], self.workdir / "edge.log").start()
+        for i, bridge in enumerate(self.bridges):
+            self.watch.wait_online(self.bridge_node(i), bridge)
+        self.watch.wait_online(self.node, self.edge)
+        return self
+
+    def restart(self, proc: CliProcess, node: str) -> None:
+        seen = len(self.watch.states(node))
+        proc.start()
+        self.watch.wait_online(node, proc, after=seen)
+
+    def run(self, fault, fault_at: float = 0.35, timeout: float = 120.0) -> Outcome:  # noqa: ANN001
+        """Stream every reading; at ``fault_at`` of the stream call ``fault(self)`` (it returns when
+        the fault is over); wait until everything is stored; stop the processes (SIGTERM); count."""
+        self.publisher = Publisher(self.broker.port, self.readings, self.rate).start()
+        eventually(lambda: self.publisher.published >= fault_at * len(self.readings), timeout=timeout,
+                   interval=0.02, message="stream reached the fault point")
+        notes = fault(self) or {}
+        before_end = expected_windows(self.publisher.sent_so_far())
+        recovery = wait_stored(self.influx, self.db, self.node, before_end, timeout)
+        self.publisher.wait_acked(timeout)
+        want = expected_windows(self.readings)
+        try:
+            wait_stored(self.influx, self.db, self.node, want, timeout)
+        except AssertionError:
+            pass  # counted below as lost
+        codes = self.stop_processes()
+        stored, points = stored_windows(self.influx, self.db, self.node)
+        notes.update({"exit_codes": codes})
+        return Outcome(self.name, len(self.readings), len(want), len(stored & want), len(stored), points,
+                       round(recovery, 2), notes)
+
+    def stop_processes(self) -> dict[str, int | None]:
+        codes = {}
+        if self.edge is not None:
+            codes["edge"] = self.edge.terminate()
+        for i, bridge in enumerate(self.bridges):
+            codes[f"bridge{i}"] = bridge.terminate()
+        return codes
+
+    def close(self) -> None:
+        for proc in [self.edge, *self.bridges]:
+            if proc is not None:
+                proc.kill()
+        for part in (self.publisher, self.watch, self.proxy):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001 -- best-effort teardown
+                    pass
+        self.broker.stop()
+        if self._own_influx:
+            self.influx.stop()
+
+    def __enter__(self) -> "Rig":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- the faults
+
+
+def kill_broker(down_s: float):  # noqa: ANN201
+    """mosquitto SIGKILLed mid-stream, started again on the same port and persistence file."""
+    def fault(rig: Rig) -> dict:
+        rig.broker.kill()
+        time.sleep(down_s)
+        rig.broker.restart()
+        return {}
+    return fault
+
+
+def kill_bridge(down_s: float, index: int = 0):  # noqa: ANN201
+    """A bridge process SIGKILLed mid-stream, restarted (same node id, so the same session)."""
+    def fault(rig: Rig) -> dict:
+        rig.bridges[index].kill()
+        time.sleep(down_s)
+        rig.restart(rig.bridges[index], rig.bridge_node(index))
+        return {}
+    return fault
+
+
+def stop_influx(down_s: float):  # noqa: ANN201
+    """influxd stopped mid-stream for ``down_s``, then started on the same port and data."""
+    def fault(rig: Rig) -> dict:
+        rig.influx.stop()
+        time.sleep(down_s)
+        rig.influx.restart()
+        return {}
+    return fault
+
+
+def kill_edge(down_s: float):  # noqa: ANN201
+    """The edge SIGKILLed mid-stream, restarted: outbox replay plus readings the session queued."""
+    def fault(rig: Rig) -> dict:
+        rig.edge.kill()
+        time.sleep(down_s)
+        rig.restart(rig.edge, rig.node)
+        return {}
+    return fault
+
+
+def kill_edge_offline(down_s: float):  # noqa: ANN201
+    """The edge's uplink goes silent (readings still arrive, nothing it sends gets through), so
+    results pile up in its outbox; then it is SIGKILLed, the link comes back, and it restarts:
+    the new process must send what the dead one left on disk."""
+    def fault(rig: Rig) -> dict:
+        rig.proxy.cut(uplink_only=True)
+        time.sleep(down_s)
+        rig.edge.kill()
+        rig.proxy.restore()
+        rig.restart(rig.edge, rig.node)
+        return {}
+    return fault
+
+
+def cut_network(down_s: float):  # noqa: ANN201
+    """The edge-broker link silent for ``down_s`` (longer than keepalive): no FIN, no RST."""
+    def fault(rig: Rig) -> dict:
+        seen = len(rig.watch.states(rig.node))
+        rig.proxy.cut()
+        time.sleep(down_s)
+        rig.proxy.restore()
+        lwt = "offline" in rig.watch.states(rig.node)[seen:]
+        rig.watch.wait_online(rig.node, rig.edge, after=seen)
+        return {"lwt_seen": lwt}
+    return fault
+
+__all__ = [
+    "BROKER_CONF", "CliProcess", "InfluxDB1", "Mosquitto", "Outcome", "Publisher", "Rig", "StatusWatch", "TcpProxy",
+    "cut_network", "kill_bridge", "kill_broker", "kill_edge", "kill_edge_offline", "stop_influx",
+    "bridge_config", "edge_config", "expected_windows", "fleet_readings", "stored_windows", "wait_stored",
+    "write_yaml",
+]
