@@ -119,6 +119,8 @@ class Engine:
             samples = np.asarray(reading.values, dtype=np.float32)
             if samples.ndim == 1:
                 samples = samples.reshape(1, -1)
+            if not np.isfinite(samples).all():  # finite as JSON, yet beyond float32 (|x| > 3.4e38)
+                raise PayloadError("non_finite", "a value is too large for float32")
             if samples.shape[1] != runner.pipeline.in_channels:
                 raise PayloadError(
                     "wrong_shape", f"reading has {samples.shape[1]} channels, pipeline expects {runner.pipeline.in_channels}"
@@ -201,9 +203,15 @@ class Engine:
                         site=self.site,
                     )
                 )
-            except ValidationError as exc:  # e.g. a NaN score from a broken model
+            except ValidationError as exc:  # e.g. a NaN score from a broken model or extreme inputs
                 self.counters["invalid_outputs"] += 1
-                log.warning("model %s produced an invalid result for %s: %s", model.name, device, exc.errors()[0]["msg"])
+                self.rejects.reject(
+                    f"sensors/{device}/{sensor}",
+                    b"",
+                    "invalid_output",
+                    f"model {model.name} gave an invalid result for the window ending at seq {item.window.seq}: "
+                    f"{exc.errors()[0]['msg']}",
+                )
         self.counters["windows"] += len(pending)
         self.counters["results_out"] += len(results)
         tally = runner.tally

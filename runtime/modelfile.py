@@ -179,7 +179,7 @@ def load_metadata(path: str | Path) -> ModelMetadata:
     """Read and validate a metadata JSON file; ModelError names the file and the field."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes()  # bytes: invalid UTF-8 is then a validation error, not a crash
     except OSError as exc:
         raise ModelError(f"cannot read model metadata {path}: {exc.strerror}") from None
     try:

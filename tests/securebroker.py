@@ -18,13 +18,14 @@ from servers import Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "docker" / "mosquitto" / "mosquitto.conf"
+PASSWORD_CONF = REPO / "docker" / "mosquitto" / "mosquitto-passwords.conf"
 ACL = REPO / "docker" / "mosquitto" / "acl"
 
 #: Directives taken over from the production config; everything else must be in DROPPED.
 KEPT = {
     "per_listener_settings", "allow_anonymous", "acl_file", "listener", "protocol", "cafile", "certfile",
     "keyfile", "require_certificate", "use_identity_as_username", "tls_version", "max_packet_size",
-    "max_inflight_messages", "max_queued_messages",
+    "max_inflight_messages", "max_queued_messages", "password_file",
 }
 DROPPED = {"persistence", "persistence_location", "autosave_interval", "log_dest", "log_type", "connection_messages"}
 
@@ -50,34 +51,41 @@ def production_acl(gateway: bool = False, extra: str = "") -> str:
     return "\n".join(lines) + f"\n\nuser {OBSERVER}\ntopic readwrite #\n" + extra + "\n"
 
 
-def production_conf(ca_file: Path, server: Issued, acl_file: Path) -> str:
+def production_conf(ca_file: Path, server: Issued, acl_file: Path, conf: Path = CONF,
+                    password_file: Path | None = None) -> str:
     paths = {
+        "/mosquitto/config/passwords": str(password_file),
         "/mosquitto/config/certs/ca.crt": str(ca_file),
         "/mosquitto/config/certs/server.crt": str(server.cert),
         "/mosquitto/config/certs/server.key": str(server.key),
         "/mosquitto/config/acl": str(acl_file),
     }
     out = []
-    for line in CONF.read_text().splitlines():
+    for line in conf.read_text().splitlines():
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
         if words[0] in DROPPED:
             continue
-        assert words[0] in KEPT, f"{CONF}: directive {words[0]!r} is neither kept nor dropped by the tests"
+        assert words[0] in KEPT, f"{conf}: directive {words[0]!r} is neither kept nor dropped by the tests"
         if words[0] == "listener":
             line = "listener {port} {host}"
         for container_path, local in paths.items():
             line = line.replace(container_path, local)
-        assert "/mosquitto/" not in line, f"{CONF}: unmapped container path in {line!r}"
+        assert "/mosquitto/" not in line, f"{conf}: unmapped container path in {line!r}"
         out.append(line)
     return "\n".join(out)
 
 
 def secure_broker(workdir: Path, ca_file: Path, server: Issued, *, gateway: bool = False,
-                  extra_acl: str = "") -> Mosquitto:
-    """A (not yet started) mosquitto running the production TLS listener and ACL."""
+                  extra_acl: str = "", passwords: Path | None = None) -> Mosquitto:
+    """A (not yet started) mosquitto running the production TLS listener and ACL.
+
+    With ``passwords`` (a mosquitto_passwd file), the password variant
+    (docker/mosquitto/mosquitto-passwords.conf) instead of client certificates.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     acl = workdir / "acl"
     acl.write_text(production_acl(gateway, extra_acl))
-    return Mosquitto(workdir, listener_conf=production_conf(ca_file, server, acl))
+    conf = PASSWORD_CONF if passwords is not None else CONF
+    return Mosquitto(workdir, listener_conf=production_conf(ca_file, server, acl, conf, passwords))

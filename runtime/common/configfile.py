@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -138,6 +139,20 @@ def redacted(config: BaseModel) -> dict[str, Any]:
             return [walk(v) for v in value]
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, str) and "@" in value and "://" in value:
+            return _mask_url_password(value)
         return value
 
     return walk(config)
+
+
+def _mask_url_password(url: str) -> str:
+    """``mqtt://user:pass@host`` -> ``mqtt://user:********@host``; anything else unchanged."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{password}@", ":********@", 1)).geturl()

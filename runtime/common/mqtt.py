@@ -86,21 +86,21 @@ class TlsSettings(BaseModel):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
+        # With a ca_file, trust that CA alone (not the system store as well): a private
+        # broker must not be impersonable by anyone holding a public certificate for its name.
         try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        except ssl.SSLError as exc:  # a broken system trust store
-            raise ValueError(f"cannot create a TLS context: {exc}") from None
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None)
+        except (ssl.SSLError, OSError, ValueError):
+            what = f"ca_file {str(self.ca_file)!r} holds no PEM CA certificate" if self.ca_file else "no system CA store"
+            raise ValueError(what) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-        if self.ca_file is not None:
-            try:
-                ctx.load_verify_locations(cafile=str(self.ca_file))
-            except (ssl.SSLError, OSError, ValueError):
-                raise ValueError(f"ca_file {str(self.ca_file)!r} holds no PEM CA certificate") from None
         if self.cert_file is not None:
-            password = self.key_password.get_secret_value() if self.key_password else None
+            password = self.key_password.get_secret_value() if self.key_password else ""
             try:
+                # A callable, never None: with None, OpenSSL would prompt on the terminal for the
+                # pass phrase of an encrypted key and block a service that has no terminal.
                 ctx.load_cert_chain(
-                    str(self.cert_file), str(self.key_file) if self.key_file else None, password=password or None
+                    str(self.cert_file), str(self.key_file) if self.key_file else None, password=lambda: password
                 )
             except (ssl.SSLError, OSError, ValueError):
                 raise ValueError(
@@ -150,6 +150,15 @@ class MqttSettings(BaseModel):
     def _secrets_and_tls(self) -> "MqttSettings":
         if self.password is not None and self.password_file is not None:
             raise ValueError("set 'password' or 'password_file', not both")
+        in_url = parse_broker_url(self.url)
+        if in_url.password is not None:
+            # Move it out of the URL (a plain string that reprs and logs would show) into the SecretStr.
+            if self.password is not None or self.password_file is not None:
+                raise ValueError("the password is given twice: in 'url' and in 'password'/'password_file'")
+            object.__setattr__(self, "password", in_url.password)
+            object.__setattr__(self, "url", _without_password(self.url))
+            if self.username is None:
+                object.__setattr__(self, "username", in_url.username)
         if self.password_file is not None:
             # Frozen model: the file is read once here, at startup.
             object.__setattr__(self, "password", SecretStr(read_secret_file(self.password_file, "password_file")))
@@ -190,6 +199,12 @@ def parse_broker_url(url: str) -> BrokerAddress:
         username=unquote(parts.username) if parts.username else None,
         password=password,
     )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def redact_url(url: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import ssl
 import threading
 import uuid
@@ -50,6 +51,7 @@ PUBLISH = [
     "models/vibration_ae/1.0.0/chunk/0",
     "commands/dev-b/reboot",
     "deadletter/edge",
+    "deadletter/bridge",
 ]
 READ = [
     "sensors/{own}/vibration",
@@ -77,6 +79,7 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
     ("publish", "models/vibration_ae/1.0.0/chunk/0"): [N, N, Y, N],
     ("publish", "commands/dev-b/reboot"): [N, N, Y, N],
     ("publish", "deadletter/edge"): [N, Y, N, N],
+    ("publish", "deadletter/bridge"): [N, N, Y, N],
     ("read", "sensors/{own}/vibration"): [Y, Y, Y, Y],
     ("read", "sensors/dev-b/vibration"): [N, Y, N, N],
     ("read", "commands/{own}/reboot"): [Y, Y, Y, Y],
@@ -337,3 +340,19 @@ def test_tls_handshake_without_a_client_certificate_is_refused_by_the_broker(bro
                 tls.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x0a\x00\x00")
                 if not tls.recv(4):  # TLS 1.3: the refusal arrives as an alert on the first read
                     raise ConnectionError("closed")
+
+
+def test_the_documented_openssl_script_makes_certificates_the_production_broker_accepts(tmp_path):
+    """docker/mosquitto/make-certs.sh, as docs/security.md tells users to run it."""
+    script = REPO / "docker" / "mosquitto" / "make-certs.sh"
+    certs = tmp_path / "certs"
+    for args in (["ca"], ["server", "localhost", "127.0.0.1"], ["client", "dev-7"]):
+        subprocess.run(["sh", str(script), str(certs), *args], check=True, capture_output=True, timeout=60)
+    assert oct((certs / "dev-7.key").stat().st_mode & 0o777) == "0o600"
+    bad = subprocess.run(["sh", str(script), str(certs), "client", "dev-2/x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "valid edgeloop id" in bad.stderr
+    server = Issued(certs / "server.crt", certs / "server.key")
+    with secure_broker(tmp_path / "broker", certs / "ca.crt", server) as broker:
+        tls = TlsSettings(ca_file=certs / "ca.crt", cert_file=certs / "dev-7.crt", key_file=certs / "dev-7.key")
+        link = attempt(broker.port, tls)
+        assert link._ever_connected and link.last_failure is None

@@ -1,0 +1,177 @@
+"""The whole loop over mutual TLS with the production broker config, and forgers on the same broker.
+
+device dev-a --mTLS--> mosquitto (docker/mosquitto conf + ACL) --mTLS--> edge (identity dev-a,
+the edge runtime running on the device) --> mosquitto --> bridge (identity edgeloop-bridge,
+encrypted key) --> InfluxDB. Edge and bridge are the real CLI processes started from config
+files that point at certificates made in this test.
+
+Meanwhile another device (dev-b) and a certificate the CA should never have issued
+("dev-b/evil") try to put results into the database under dev-a's name. Afterwards the
+database holds exactly the windows of dev-a's real readings, the forgeries were refused by the
+broker (ACL) or by the bridge (payload device != topic device; wrong topic shape), and no
+secret appears in either process's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from certs import TestCA
+from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
+from runtime.contract import DeadLetter
+from securebroker import OBSERVER, REPO, secure_broker
+from servers import eventually
+
+SECRET = "kP4-e2e-secret-never-logged"
+READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
+SHA = "ab" * 32
+
+
+class Proc:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--log-level", "DEBUG", *args], cwd=REPO,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def peer(port: int, ca: TestCA, cn: str, subscriptions=(), on_message=None) -> MqttLink:
+    issued = ca.client(cn, file_stem=f"peer-{cn.replace('/', '_')}")
+    settings = MqttSettings(url=f"mqtts://127.0.0.1:{port}",
+                            tls=TlsSettings(ca_file=ca.ca_file, cert_file=issued.cert, key_file=issued.key))
+    link = MqttLink(settings, f"test-{cn.replace('/', '_')}", subscriptions=list(subscriptions), on_message=on_message)
+    link.start(wait_s=10)
+    return link
+
+
+def reading(seq: int) -> bytes:
+    values = np.random.default_rng(seq).normal(0, 1, (64, 3)).round(4).tolist()
+    return json.dumps({"ts": 1_795_740_561.0 + seq * 0.064, "seq": seq, "values": values, "rate_hz": 1000.0}).encode()
+
+
+def forged_result(device: str, seq: int) -> bytes:
+    return json.dumps({"device": device, "sensor": "vibration", "model": "vibration_ae", "model_version": "6.6.6",
+                       "model_sha256": SHA, "ts": 1_795_740_999.0 + seq, "seq": 10_000 + seq, "outputs": [0.0],
+                       "score": 0.0, "anomaly": False, "label": "normal", "latency_ms": 1.0}).encode()
+
+
+@pytest.mark.timeout(180)
+def test_mutual_tls_loop_stores_only_genuine_results(tmp_path, influx_db):
+    influx, db = influx_db
+    ca = TestCA(tmp_path / "pki")
+    edge_id, bridge_id = ca.client("dev-a"), ca.client("edgeloop-bridge", key_password=SECRET.encode())
+    (tmp_path / "bridge-key-pw").write_text(SECRET)
+    (tmp_path / "bridge-key-pw").chmod(0o600)
+    (tmp_path / "mqtt-pw").write_text(SECRET + "-mqtt")
+    (tmp_path / "mqtt-pw").chmod(0o600)
+
+    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server()) as broker:
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        edge_cfg = tmp_path / "edge.yaml"
+        edge_cfg.write_text(f"""\
+node_id: dev-a
+mqtt:
+  url: {url}
+  tls: {{ca_file: {ca.ca_file}, cert_file: {edge_id.cert}, key_file: {edge_id.key}}}
+input: {{qos: 1}}
+status_interval_s: 1
+""")
+        bridge_cfg = tmp_path / "bridge.yaml"
+        bridge_cfg.write_text(f"""\
+mqtt:
+  url: {url}
+  username: edgeloop-bridge
+  password_file: {tmp_path / "mqtt-pw"}
+  tls:
+    ca_file: {ca.ca_file}
+    cert_file: {bridge_id.cert}
+    key_file: {bridge_id.key}
+    key_password_file: {tmp_path / "bridge-key-pw"}
+influx:
+  api: v1
+  url: {influx.url}
+  db: {db}
+  username: writer
+  password: ${{E2E_INFLUX_PASSWORD}}
+  flush_interval_ms: 100
+""")
+        for path in (edge_cfg, bridge_cfg):
+            path.chmod(0o644)  # world-readable is fine: no secret is written in them
+        letters: list = []
+        online: dict[str, bytes] = {}
+
+        def observe(msg) -> None:  # noqa: ANN001
+            if msg.topic.startswith("deadletter/"):
+                letters.append(msg)
+            else:
+                online[msg.topic] = msg.payload
+
+        observer = peer(broker.port, ca, OBSERVER, [("deadletter/#", 1), ("status/#", 1)], on_message=observe)
+        env = {"EDGELOOP_STATE_DIR": str(tmp_path / "state"), "E2E_INFLUX_PASSWORD": SECRET + "-influx"}
+        edge = Proc(["edge", "run", "-c", str(edge_cfg)], tmp_path / "edge.log", env)
+        bridge = Proc(["bridge", "run", "-c", str(bridge_cfg)], tmp_path / "bridge.log", env)
+        device = forger = evil = None
+        try:
+            # Both services are up when their retained "online" status is on the broker.
+            eventually(lambda: all(b'"online"' in online.get(f"status/{n}", b"") for n in ("dev-a", "edgeloop-bridge")),
+                       timeout=60, message="edge or bridge not online (see edge.log, bridge.log)")
+
+            device = peer(broker.port, ca, "dev-a")
+            forger = peer(broker.port, ca, "dev-b")
+            evil = peer(broker.port, ca, "dev-b/evil")
+            infos = [device.publish("sensors/dev-a/vibration", reading(seq), qos=1) for seq in range(READINGS)]
+            infos += [
+                forger.publish("results/dev-a/vibration_ae", forged_result("dev-a", 1), qos=1),  # broker: denied
+                forger.publish("sensors/dev-a/vibration", reading(READINGS), qos=1),  # broker: denied
+                forger.publish("results/dev-b/vibration_ae", forged_result("dev-a", 2), qos=1),  # bridge: mismatch
+                # A 4-level topic the broker lets through (the CN has a "/"): the bridge's results/+/+ never matches it.
+                evil.publish("results/dev-b/evil/vibration_ae", forged_result("dev-a", 3), qos=1),
+            ]
+            for info in infos:
+                info.wait_for_publish(10)
+
+            def stored() -> list[dict]:
+                return influx.points('SELECT * FROM "inference"', db)
+
+            eventually(lambda: len(stored()) >= READINGS - 1, timeout=60, message="results not stored")
+            eventually(lambda: [m for m in letters if m.topic == "deadletter/bridge"], timeout=30)
+        finally:
+            codes = (edge.terminate(), bridge.terminate())
+            for link in (observer, device, forger, evil):
+                if link is not None:
+                    link.stop()
+        assert codes == (0, 0), edge.log()[-2000:] + bridge.log()[-2000:]
+
+        rows = influx.points('SELECT * FROM "inference"', db)
+        assert len(rows) == READINGS - 1
+        assert {r["device"] for r in rows} == {"dev-a"} and {r["node"] for r in rows} == {"dev-a"}
+        assert {r["model_version"] for r in rows} != {"6.6.6"} and all(r["seq"] < 10_000 for r in rows)
+        mismatch = [DeadLetter.model_validate_json(m.payload) for m in letters if m.topic == "deadletter/bridge"]
+        assert [(d.reason, d.topic) for d in mismatch] == [("topic_mismatch", "results/dev-b/vibration_ae")]
+    # dev-b's reading on sensors/dev-a/... would have made one more window: the broker refused it,
+    # as it refused dev-b's result on results/dev-a/... (the count above holds exactly dev-a's windows).
+    logs = edge.log() + bridge.log()
+    assert "edge dev-a starting" in logs and "'rejected': {'topic_mismatch': 1}" in bridge.log()
+    assert SECRET not in logs
