@@ -33,6 +33,7 @@ from runtime.inference import TfliteModel
 from runtime.model_manager import ModelManager
 from runtime.sampling import Sampler
 from runtime.stages import PipelineError
+from runtime.stages.features import limit_blas_threads
 
 log = logging.getLogger("edgeloop.edge")
 
@@ -45,6 +46,7 @@ def build_engine(cfg: EdgeConfig, rejects: Rejects, source: str = "edge config")
     A model that cannot load raises ModelError; stages that do not fit the
     stream or the model raise ConfigError naming the pipeline and stage.
     """
+    limit_blas_threads()  # multi-threaded BLAS costs ~20x CPU on the batch FFT (runtime/stages/features.py)
     runners = []
     for index, settings in enumerate(cfg.pipelines):
         model = TfliteModel(settings.model.path, num_threads=settings.model.num_threads, max_batch=cfg.batching.max_batch)
