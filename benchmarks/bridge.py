@@ -1,0 +1,281 @@
+"""(d) The cloud bridge: points/s into a real influxd 1.x (v1 /write) and VictoriaMetrics (v2 API).
+
+Method: the bridge's persistent MQTT session (its default) is created by one
+start/stop, then the broker is pre-filled with N results at QoS 1 while the
+bridge is away; the clock runs from the next ``Bridge.start()`` until
+``points_written`` reaches N. So the figure is the bridge's own drain rate,
+not a publisher's. Two payload shapes: one result per message (what the
+edge sends by default) and arrays of 100 (``output.batch_results: true``).
+
+Beside it, in the same run:
+- limits: a bare paho QoS 1 subscriber draining the same pre-filled session
+  (MQTT side), and a bare write loop of pre-encoded lines, 5,000 per request,
+  with urllib3 (v1) and influxdb-client (v2) (database side);
+- naive baseline: one paho ``on_message`` doing json.loads -> influxdb-client
+  ``Point`` -> a synchronous write every 5,000 points, no validation.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import urllib3
+from paho.mqtt.enums import CallbackAPIVersion
+
+from benchmarks.harness import bench_broker, publisher
+from runtime.common.localservers import InfluxDB1, VictoriaMetrics, eventually
+
+SHA = "ab" * 32
+BATCH = 5000
+DEVICES = 10
+MODEL = "vibration_ae"
+
+
+def result(device: str, seq: int, ts: float) -> dict:
+    """An InferenceResult as the edge publishes it (one-output autoencoder)."""
+    score = (seq % 97) / 97.0
+    return {"v": 1, "device": device, "sensor": "vibration", "model": MODEL, "model_version": "1.0.0",
+            "model_sha256": SHA, "ts": round(ts, 6), "seq": seq, "outputs": [score], "score": score,
+            "anomaly": score > 0.8, "label": "anomaly" if score > 0.8 else "normal", "latency_ms": 1.25,
+            "node": "bench-edge"}
+
+
+def messages(n_points: int, per_msg: int, base_ts: float) -> list[tuple[str, bytes]]:
+    """``n_points`` results over DEVICES devices, ``per_msg`` per message (an array when > 1)."""
+    out = []
+    per_device = n_points // DEVICES
+    for d in range(DEVICES):
+        device = f"dev-{d:03d}"
+        rows = [result(device, s, base_ts + s * 0.064) for s in range(per_device)]
+        topic = f"results/{device}/{MODEL}"
+        for i in range(0, per_device, per_msg):
+            chunk = rows[i : i + per_msg]
+            out.append((topic, json.dumps(chunk[0] if per_msg == 1 else chunk).encode()))
+    return out
+
+
+def prefill(broker, msgs: list[tuple[str, bytes]]) -> None:
+    """Publish at QoS 1 and wait for every PUBACK: then the broker has queued all of it for the session."""
+    client = publisher(broker, f"bench-prefill-{time.monotonic_ns()}")
+    try:
+        infos = [client.publish(topic, payload, qos=1) for topic, payload in msgs]
+        for info in infos:
+            info.wait_for_publish(60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# ------------------------------------------------------------------ limits
+
+
+def bare_receive(broker, msgs: list[tuple[str, bytes]]) -> float:
+    """Messages/s of a paho QoS 1 subscriber that only counts, draining a pre-filled persistent session."""
+    cid = f"bare-bridge-{time.monotonic_ns()}"
+    n = len(msgs)
+    state = {"n": 0}
+    done = threading.Event()
+
+    def on_message(_c, _u, _m) -> None:  # noqa: ANN001
+        state["n"] += 1
+        if state["n"] >= n:
+            done.set()
+
+    def session() -> paho.Client:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_a: subscribed.set()
+        client.on_message = on_message
+        client.on_connect = lambda c, _u, flags, *_a: (c.subscribe("results/+/+", qos=1) if not flags.session_present
+                                                        else subscribed.set())
+        client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        client.loop_start()
+        subscribed.wait(10)
+        return client
+
+    first = session()
+    first.disconnect()
+    first.loop_stop()
+    prefill(broker, msgs)
+    t0 = time.perf_counter()
+    client = session()
+    done.wait(300)
+    elapsed = time.perf_counter() - t0
+    client.disconnect()
+    client.loop_stop()
+    return state["n"] / elapsed
+
+
+class BareWriter:
+    """The database alone: POST pre-encoded line protocol, nothing else."""
+
+    def __init__(self, api: str, url: str) -> None:
+        self.api = api
+        if api == "v1":
+            self.http = urllib3.PoolManager()
+            self.url = f"{url}/write?db=bench&precision=ns"
+        else:
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+
+            self.client = InfluxDBClient(url=url, token="bench", org="bench")
+            self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: list[str]) -> None:
+        body = "\n".join(lines).encode()
+        if self.api == "v1":
+            resp = self.http.request("POST", self.url, body=body)
+            if resp.status != 204:
+                raise RuntimeError(f"influxd answered {resp.status}: {resp.data[:200]!r}")
+        else:
+            self.write_api.write(bucket="bench", org="bench", record=body)
+
+    def close(self) -> None:
+        if self.api == "v2":
+            self.client.close()
+
+
+def bare_sink(api: str, url: str, n_points: int, base_ts: float) -> float:
+    from cloud_bridge.config import InfluxSettings
+    from cloud_bridge.schema import LineEncoder
+    from runtime.contract import InferenceResult
+
+    enc = LineEncoder(InfluxSettings(api=api, url=url, db="bench", bucket="bench", org="bench"))
+    lines = [enc.result(InferenceResult.model_validate(result(f"dev-{i % DEVICES:03d}", i, base_ts + i * 0.001)))
+             for i in range(n_points)]
+    writer = BareWriter(api, url)
+    writer.write(lines[:10])
+    t0 = time.perf_counter()
+    for i in range(0, n_points, BATCH):
+        writer.write(lines[i : i + BATCH])
+    elapsed = time.perf_counter() - t0
+    writer.close()
+    return n_points / elapsed
+
+
+# ------------------------------------------------------------------ naive baseline
+
+
+def naive_bridge(broker, api: str, url: str, msgs: list[tuple[str, bytes]], n_points: int) -> float:
+    """One paho client, everything in on_message: json.loads -> Point -> synchronous write per 5,000."""
+    from influxdb_client import Point, WritePrecision
+
+    writer = BareWriter(api, url)
+    pending: list[str] = []
+    state = {"written": 0}
+    done = threading.Event()
+
+    def on_message(_c, _u, msg) -> None:  # noqa: ANN001
+        data = json.loads(msg.payload)
+        for r in data if isinstance(data, list) else [data]:
+            p = (Point("inference").tag("device", r["device"]).tag("sensor", r["sensor"]).tag("model", r["model"])
+                 .tag("model_version", r["model_version"]).tag("node", r["node"])
+                 .field("score", float(r["score"])).field("anomaly", r["anomaly"]).field("label", r["label"])
+                 .field("latency_ms", float(r["latency_ms"])).field("seq", r["seq"])
+                 .field("model_sha256", r["model_sha256"]).field("out_0", float(r["outputs"][0]))
+                 .time(round(r["ts"] * 1e6) * 1000, WritePrecision.NS))
+            pending.append(p.to_line_protocol())
+        if len(pending) >= BATCH or state["written"] + len(pending) >= n_points:
+            writer.write(pending)
+            state["written"] += len(pending)
+            pending.clear()
+            if state["written"] >= n_points:
+                done.set()
+
+    cid = f"naive-bridge-{time.monotonic_ns()}"
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    def connect() -> paho.Client:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5)
+        ready = threading.Event()
+        client.on_subscribe = lambda *_a: ready.set()
+        client.on_message = on_message
+        client.on_connect = lambda c, _u, flags, *_a: (c.subscribe("results/+/+", qos=1) if not flags.session_present
+                                                        else ready.set())
+        client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        client.loop_start()
+        ready.wait(10)
+        return client
+
+    first = connect()
+    first.disconnect()
+    first.loop_stop()
+    prefill(broker, msgs)
+    t0 = time.perf_counter()
+    client = connect()
+    done.wait(600)
+    elapsed = time.perf_counter() - t0
+    client.disconnect()
+    client.loop_stop()
+    writer.close()
+    return state["written"] / elapsed
+
+
+# ------------------------------------------------------------------ the product
+
+
+def product_bridge(broker, influx_cfg: dict, msgs: list[tuple[str, bytes]], n_points: int, name: str) -> dict:
+    from cloud_bridge import Bridge, BridgeConfig
+
+    cfg = BridgeConfig.model_validate({
+        "node_id": f"bench-bridge-{name}",
+        "mqtt": {"url": broker.url},
+        "subscribe": ["results/+/+"],
+        "max_payload_bytes": 1 << 20,
+        "influx": influx_cfg,
+    })
+    # First start creates the persistent session (the bridge's default), so the broker queues for it.
+    first = Bridge(cfg)
+    first.start(10)
+    first.stop()
+    prefill(broker, msgs)
+    bridge = Bridge(cfg)
+    t0 = time.perf_counter()
+    bridge.start(10)
+    try:
+        eventually(lambda: bridge.stats()["points_written"] >= n_points, timeout=600, interval=0.005,
+                   message=f"bridge {name} did not write {n_points} points")
+        elapsed = time.perf_counter() - t0
+        stats = bridge.stats()
+    finally:
+        bridge.stop()
+    return {"points_per_s": round(n_points / elapsed, 1), "batches": stats["batches"],
+            "rejected": sum(stats["rejected"].values()), "write_errors": stats["write_errors"]}
+
+
+def run(workdir: Path, quick: bool) -> dict:
+    n = BATCH if quick else 50_000  # quick: one full batch, so no flush-interval wait dominates
+    out: dict = {"points": n, "batch_lines": BATCH}
+    base = time.time() - 7 * 24 * 3600  # a week ago: inside any retention, clear of "now"
+    with bench_broker(workdir / "bridge") as broker, InfluxDB1(workdir / "influxd") as influx, \
+            VictoriaMetrics(workdir / "victoria") as vm:
+        influx.create_database("bench")
+        targets = {
+            "influxdb_v1": {"api": "v1", "url": influx.url, "db": "bench"},
+            "victoriametrics_v2": {"api": "v2", "url": vm.url, "bucket": "bench", "org": "bench", "token": "bench"},
+        }
+        for i, (name, cfg) in enumerate(targets.items()):
+            out[name] = {"sink_alone_points_per_s": round(bare_sink(cfg["api"], cfg["url"], n, base + i * 1000), 1)}
+        for per_msg in (1, 100):
+            key = f"{per_msg}_per_msg"
+            msgs = messages(n, per_msg, base + 10_000 * per_msg)
+            out[f"bare_paho_qos1_{key}_points_per_s"] = round(bare_receive(broker, msgs) * per_msg, 1)
+            for i, (name, cfg) in enumerate(targets.items()):
+                shift = 100_000 * per_msg + 20_000 * i
+                out[name][f"bridge_{key}"] = product_bridge(broker, cfg, messages(n, per_msg, base + shift), n,
+                                                            f"{name}-{per_msg}")
+                out[name][f"naive_{key}_points_per_s"] = round(
+                    naive_bridge(broker, cfg["api"], cfg["url"], messages(n, per_msg, base + shift + 5_000), n), 1)
+    return out

@@ -1,0 +1,451 @@
+"""Shared plumbing of the benchmarks: servers, load generators, recorders, machine facts.
+
+Why one module: every measurement must see the same broker configuration, the
+same realistic payloads and the same way of timing results, or the ratios
+between a product figure and its limit/baseline would compare different things.
+
+- ``bench_broker``: mosquitto on a free loopback port with ``BROKER_CONF``.
+- ``ReadingSource``: realistic vibration readings (64 samples x 3 axes from
+  ``devices.simulator``), rendered to JSON lines cheaply from a pool of chunks.
+- ``FlatOutFeed``: one C publisher (``mosquitto_pub -l``) per device, reading
+  pre-written files: offered load as fast as the broker takes it.
+- ``ResultRecorder``: a C subscriber (``mosquitto_sub -F '%U %t %p'``) that
+  timestamps every arrival with the wall clock and costs the measured process
+  no CPU of its own.
+- ``EdgeProcess``: ``python -m runtime.cli edge run`` as a subprocess, its
+  retained status (counters) and its peak RSS (``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from runtime.common.localservers import Mosquitto, eventually
+
+#: Broker settings for every benchmark (mosquitto 2.x): no Nagle delay on small
+#: packets, no per-client queue limit (a slow subscriber backs up in the broker
+#: instead of losing QoS 0 messages, so nothing is dropped before the process we
+#: measure), and a large in-flight window so QoS 1 is not throttled by acks.
+BROKER_CONF = "set_tcp_nodelay true\nmax_queued_messages 0\nmax_inflight_messages 1000\n"
+
+READING_CHUNK = 64  # samples per vibration reading (the simulator's default)
+SAMPLE_RATE_HZ = 1000.0  # natural accelerometer rate: one reading per 64 ms per device
+
+
+def mosquitto_bin(name: str) -> str:
+    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+    if not found:
+        raise SystemExit(f"{name} not found: run `make deps`")
+    return found
+
+
+@contextmanager
+def bench_broker(workdir: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(workdir / "mosquitto", extra_conf=BROKER_CONF) as broker:
+        yield broker
+
+
+# ------------------------------------------------------------------------ payloads
+
+
+class ReadingSource:
+    """Realistic vibration readings for ``n_devices`` devices, as JSON text.
+
+    The sample values come from ``devices.simulator`` (shaft harmonics, noise,
+    a few bearing faults), rounded to 4 decimals like the simulator publishes;
+    each device cycles through ``pool`` consecutive chunks so that rendering a
+    payload costs a string format, not a JSON encode of 192 floats.
+    """
+
+    def __init__(self, n_devices: int, seed: int = 1, pool: int = 32) -> None:
+        from devices.simulator import FleetSimulator, device_id
+
+        sim = FleetSimulator(n_devices=n_devices, seed=seed, anomaly_rate=0.01, sensors=("vibration",))
+        self.devices = [device_id(i) for i in range(n_devices)]
+        self.topics = [f"sensors/{d}/vibration" for d in self.devices]
+        self._chunks = [
+            [
+                json.dumps(np.round(sim.vibration_chunk(i, k)[0].astype(np.float64), 4).tolist(), separators=(",", ":"))
+                for k in range(pool)
+            ]
+            for i in range(n_devices)
+        ]
+        self.pool = pool
+
+    def payload(self, device: int, seq: int, ts: float, rate_hz: float = SAMPLE_RATE_HZ) -> str:
+        values = self._chunks[device][seq % self.pool]
+        return f'{{"v":1,"ts":{ts:.6f},"seq":{seq},"rate_hz":{rate_hz:g},"values":{values}}}'
+
+    def sample(self) -> dict:
+        """One rendered reading, for the report."""
+        text = self.payload(0, 0, time.time())
+        return {"bytes": len(text), "samples": READING_CHUNK, "channels": 3}
+
+
+class FlatOutFeed:
+    """One ``mosquitto_pub -l`` per device, each publishing ``per_device`` readings from a file.
+
+    The files are written before timing starts; ``ts`` is the wall clock at
+    writing plus 64 ms per reading (the natural sample rate), so it is realistic.
+    """
+
+    def __init__(self, workdir: Path, source: ReadingSource, devices: int, per_device: int, tag: str) -> None:
+        self.paths: list[tuple[str, Path]] = []
+        start = time.time()
+        step = READING_CHUNK / SAMPLE_RATE_HZ
+        feed_dir = workdir / f"feed-{tag}"
+        feed_dir.mkdir(parents=True, exist_ok=True)
+        for d in range(devices):
+            path = feed_dir / f"{source.devices[d]}.jsonl"
+            with open(path, "w") as fh:
+                fh.write("\n".join(source.payload(d, s, start + s * step) for s in range(per_device)) + "\n")
+            self.paths.append((source.topics[d], path))
+        self.total = devices * per_device
+
+    def start(self, broker: Mosquitto, qos: int = 0) -> "FlatOutFeed":
+        """Start every publisher (``cat FILE - | mosquitto_pub -l``); their input stays open until ``close()``.
+
+        Why held open: mosquitto_pub 2.0.x ``-l`` disconnects at end of input
+        without waiting for queued QoS 1 messages, which are then lost (the
+        broker logs a bogus "out of memory"); so the caller closes only once
+        everything arrived. ``cat`` keeps Python out of the data path.
+        """
+        self._procs = []
+        for topic, path in self.paths:
+            cmd = [mosquitto_bin("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port), "-q", str(qos),
+                   "-V", "mqttv5", "-l", "-t", topic]
+            self._procs.append(subprocess.Popen(["sh", "-c", 'cat "$0" - | "$@"', str(path), *cmd],
+                                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE))
+        return self
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        for proc in self._procs:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if proc.returncode:
+                err = proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"mosquitto_pub failed ({proc.returncode}): {err}")
+
+
+# ------------------------------------------------------------------------ recording results
+
+
+@dataclass
+class Arrival:
+    t: float  # wall clock at the subscriber, seconds
+    topic: str
+    payload: str
+
+
+class ResultRecorder:
+    """``mosquitto_sub`` on ``results/+/+`` (QoS 0) writing ``<unix ns time> <topic> <payload>`` lines.
+
+    Line-buffered (``stdbuf -oL``) so readiness can be checked with a probe
+    message; the timestamp is taken by mosquitto_sub when the message arrives.
+    """
+
+    def __init__(self, broker: Mosquitto, path: Path, topic: str = "results/+/+") -> None:
+        self.broker = broker
+        self.path = path
+        self.topic = topic
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ResultRecorder":
+        self._out = open(self.path, "wb")
+        cmd = [mosquitto_bin("mosquitto_sub"), "-h", self.broker.host, "-p", str(self.broker.port), "-q", "0",
+               "-V", "mqttv5", "-t", self.topic, "-t", "bench-probe/ready", "-F", "%U %t %p"]
+        stdbuf = shutil.which("stdbuf")
+        self.proc = subprocess.Popen(([stdbuf, "-oL"] if stdbuf else []) + cmd, stdout=self._out,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        probe = publisher(self.broker, "bench-probe")
+        try:
+            def ready() -> bool:
+                probe.publish("bench-probe/ready", b"1", qos=0)
+                return self.path.stat().st_size > 0
+            eventually(ready, timeout=10.0, interval=0.05, message="mosquitto_sub did not subscribe")
+        finally:
+            probe.disconnect()
+            probe.loop_stop()
+        time.sleep(0.2)  # let late probe copies land before counting starts
+        self._offset = self.path.stat().st_size
+        self._lines = 0
+        return self
+
+    def lines(self) -> int:
+        """Messages recorded since start() (incremental: reads only what is new)."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1
+        self._lines += chunk.count(b"\n", 0, end)
+        self._offset += end
+        return self._lines
+
+    def wait_for(self, expected: int, stall_s: float = 10.0, timeout_s: float = 900.0) -> int:
+        """Poll until ``expected`` messages arrived, or none for ``stall_s``; return the count."""
+        deadline = time.monotonic() + timeout_s
+        last, since = self.lines(), time.monotonic()
+        while last < expected and time.monotonic() < deadline and time.monotonic() - since < stall_s:
+            time.sleep(0.05)
+            now = self.lines()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
+    def size(self) -> int:
+        """Bytes recorded so far: cheap to poll while waiting for the output to go quiet."""
+        return self.path.stat().st_size
+
+    def stop(self) -> list[Arrival]:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self._out.close()
+        out = []
+        with open(self.path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                t, topic, payload = line.rstrip("\n").split(" ", 2)
+                if topic.startswith("results/"):
+                    out.append(Arrival(float(t), topic, payload))
+        return out
+
+
+def results_of(arrivals: list[Arrival]) -> Iterator[tuple[float, str, int]]:
+    """(arrival time, device, seq) of every result, single or batched (JSON array)."""
+    for a in arrivals:
+        data = json.loads(a.payload)
+        for r in data if isinstance(data, list) else [data]:
+            yield a.t, r["device"], r["seq"]
+
+
+def wait_quiet(count, quiet_s: float = 1.0, timeout_s: float = 300.0) -> int:
+    """Poll ``count()`` until it stops changing for ``quiet_s``; return the last value."""
+    deadline = time.monotonic() + timeout_s
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
+def publisher(broker: Mosquitto, client_id: str, *, v5: bool = True) -> paho.Client:
+    """A connected paho client with its network loop running."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    connected = threading.Event()
+    client.on_connect = lambda *_a: connected.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    if not connected.wait(10):
+        raise RuntimeError("benchmark client could not connect")
+    return client
+
+
+# ------------------------------------------------------------------------ measured processes
+
+
+class _MeasuredProcess:
+    """A consumer under test in its own process: start, peak RSS, CPU time, stop with counters."""
+
+    name = "process"
+
+    def __init__(self, workdir: Path, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.cmd = cmd
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def _spawn(self, stdout=None) -> None:  # noqa: ANN001 -- None: into the log too
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log if stdout is None else stdout, stderr=self._log, stdin=subprocess.DEVNULL,
+                                     cwd=Path(__file__).resolve().parent.parent, env=self.env, start_new_session=True)
+
+    def peak_rss_mb(self) -> float:
+        return vm_hwm_mb(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def _terminate(self, timeout_s: float) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not exit on SIGTERM within {timeout_s}s") from None
+        finally:
+            self._log.close()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class EdgeProcess(_MeasuredProcess):
+    """``python -m runtime.cli edge run --broker URL --node-id NODE [-c CONFIG]``, as users run it.
+
+    Its state (the disk outbox) lives in the run's workdir; its counters come
+    from its own retained ``status/{node}`` message, the last one being the
+    "offline" status it publishes after draining on SIGTERM.
+    """
+
+    name = "edge"
+
+    def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None) -> None:
+        cmd = [sys.executable, "-m", "runtime.cli", "edge", "run", "--broker", broker.url, "--node-id", node_id]
+        if config:
+            path = workdir / f"edge-{node_id}.yaml"
+            path.write_text(json.dumps(config))  # YAML is a superset of JSON
+            cmd += ["-c", str(path)]
+        super().__init__(workdir, cmd, env={"EDGELOOP_STATE_DIR": str(workdir / "edge-state")})
+        self.broker = broker
+        self.node_id = node_id
+        self.status: dict = {}
+        self._online = threading.Event()
+        self._offline = threading.Event()
+
+    def _on_status(self, _c, _u, msg) -> None:  # noqa: ANN001
+        try:
+            status = json.loads(msg.payload)
+        except ValueError:
+            return
+        self.status = status
+        (self._online if status.get("state") == "online" else self._offline).set()
+
+    def start(self, timeout_s: float = 60.0) -> "EdgeProcess":
+        self._watch = publisher(self.broker, f"bench-watch-{self.node_id}")
+        self._watch.on_message = self._on_status
+        self._watch.subscribe(f"status/{self.node_id}", qos=1)
+        self._spawn()
+        deadline = time.monotonic() + timeout_s
+        while not self._online.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"edge did not come online; log:\n{self.log_tail()}")
+        return self
+
+    def stop(self, timeout_s: float = 120.0) -> dict:
+        """SIGTERM (drain), wait for exit and the final retained status; return its counters."""
+        self._offline.clear()
+        try:
+            self._terminate(timeout_s)
+            self._offline.wait(5.0)
+        finally:
+            self._watch.disconnect()
+            self._watch.loop_stop()
+        return dict(self.status.get("counters", {}))
+
+
+class ScriptProcess(_MeasuredProcess):
+    """``python -m benchmarks.naive --mode naive|echo``: prints ``ready``, and its counters on SIGTERM."""
+
+    def __init__(self, broker: Mosquitto, workdir: Path, mode: str, qos: int) -> None:
+        self.name = mode
+        super().__init__(workdir, [sys.executable, "-m", "benchmarks.naive", "--host", broker.host,
+                                   "--port", str(broker.port), "--mode", mode, "--qos", str(qos)])
+
+    def start(self, timeout_s: float = 60.0) -> "ScriptProcess":
+        self._spawn(subprocess.PIPE)
+        line = self.proc.stdout.readline().decode().strip()
+        if line != "ready":
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start ({line!r}); log:\n{self.log_tail()}")
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out = self.proc.stdout.read().decode()
+        self._terminate(timeout_s)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size of a live process (``VmHWM`` in /proc/PID/status), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+# ------------------------------------------------------------------------ machine facts
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_facts() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    try:
+        mosq = subprocess.run([mosquitto_bin("mosquitto"), "-h"], capture_output=True, text=True, timeout=5).stdout
+        mosquitto = mosq.splitlines()[0].split()[-1] if mosq else None
+    except (OSError, subprocess.SubprocessError):
+        mosquitto = None
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "litert": _version("ai-edge-litert"),
+        "paho_mqtt": _version("paho-mqtt"),
+        "pydantic": _version("pydantic"),
+        "influxdb_client": _version("influxdb-client"),
+        "mosquitto": mosquitto,
+        "kernel": platform.release(),
+        "broker_conf": BROKER_CONF.strip().split("\n"),
+    }

@@ -1,0 +1,175 @@
+"""(b), (c), (e): one consumer process under load -- the edge, the naive loop or the bare echo.
+
+Every consumer gets the same treatment, so their figures compare:
+
+- ``flat_out``: C publishers (one per device, 10 devices) offer readings as
+  fast as the broker takes them, at QoS 1 (the edge's default input QoS: the
+  broker holds what the consumer has not taken yet). Readings processed (the
+  consumer's own counter) per second of its busy span, which is timed by a C
+  subscriber from the first to the last result.
+- ``paced``: a publisher holds a fixed offered load (readings/s, round-robin
+  over 100 devices, an absolute schedule so the mean rate holds) and records
+  the wall time of each (device, seq); the C subscriber records when the
+  result for that seq arrives (``result.seq`` is the seq of the reading that
+  completed the window). Latency = arrival - publish, after a warm-up.
+- Both: peak RSS (``VmHWM``) and CPU seconds of the consumer process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from benchmarks.harness import (
+    READING_CHUNK,
+    EdgeProcess,
+    FlatOutFeed,
+    ReadingSource,
+    ResultRecorder,
+    ScriptProcess,
+    bench_broker,
+    percentile,
+    publisher,
+    results_of,
+)
+
+#: QoS of the offered readings: the edge's default input QoS (acknowledged after the outbox has the results).
+READING_QOS = 1
+
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """How to start one consumer process, and whether every reading yields a result (echo) or
+    every reading but a device's first (a 128-sample window over 64-sample readings)."""
+
+    make: Callable[[object, Path], object]
+    result_per_reading: bool = False
+
+    def expected(self, readings: int, devices: int) -> int:
+        return readings if self.result_per_reading else readings - devices
+
+
+def edge(config: dict | None = None) -> Consumer:
+    return Consumer(lambda broker, workdir: EdgeProcess(broker, workdir, config=config))
+
+
+def script(mode: str) -> Consumer:
+    return Consumer(lambda broker, workdir: ScriptProcess(broker, workdir, mode, qos=READING_QOS),
+                    result_per_reading=mode == "echo")
+
+
+def _busy_rate(count: int, times: list[float]) -> tuple[float, float]:
+    span = max(times) - min(times) if len(times) > 1 else 0.0
+    return (count / span if span > 0 else 0.0), span
+
+
+def flat_out(workdir: Path, quick: bool, consumer: Consumer, tag: str, devices: int = 10) -> dict:
+    per_device = 300 if quick else 4_000
+    workdir = workdir / tag
+    workdir.mkdir(parents=True, exist_ok=True)
+    feed = FlatOutFeed(workdir, ReadingSource(devices), devices, per_device, tag=tag)
+    expected = consumer.expected(feed.total, devices)
+    with bench_broker(workdir) as broker:
+        recorder = ResultRecorder(broker, workdir / "results.txt").start()
+        proc = consumer.make(broker, workdir).start()
+        try:
+            cpu0 = proc.cpu_seconds()
+            feed.start(broker, qos=READING_QOS)
+            recorder.wait_for(expected)
+            cpu = proc.cpu_seconds() - cpu0
+            rss = proc.peak_rss_mb()
+            counters = proc.stop()
+        finally:
+            proc.kill()
+            feed.close()
+        arrivals = list(results_of(recorder.stop()))
+    processed = counters.get("readings_in", 0)
+    readings_per_s, span = _busy_rate(processed, [t for t, _d, _s in arrivals])
+    return {
+        "devices": devices,
+        "offered": feed.total,
+        "readings_processed": processed,
+        "results_received": len(arrivals),
+        "expected_results": expected,
+        "readings_per_s": round(readings_per_s, 1),
+        "results_per_s": round(len(arrivals) / span, 1) if span > 0 else 0.0,
+        "busy_s": round(span, 3),
+        "cpu_ms_per_reading": round(1000.0 * cpu / processed, 4) if processed else None,
+        "peak_rss_mb": round(rss, 1),
+        "counters": {k: v for k, v in counters.items() if v},
+    }
+
+
+def _paced_publish(broker, source: ReadingSource, rate: float, duration_s: float, devices: int) -> np.ndarray:
+    """Publish ``rate`` readings/s round-robin over ``devices``; return publish wall times as [device, seq]."""
+    client = publisher(broker, f"bench-paced-{int(rate)}")
+    n = int(rate * duration_s)
+    sent = np.full((devices, -(-n // devices)), np.nan)
+    rate_hz = READING_CHUNK * rate / devices  # the sample rate this reading rate implies per device
+    topics, interval = source.topics, 1.0 / rate
+    t0 = time.perf_counter()
+    i = 0
+    try:
+        while i < n:
+            now = time.perf_counter()
+            due = t0 + i * interval
+            if due > now:
+                time.sleep(due - now)
+                continue
+            while i < n and t0 + i * interval <= now:  # a late wake-up publishes all that is due
+                d, seq = i % devices, i // devices
+                ts = time.time()
+                client.publish(topics[d], source.payload(d, seq, ts, rate_hz), qos=READING_QOS)
+                sent[d, seq] = ts
+                i += 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return sent
+
+
+def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float, devices: int = 100) -> dict:
+    duration, warmup = (3.0, 1.0) if quick else (12.0, 2.0)
+    workdir = workdir / tag
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = ReadingSource(devices)
+    with bench_broker(workdir) as broker:
+        recorder = ResultRecorder(broker, workdir / "results.txt").start()
+        proc = consumer.make(broker, workdir).start()
+        try:
+            cpu0 = proc.cpu_seconds()
+            t_start = time.time()
+            sent = _paced_publish(broker, source, rate, duration, devices)
+            elapsed = time.time() - t_start
+            n_sent = int(np.count_nonzero(~np.isnan(sent)))
+            expected = consumer.expected(n_sent, devices)
+            recorder.wait_for(expected)
+            cpu = proc.cpu_seconds() - cpu0
+            rss = proc.peak_rss_mb()
+            counters = proc.stop()
+        finally:
+            proc.kill()
+        arrivals = list(results_of(recorder.stop()))
+    index = {d: i for i, d in enumerate(source.devices)}
+    lat = [(t - sent[index[d], s]) * 1000.0 for t, d, s in arrivals if sent[index[d], s] - t_start >= warmup]
+    return {
+        "offered_per_s": rate,
+        "achieved_per_s": round(n_sent / elapsed, 1),
+        "devices": devices,
+        "readings": n_sent,
+        "results_received": len(arrivals),
+        "expected_results": expected,
+        "latency_samples": len(lat),
+        "p50_ms": round(percentile(lat, 50), 2),
+        "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(float(max(lat)), 2) if lat else None,
+        "cpu_percent": round(100.0 * cpu / elapsed, 1),
+        "cpu_ms_per_reading": round(1000.0 * cpu / n_sent, 4) if n_sent else None,
+        "peak_rss_mb": round(rss, 1),
+        "counters": {k: v for k, v in counters.items() if v},
+    }
