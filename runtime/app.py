@@ -106,6 +106,12 @@ class EdgeApp:
             self.deploy.offer(msg.topic, msg.payload)
             self.link.ack(msg.mid, msg.qos, self.link.generation)  # the deploy manager owns it now
             return
+        if len(msg.payload) > self.cfg.input.max_payload_bytes:
+            # Refused at the door, before it takes queue memory (decode_reading would refuse it too).
+            limit = self.cfg.input.max_payload_bytes
+            self.rejects.reject(msg.topic, msg.payload, "oversized", f"payload of {len(msg.payload)} bytes exceeds {limit}")
+            self.link.ack(msg.mid, msg.qos, self.link.generation)
+            return
         item = (msg.topic, msg.payload, time.monotonic(), msg.mid, msg.qos, self.link.generation)
         try:
             self.inbox.put_nowait(item)
