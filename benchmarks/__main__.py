@@ -46,7 +46,10 @@ def _latency(workdir: Path, quick: bool) -> dict:
 RUNNERS = {
     "limit": lambda w, q: mqtt_limit.run(w, q),
     "naive": lambda w, q: load.flat_out(w, q, load.script("naive"), "naive-flat"),
-    "edge": lambda w, q: load.flat_out(w, q, load.edge(), "edge-flat"),
+    "edge": lambda w, q: {
+        "default": load.flat_out(w, q, load.edge(), "edge-flat"),
+        "batch_results": load.flat_out(w, q, load.edge({"output": {"batch_results": True}}), "edge-flat-batched"),
+    },
     "latency": _latency,
     "bridge": lambda w, q: bridge.run(w, q),
 }

@@ -226,6 +226,16 @@ def naive_bridge(broker, api: str, url: str, msgs: list[tuple[str, bytes]], n_po
 # ------------------------------------------------------------------ the product
 
 
+def stored_points(server, t0: float, t1: float) -> int:
+    """Points of measurement ``inference`` with device time in [t0, t1) that the database returns."""
+    if isinstance(server, InfluxDB1):
+        rows = server.points(f"SELECT count(score) FROM inference WHERE time >= {int(t0)}s AND time < {int(t1)}s", "bench")
+        return int(rows[0]["count"]) if rows else 0
+    series = server.export('{__name__="inference_score"}')
+    lo, hi = (t0 - 1.0) * 1000, t1 * 1000  # VictoriaMetrics keeps milliseconds: widen by a second, not less
+    return sum(1 for s in series for ms in s["timestamps"] if lo <= ms < hi)
+
+
 def product_bridge(broker, influx_cfg: dict, msgs: list[tuple[str, bytes]], n_points: int, name: str) -> dict:
     from cloud_bridge import Bridge, BridgeConfig
 
@@ -258,24 +268,33 @@ def product_bridge(broker, influx_cfg: dict, msgs: list[tuple[str, bytes]], n_po
 def run(workdir: Path, quick: bool) -> dict:
     n = BATCH if quick else 50_000  # quick: one full batch, so no flush-interval wait dominates
     out: dict = {"points": n, "batch_lines": BATCH}
-    base = time.time() - 7 * 24 * 3600  # a week ago: inside any retention, clear of "now"
+    # Every data set gets its own 1,000 s slice of time, all within the last day: no run overwrites
+    # another's points, and nothing is too old or in the future for either database.
+    slices = iter(range(1000))
+    start = time.time() - 24 * 3600
+
+    def fresh() -> float:
+        return start + 1000.0 * next(slices)
+
     with bench_broker(workdir / "bridge") as broker, InfluxDB1(workdir / "influxd") as influx, \
             VictoriaMetrics(workdir / "victoria") as vm:
         influx.create_database("bench")
+        servers = {"influxdb_v1": influx, "victoriametrics_v2": vm}
         targets = {
             "influxdb_v1": {"api": "v1", "url": influx.url, "db": "bench"},
             "victoriametrics_v2": {"api": "v2", "url": vm.url, "bucket": "bench", "org": "bench", "token": "bench"},
         }
-        for i, (name, cfg) in enumerate(targets.items()):
-            out[name] = {"sink_alone_points_per_s": round(bare_sink(cfg["api"], cfg["url"], n, base + i * 1000), 1)}
+        for name, cfg in targets.items():
+            out[name] = {"sink_alone_points_per_s": round(bare_sink(cfg["api"], cfg["url"], n, fresh()), 1)}
         for per_msg in (1, 100):
             key = f"{per_msg}_per_msg"
-            msgs = messages(n, per_msg, base + 10_000 * per_msg)
-            out[f"bare_paho_qos1_{key}_points_per_s"] = round(bare_receive(broker, msgs) * per_msg, 1)
-            for i, (name, cfg) in enumerate(targets.items()):
-                shift = 100_000 * per_msg + 20_000 * i
-                out[name][f"bridge_{key}"] = product_bridge(broker, cfg, messages(n, per_msg, base + shift), n,
-                                                            f"{name}-{per_msg}")
+            drain = bare_receive(broker, messages(n, per_msg, fresh()))
+            out[f"bare_paho_qos1_{key}_points_per_s"] = round(drain * per_msg, 1)
+            for name, cfg in targets.items():
+                t0 = fresh()
+                run = product_bridge(broker, cfg, messages(n, per_msg, t0), n, f"{name}-{per_msg}")
+                run["stored"] = stored_points(servers[name], t0, t0 + 1000.0)
+                out[name][f"bridge_{key}"] = run
                 out[name][f"naive_{key}_points_per_s"] = round(
-                    naive_bridge(broker, cfg["api"], cfg["url"], messages(n, per_msg, base + shift + 5_000), n), 1)
+                    naive_bridge(broker, cfg["api"], cfg["url"], messages(n, per_msg, fresh()), n), 1)
     return out

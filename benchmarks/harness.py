@@ -195,26 +195,26 @@ class ResultRecorder:
             probe.loop_stop()
         time.sleep(0.2)  # let late probe copies land before counting starts
         self._offset = self.path.stat().st_size
-        self._lines = 0
+        self._results = 0
         return self
 
-    def lines(self) -> int:
-        """Messages recorded since start() (incremental: reads only what is new)."""
+    def results(self) -> int:
+        """Results recorded since start(), single or batched (each has one ``"seq":``); reads only what is new."""
         with open(self.path, "rb") as fh:
             fh.seek(self._offset)
             chunk = fh.read()
         end = chunk.rfind(b"\n") + 1
-        self._lines += chunk.count(b"\n", 0, end)
+        self._results += chunk.count(b'"seq":', 0, end)
         self._offset += end
-        return self._lines
+        return self._results
 
     def wait_for(self, expected: int, stall_s: float = 10.0, timeout_s: float = 900.0) -> int:
-        """Poll until ``expected`` messages arrived, or none for ``stall_s``; return the count."""
+        """Poll until ``expected`` results arrived, or none for ``stall_s``; return the count."""
         deadline = time.monotonic() + timeout_s
-        last, since = self.lines(), time.monotonic()
+        last, since = self.results(), time.monotonic()
         while last < expected and time.monotonic() < deadline and time.monotonic() - since < stall_s:
             time.sleep(0.05)
-            now = self.lines()
+            now = self.results()
             if now != last:
                 last, since = now, time.monotonic()
         return last
