@@ -75,7 +75,8 @@ class DeployError(EdgeloopError):
 @dataclass
 class DeployReport:
     """What a ``deploy`` did. ``nodes``: node -> its last state for this version
-    (``healthy``, ``canary``, ``running``, ``refused:<reason>``, ``rolled_back:<reason>``, ``silent``)."""
+    (``healthy``, ``canary`` (on probation), ``receiving``, ``refused:<reason>``, ``rolled_back:<reason>``,
+    ``silent`` (no report by the timeout))."""
 
     model: str
     version: str
@@ -193,19 +194,27 @@ class Deployer:
         return sorted(n for n in self.nodes() if any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
     def _node_state(self, node: str, name: str, version: str, deploy_ids: set[str]) -> str | None:
+        """``healthy``, ``canary``, ``receiving``, ``refused:<reason>``, ``rolled_back:<reason>`` or None (nothing yet).
+
+        A node already running ``version`` before this deployment (it ignores
+        a manifest for what it runs) counts as healthy unless that version is
+        on probation there.
+        """
         status = self._nodes.get(node)
         if status is None:
             return None
         state = status.last_deploy.get(name)
         running = status.models.get(name)
+        runs_it = running is not None and running.version == version
         if state is not None and state.version == version and (state.deploy_id in deploy_ids or not deploy_ids):
             if state.state in ("refused", "rolled_back"):
                 return f"{state.state}:{state.reason or 'unknown'}"
-            if state.state == "healthy" and running is not None and running.version == version:
-                return "healthy"
+            if state.state == "healthy":
+                return "healthy" if runs_it else None
             return state.state
-        if running is not None and running.version == version:
-            return "running"
+        if runs_it:
+            on_probation = state is not None and state.version == version and state.state == "canary"
+            return "canary" if on_probation else "healthy"
         return None
 
     def _wait(self, name: str, version: str, nodes: list[str], deploy_ids: set[str], timeout_s: float, done_when: set[str]) -> dict[str, str]:
@@ -360,6 +369,9 @@ class Deployer:
         with self._deploy_lock:
             started = time.monotonic()
             self.registry.get(name, version)  # unknown version / tampered registry: fail before publishing
+            refused = self.registry.refused(name).get(version)
+            if refused is not None:
+                raise DeployError(f"{name} {version} was refused ({refused}); clear that in the registry first")
             report = DeployReport(model=name, version=version, outcome="published")
             if canary:
                 nodes = self._matching(canary)
@@ -386,10 +398,10 @@ class Deployer:
             if wait:
                 fleet = [n for n in self._matching(targets) if n not in report.canary]
                 states = self._wait(
-                    name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, {"healthy", "running", "canary"}
+                    name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, {"healthy", "canary"}
                 )
                 report.nodes.update(states)
-                bad = {n: s for n, s in states.items() if s not in ("healthy", "running", "canary")}
+                bad = {n: s for n, s in states.items() if s not in ("healthy", "canary")}
                 report.outcome = "incomplete" if bad else "deployed"
                 if bad:
                     report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(bad.items()))

@@ -281,7 +281,7 @@ def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_
         capsys.readouterr()
         assert main(["model", "deploy", MODEL, "1.1.0", *reg, *deploy]) == 0
         report = json.loads(capsys.readouterr().out)
-        assert report["outcome"] == "deployed" and report["nodes"]["edge-cli"] in ("healthy", "running", "canary")
+        assert report["outcome"] == "deployed" and report["nodes"]["edge-cli"] in ("healthy", "canary")
         eventually(lambda: edge.engine.runners["vibration"].model.version == "1.1.0", timeout=10,
                    message="edge-cli not on 1.1.0")
         assert main(["model", "list", MODEL, "--json", *reg]) == 0
@@ -370,3 +370,19 @@ def test_a_silent_canary_fails_the_rollout(mosquitto, tmp_path, keys):
     assert "silent" in registry.refused(MODEL)["1.7.0"] and registry.current(MODEL) == BASE_VERSION
     manifest = json.loads(watcher_retained(mosquitto.port, deploy_topic(MODEL)))
     assert (manifest["version"], manifest["targets"]) == (BASE_VERSION, ["*"])
+
+
+def test_a_canary_already_running_the_version_passes_and_refused_versions_are_not_redeployed(setup, mosquitto,
+                                                                                               tmp_path, keys):
+    from cloud_bridge.deployer import DeployError
+
+    registry, deployer, watcher, _events, edges = setup
+    edges.append(start_edge(edge_config(mosquitto.url, "edge-same", keys, tmp_path)))
+    _online(deployer, "edge-same")
+    report = deployer.deploy(MODEL, BASE_VERSION, canary=["edge-same"])  # e.g. re-publishing what runs
+    assert report.outcome == "deployed" and report.nodes["edge-same"] == "healthy", report
+    registry.add(MODEL, *variant("3.0.0"), parent=BASE_VERSION)
+    registry.mark_refused(MODEL, "3.0.0", "canary failed earlier")
+    with pytest.raises(DeployError, match="refused"):
+        deployer.deploy(MODEL, "3.0.0")
+    assert watcher.status["edge-same"].models[MODEL].version == BASE_VERSION

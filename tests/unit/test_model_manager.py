@@ -167,8 +167,9 @@ def test_a_new_deployment_during_probation_falls_back_to_the_last_proven_model(n
 def test_manifests_for_other_nodes_and_the_running_version_are_ignored(node, key_pair):
     node.deliver(key_pair[0], *variant("1.1.0"), targets=["other-*"])
     assert node.state() is None and not node.manager._handoff and node.manager.counters["deploy_not_targeted"] == 1
-    node.deliver(key_pair[0], BASE_CONTENT, BASE_META)
+    node.deliver(key_pair[0], BASE_CONTENT, BASE_META, deploy_id="cd" * 8)
     assert node.state() is None and node.manager.counters["deploy_already_running"] == 1
+    assert not node.manager._handoff
 
 
 def test_selftest_compares_within_tolerance():
