@@ -123,8 +123,10 @@ class OutputSettings(BaseModel):
 class OutboxSettings(BaseModel):
     """The disk outbox every result and sample passes through (runtime/outbox.py, docs/reliability.md).
 
-    ``fsync: full`` survives power loss (one fsync per micro-batch); ``normal``
-    survives a killed process only. Over ``max_messages`` or ``max_bytes`` the
+    ``fsync``: every mode survives a killed process; for power loss, ``batch``
+    (default) fsyncs in the background every ``fsync_interval_ms`` and acks the
+    readings behind results only once they are on disk, ``full`` fsyncs every
+    append in the worker, ``normal`` leaves it to the OS. Over ``max_messages`` or ``max_bytes`` the
     oldest unsent messages are dropped (counted); older than ``ttl_s`` they
     expire unsent (counted). ``enabled: false`` publishes straight to the
     client (lost if the process dies before the broker acknowledges).
@@ -137,7 +139,8 @@ class OutboxSettings(BaseModel):
         default=None,
         description="SQLite file; default $EDGELOOP_STATE_DIR (or ~/.local/state/edgeloop)/outbox-{node_id}.sqlite",
     )
-    fsync: Literal["full", "normal"] = "full"
+    fsync: Literal["full", "batch", "normal"] = "batch"
+    fsync_interval_ms: Annotated[float, Field(ge=1, le=10_000)] = 50.0
     max_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
     max_bytes: Annotated[int, Field(ge=1024, le=1024**4)] = 512 * 1024 * 1024
     ttl_s: Annotated[float, Field(gt=0, le=365 * 24 * 3600)] = 7 * 24 * 3600.0

@@ -5,6 +5,11 @@
 - in: with ``input.qos: 1`` paho runs with ``manual_ack``; ``ingested()`` and
   ``publish()`` feed ``InputAcks`` (runtime/inputacks.py), which acknowledges a
   reading once its results are on disk and no future window needs it.
+- disk: with ``outbox.fsync: batch`` (default) a sync thread fsyncs the outbox's
+  write-ahead log at most every ``outbox.fsync_interval_ms`` after appends and
+  then releases the input acks those appends cover (group commit: the worker
+  never waits for the disk, and a power cut loses nothing the broker will not
+  deliver again).
 - session: a persistent MQTT session (``mqtt.session_expiry_s``, default 3600 s
   on the edge) so the broker queues readings while the edge restarts.
 - ``outbox.enabled: false`` keeps the old direct path: results go straight to
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 
 from runtime.common.mqtt import MqttLink, wait_for_all
@@ -69,6 +75,11 @@ class EdgeDelivery:
                 log.info("outbox %s holds %d messages from before: replaying them first", self.outbox.path, self.outbox.depth)
             self.sender = OutboxSender(self.outbox, None, window=cfg.mqtt.max_inflight)
         self._direct: list = []  # MQTTMessageInfo of direct publishes (outbox disabled)
+        self._dirty = threading.Event()
+        self._sync_stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if self.outbox is not None and self.outbox.fsync == "batch":
+            self._syncer = threading.Thread(target=self._sync_loop, name="edgeloop-outbox-sync", daemon=True)
         self.outbox_write_errors = 0
         self._log = RateLimitedLog(log)
         self.acks: InputAcks | None = None
@@ -92,10 +103,15 @@ class EdgeDelivery:
         self.link = link
         if self.sender is not None:
             self.sender.link = link
+            # The sender bounds what paho holds (mqtt.max_inflight rows); paho's own in-flight limit
+            # would only add a scan of every held message per PUBACK (paho 2.x _update_inflight).
+            link.client.max_inflight_messages_set(0)
 
     def start(self) -> None:
         if self.sender is not None:
             self.sender.start()
+        if self._syncer is not None:
+            self._syncer.start()
 
     # ------------------------------------------------------------------ worker thread
 
@@ -105,7 +121,7 @@ class EdgeDelivery:
             return
         self.acks.received(topic, mid, qos, gen, samples)
         if not engine_pending:
-            self.acks.commit()
+            self._commit_inputs()
 
     def publish(self, messages: list[tuple[str, bytes]], engine_pending: int) -> None:
         """Results and samples: to disk, then to the broker. Readings whose windows are all out get acked."""
@@ -122,8 +138,38 @@ class EdgeDelivery:
                     self._publish_direct(messages)
                 else:
                     self.sender.wake()
+                    self._dirty.set()
         if self.acks is not None and not engine_pending:
-            self.acks.commit()
+            self._commit_inputs()
+
+    def _commit_inputs(self) -> None:
+        """Readings ingested so far have their results in the outbox: ack them once that is on disk."""
+        if self.outbox is None:
+            self.acks.commit(0, 0)
+            return
+        self.acks.commit(self.outbox.append_seq, None)
+        self.acks.release(self.outbox.synced_seq)  # read after commit(): the sync thread may just have synced
+
+    def _sync_loop(self) -> None:
+        interval = self.cfg.outbox.fsync_interval_ms / 1000.0
+        last = 0.0
+        while not self._sync_stop.is_set():
+            self._dirty.wait(1.0)
+            if not self._dirty.is_set():
+                continue
+            self._sync_stop.wait(max(0.0, last + interval - time.monotonic()))  # group commit
+            self._dirty.clear()
+            last = time.monotonic()
+            self._sync()
+
+    def _sync(self) -> None:
+        try:
+            synced = self.outbox.sync()
+        except OSError as exc:
+            self._log.error("outbox_sync", "outbox fsync failed: %s", exc)
+            return
+        if self.acks is not None:
+            self.acks.release(synced)
 
     def _publish_direct(self, messages: list[tuple[str, bytes]]) -> None:
         qos = self.cfg.output.qos
@@ -141,7 +187,9 @@ class EdgeDelivery:
         persistent session (the next start rebuilds its windows from them); without one they are acked."""
         if self.acks is None:
             return
-        self.acks.commit()
+        self._commit_inputs()
+        if self.outbox is not None:
+            self._sync()
         if not self.persistent:
             self.acks.release_all()
 
@@ -160,6 +208,10 @@ class EdgeDelivery:
         return wait_for_all(pending, max(0.0, deadline - time.monotonic())) and ok
 
     def close(self) -> None:
+        self._sync_stop.set()
+        self._dirty.set()
+        if self._syncer is not None and self._syncer.is_alive():
+            self._syncer.join(5)
         if self.sender is not None:
             self.sender.stop()
         if self.outbox is not None:
@@ -171,6 +223,7 @@ class EdgeDelivery:
             out.update(self.outbox.counters())
             out.update(self.sender.counters())
             out["outbox_write_errors"] = self.outbox_write_errors
+            out["outbox_fsyncs"] = self.outbox.syncs
         if self.acks is not None:
             out.update(self.acks.counters())
         return out

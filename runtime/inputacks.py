@@ -2,8 +2,11 @@
 
 A reading is acknowledged (paho ``manual_ack``) only when
 
-1. every window it completed has its result in the outbox (the worker calls
-   ``commit()`` after the outbox append, or when no window is pending), and
+1. every window it completed has its result in the outbox on disk: the worker
+   calls ``commit(stamp)`` after the outbox append (or when no window is
+   pending) with the outbox's ``append_seq``, and ``release(synced)`` runs
+   once that append is fsynced (at once, except with ``outbox.fsync: batch``,
+   where the outbox's sync thread calls it), and
 2. no *future* window still needs its samples: an overlapping window (size
    128, hop 64) is cut from this reading and the next one, and the window
    buffer is memory. So, with a persistent session, the last readings of each
@@ -24,6 +27,7 @@ and the engine skips what it has already seen (``stale_readings``).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +45,8 @@ class _Held:
 
 
 class InputAcks:
-    """Worker-thread only: ``received()`` after each ingest, ``commit()`` once results are durable."""
+    """``received()`` after each ingest, ``commit(stamp)`` once results are appended, ``release(seq)``
+    once appends up to ``seq`` are on disk. Thread-safe (the worker and the outbox's sync thread)."""
 
     def __init__(
         self,
@@ -55,7 +60,9 @@ class InputAcks:
         self._history = history
         self.max_held = max_held
         self.max_age = max_age
+        self._lock = threading.Lock()
         self._pending: list[tuple[str, int, int, int, int]] = []
+        self._stamped: deque[tuple[int, list[tuple[str, int, int, int, int]]]] = deque()
         self._streams: dict[str, deque[_Held]] = {}
         self._samples: dict[str, int] = {}
         self._index = 0
@@ -67,16 +74,31 @@ class InputAcks:
     def received(self, topic: str, mid: int, qos: int, gen: int, samples: int) -> None:
         """A message was ingested; ``samples`` is what the engine took from it (0: rejected or skipped)."""
         if qos:
-            self._pending.append((topic, mid, qos, gen, samples))
+            with self._lock:
+                self._pending.append((topic, mid, qos, gen, samples))
 
     @property
     def uncommitted(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + sum(len(batch) for _, batch in self._stamped)
 
-    def commit(self) -> None:
-        """Everything ingested so far has its results in the outbox: acknowledge what is no longer needed."""
-        pending, self._pending = self._pending, []
-        for topic, mid, qos, gen, samples in pending:
+    def commit(self, stamp: int = 0, synced: int | None = 0) -> None:
+        """Everything ingested so far has its results in outbox append ``stamp``; if ``synced``
+        (the outbox's ``synced_seq``) is given, release what is on disk right away."""
+        with self._lock:
+            if self._pending:
+                self._stamped.append((stamp, self._pending))
+                self._pending = []
+        if synced is not None:
+            self.release(synced)
+
+    def release(self, synced: int) -> None:
+        """Appends up to ``synced`` are on disk: acknowledge their readings, unless a window still needs them."""
+        with self._lock:
+            while self._stamped and self._stamped[0][0] <= synced:
+                self._process(self._stamped.popleft()[1])
+
+    def _process(self, batch: list[tuple[str, int, int, int, int]]) -> None:
+        for topic, mid, qos, gen, samples in batch:
             self._index += 1
             history = self._history(topic) if samples > 0 else 0
             if history <= 0:
@@ -119,12 +141,13 @@ class InputAcks:
 
     def release_all(self) -> None:
         """Acknowledge everything held (used when the session is not persistent: nothing would be resent)."""
-        for stream in self._streams.values():
-            for held in stream:
-                self._send(held.mid, held.qos, held.gen)
-        self._streams.clear()
-        self._samples.clear()
-        self.held = 0
+        with self._lock:
+            for stream in self._streams.values():
+                for held in stream:
+                    self._send(held.mid, held.qos, held.gen)
+            self._streams.clear()
+            self._samples.clear()
+            self.held = 0
 
     def _send(self, mid: int, qos: int, gen: int) -> None:
         self.acked += 1

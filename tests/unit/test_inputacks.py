@@ -20,6 +20,19 @@ def test_nothing_is_acknowledged_before_commit():
     assert acked == [1, 2, 3]
 
 
+def test_acks_wait_until_the_append_holding_the_results_is_on_disk():
+    acks, acked = make(history=0)
+    acks.received("sensors/d/s", 1, 1, 1, 64)
+    acks.commit(stamp=5, synced=4)  # appended as outbox transaction 5; the disk has up to 4
+    acks.received("sensors/d/s", 2, 1, 1, 64)
+    acks.commit(stamp=6, synced=None)
+    assert acked == []
+    acks.release(5)
+    assert acked == [1]
+    acks.release(9)
+    assert acked == [1, 2] and acks.uncommitted == 0
+
+
 def test_qos0_messages_are_never_acknowledged():
     acks, acked = make(history=0)
     acks.received("sensors/d/s", 0, 0, 1, 64)

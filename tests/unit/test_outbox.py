@@ -23,7 +23,7 @@ def payloads(rows) -> list[int]:
     return [int(r.payload) for r in rows]
 
 
-@pytest.mark.parametrize("fsync", ["full", "normal"])
+@pytest.mark.parametrize("fsync", ["full", "batch", "normal"])
 def test_rows_come_out_in_append_order_and_leave_only_when_deleted(tmp_path, fsync):
     box = Outbox(tmp_path / "o.sqlite", fsync=fsync)
     box.append(msgs(0, 5))
@@ -38,6 +38,18 @@ def test_rows_come_out_in_append_order_and_leave_only_when_deleted(tmp_path, fsy
     again = Outbox(tmp_path / "o.sqlite", fsync=fsync)  # a new process: everything not deleted, in order
     assert again.replayed_at_open == 8
     assert payloads(again.next(100)) == list(range(2, 10))
+
+
+def test_sync_covers_every_append_before_it(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", fsync="batch")
+    box.append(msgs(0, 2))
+    box.append(msgs(2, 2))
+    assert (box.append_seq, box.synced_seq) == (2, 0)  # committed, not yet known to be on disk
+    assert box.sync() == 2 and box.synced_seq == 2 and box.syncs == 1
+    assert box.sync() == 2 and box.syncs == 1  # nothing new: no fsync
+    full = Outbox(tmp_path / "f.sqlite", fsync="full")
+    full.append(msgs(0, 1))
+    assert full.synced_seq == full.append_seq == 1  # full: synced by the append itself
 
 
 def test_ids_are_never_reused_after_the_table_empties(tmp_path):
