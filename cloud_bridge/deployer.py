@@ -388,6 +388,10 @@ class Deployer:
                 if failed:
                     report.outcome = "canary_failed"
                     report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(failed.items()))
+                    for node, state in sorted(failed.items()):
+                        if state.startswith("rolled_back"):
+                            self._event(name, "rollback", f"{node} rolled back to its previous model: "
+                                        f"{self._detail(node, name) or state}", version, node=node)
                     self._fail_canary(name, version, report.reason)
                     report.seconds = time.monotonic() - started
                     return report
@@ -407,6 +411,12 @@ class Deployer:
                     report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(bad.items()))
             report.seconds = time.monotonic() - started
             return report
+
+    def _detail(self, node: str, name: str) -> str | None:
+        with self._changed:
+            status = self._nodes.get(node)
+            state = status.last_deploy.get(name) if status is not None else None
+        return state.detail if state is not None else None
 
     def _fail_canary(self, name: str, version: str, reason: str) -> None:
         """Mark refused, record it, and put the retained manifest back to what the fleet runs."""

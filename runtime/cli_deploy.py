@@ -54,6 +54,17 @@ def _signing_key(args: argparse.Namespace):
     return SigningKey.load(path)
 
 
+def _events(args: argparse.Namespace):  # an EventWriter to the bridge's InfluxDB with -c, else None
+    if not getattr(args, "config", None):
+        return None
+    from cloud_bridge.config import load_bridge_config
+    from cloud_bridge.events import EventWriter
+    from cloud_bridge.sinks import make_sink
+
+    cfg = load_bridge_config(args.config, {})
+    return EventWriter(make_sink(cfg), cfg.influx.tags)
+
+
 def _fail(exc: Exception) -> int:
     print(f"edgeloop: {exc}", file=sys.stderr)
     return 1
@@ -154,10 +165,15 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
 
     registry = _registry(args)
     try:
+        dropped = registry.current(args.name)
         version = registry.rollback(args.name, reason=args.reason)
     except RegistryError as exc:
         return _fail(exc)
     print(f"{args.name}: current {version}")
+    events = _events(args)
+    if events is not None:
+        events(args.name, "rollback", f"registry rolled back from {dropped} ({args.reason or 'edgeloop model rollback'})",
+               version)
     return _deploy(args, registry, version) if args.deploy else 0
 
 
@@ -177,7 +193,7 @@ def _deploy(args: argparse.Namespace, registry: Any, version: str) -> int:
     key = _signing_key(args)
     deployer = Deployer.connect(
         MqttSettings(url=args.broker), registry, key, client_id=f"edgeloop-deploy-cli-{int(time.time())}",
-        canary_timeout_s=args.timeout, rollout_timeout_s=args.timeout,
+        canary_timeout_s=args.timeout, rollout_timeout_s=args.timeout, events=_events(args),
     )
     try:
         if args.canary or not args.no_wait:

@@ -235,6 +235,8 @@ def test_canary_failure_rolls_back_on_the_canary_and_leaves_the_fleet_alone(setu
     assert "2.0.0" in registry.refused(MODEL)
     assert registry.current(MODEL) == BASE_VERSION
     assert any(",kind=refused," in line and 'version="2.0.0"' in line for line in events.lines)
+    assert any(",kind=rollback," in line and "edge-c rolled back" in line and "anomaly rate" in line
+               for line in events.lines)
     # The retained manifest is back on the fleet's version, so a node that connects now stays on it.
     retained = watcher_retained(mosquitto.port, deploy_topic(MODEL))
     assert json.loads(retained)["version"] == BASE_VERSION
@@ -257,7 +259,7 @@ def watcher_retained(port: int, topic: str) -> bytes:
         client.disconnect()
 
 
-def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_path, capsys):
+def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, influx_db, tmp_path, capsys):
     from deploy_fixtures import Keys, bundled
 
     from runtime.cli import main
@@ -288,7 +290,11 @@ def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_
         rows = {r["version"]: r for r in json.loads(capsys.readouterr().out)}
         assert rows["1.1.0"]["current"] and rows[BASE_VERSION]["previous"]
 
-        assert main(["model", "rollback", MODEL, "--deploy", *reg, *deploy]) == 0
+        influx, db = influx_db
+        bridge_yaml = tmp_path / "bridge.yaml"  # registry and events target from the bridge's own config
+        bridge_yaml.write_text(f"influx: {{api: v1, url: '{influx.url}', db: {db}}}\n"
+                               f"retrain: {{registry: '{tmp_path / 'registry'}'}}\n")
+        assert main(["model", "rollback", MODEL, "--reason", "test", "--deploy", "-c", str(bridge_yaml), *deploy]) == 0
         eventually(lambda: edge.engine.runners["vibration"].model.version == BASE_VERSION, timeout=10,
                    message="edge-cli not back on 1.0.0")
         capsys.readouterr()
@@ -296,6 +302,10 @@ def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, tmp_
         shown = json.loads(capsys.readouterr().out)
         assert shown["version"] == BASE_VERSION and shown["current"]
         assert any(e["action"] == "rollback" for e in shown["audit"])
+        rows = influx.points('SELECT "message", "version" FROM "events" GROUP BY "kind", "model"', db)
+        kinds = {(r["kind"], r["version"]) for r in rows}
+        assert ("rollback", BASE_VERSION) in kinds and ("deploy", BASE_VERSION) in kinds, rows
+        assert all(r["model"] == MODEL for r in rows)
     finally:
         edge.stop()
         watcher.close()
