@@ -34,7 +34,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.common import faultkit as fk
+from runtime.common import faultrig as fk
 from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
 from runtime.common.mqtt import MqttLink, MqttSettings
 from runtime.outbox import Outbox
@@ -137,7 +137,7 @@ def through_broker(workdir: Path, n: int, batch: int) -> dict:
         done = threading.Event()
         acked = [0]
 
-        def on_publish(*_a) -> None:  # noqa: ANN002
+        def on_publish(*_a) -> None:
             acked[0] += 1
             if acked[0] == n:
                 done.set()
@@ -166,7 +166,7 @@ def through_broker(workdir: Path, n: int, batch: int) -> dict:
             for i in range(0, n, batch):
                 box.append(msgs[i : i + batch])
                 sender.wake()
-            eventually(lambda: box.depth == 0, timeout=300, interval=0.01, message="outbox emptied")
+            eventually(lambda b=box: b.depth == 0, timeout=300, interval=0.01, message="outbox emptied")
             rate = n / (time.perf_counter() - t0)
             sender.stop()
             link.stop()
@@ -199,7 +199,7 @@ def cost_table(cost: dict) -> str:
     a, b = cost["appends"], cost["through_broker"]
     modes = ("full", "batch", "normal")
 
-    def cells(fn) -> str:  # noqa: ANN001
+    def cells(fn) -> str:
         return " | ".join(fn(m) for m in modes)
 
     return "\n".join([
@@ -218,9 +218,10 @@ def write_doc(rows: list[dict], cost: dict | None, meta: dict) -> None:
     text = DOC.read_text() if DOC.exists() else f"# Reliability\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         text += f"\n{START}\n{END}\n"
-    body = [f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}` "
-            f"({meta['devices']} devices, vibration readings at QoS 1; full figures in "
-            f"`benchmarks/results/reliability.json`).", "", table(rows)]
+    intro = (f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}` "
+             f"({meta['devices']} devices, vibration readings at QoS 1; full figures in "
+             f"`benchmarks/results/reliability.json`).")
+    body = [intro, "", table(rows)]
     if cost:
         body += ["", f"The price of the outbox ({cost['n']:,} result-sized messages of ~{cost['message_bytes']} bytes):",
                  "", cost_table(cost)]

@@ -29,7 +29,7 @@ import time
 from runtime.common.mqtt import MqttLink, wait_for_all
 from runtime.common.ratelimit import RateLimitedLog
 from runtime.config import EdgeConfig
-from runtime.contract import parse_sensor_topic
+from runtime.contract import ContractError, parse_sensor_topic
 from runtime.inputacks import InputAcks
 from runtime.outbox import Outbox, default_state_dir
 from runtime.sender import OutboxSender
@@ -45,7 +45,7 @@ def session_expiry_s(cfg: EdgeConfig) -> int:
     return EDGE_SESSION_EXPIRY_S if value is None else value
 
 
-def outbox_path(cfg: EdgeConfig):  # noqa: ANN201 -- Path
+def outbox_path(cfg: EdgeConfig):
     return cfg.outbox.path or default_state_dir() / f"outbox-{cfg.node_id}.sqlite"
 
 
@@ -241,5 +241,5 @@ class EdgeDelivery:
             return 0
         try:
             return history.get(parse_sensor_topic(topic)[1], 0)
-        except Exception:  # noqa: BLE001 -- a topic the engine rejected: nothing to hold
+        except ContractError:  # a topic the engine rejected: nothing to hold
             return 0

@@ -118,7 +118,7 @@ class Outbox:
         max_bytes: int = 512 * 1024 * 1024,
         ttl_s: float = 7 * 24 * 3600.0,
         fsync: Fsync = "batch",
-        clock=time.time,  # noqa: ANN001 -- injectable for tests
+        clock=time.time,
     ) -> None:
         if fsync not in ("full", "batch", "normal"):
             raise ValueError(f"fsync must be 'full', 'batch' or 'normal', got {fsync!r}")

@@ -1,0 +1,209 @@
+"""One fault scenario end to end (``Rig``) and the faults it injects (helpers: runtime/common/faultkit.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from runtime.common.faultkit import (
+    BROKER_CONF,
+    CliProcess,
+    Outcome,
+    Publisher,
+    StatusWatch,
+    bridge_config,
+    edge_config,
+    expected_windows,
+    fleet_readings,
+    stored_windows,
+    wait_stored,
+    write_yaml,
+)
+from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
+from runtime.common.tcpproxy import TcpProxy
+
+__all__ = ["Outcome", "Rig", "cut_network", "kill_bridge", "kill_broker", "kill_edge", "kill_edge_offline", "stop_influx"]
+
+
+class Rig:
+    """Broker, database, bridge(s) and edge for one scenario; ``run(fault)`` streams, breaks, counts.
+
+    ``influx``: a running InfluxDB1 to use, or None to start one of its own (needed when the
+    fault stops the database). ``via_proxy``: the edge reaches the broker through a TcpProxy.
+    """
+
+    def __init__(self, workdir: Path, name: str, *, influx: InfluxDB1 | None = None, devices: int = 3,
+                 per_device: int = 40, rate: float = 60.0, bridges: int = 1, share_group: str | None = None,
+                 via_proxy: bool = False, edge_over: dict | None = None, seed: int = 3) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.node = f"edge-{name}"
+        self.db = f"rel_{name}".replace("-", "_")
+        self.readings = fleet_readings(devices, per_device, seed=seed)
+        self.rate = rate
+        self._own_influx = influx is None
+        self.influx = influx or InfluxDB1(self.workdir / "influxdb")
+        self.broker = Mosquitto(self.workdir / "mosquitto", extra_conf=BROKER_CONF, persistence=True)
+        self.n_bridges = bridges
+        self.share_group = share_group
+        self.via_proxy = via_proxy
+        self.edge_over = edge_over or {}
+        self.proxy: TcpProxy | None = None
+        self.bridges: list[CliProcess] = []
+        self.edge: CliProcess | None = None
+        self.watch: StatusWatch | None = None
+        self.publisher: Publisher | None = None
+
+    def bridge_node(self, i: int) -> str:
+        return f"bridge-{self.name}-{i}"
+
+    def start(self) -> "Rig":
+        if self._own_influx:
+            self.influx.start()
+        self.influx.create_database(self.db)
+        self.broker.start()
+        self.watch = StatusWatch(self.broker.port)
+        for i in range(self.n_bridges):
+            over = {"share_group": self.share_group} if self.share_group else {}
+            cfg = write_yaml(self.workdir / f"bridge{i}.yaml",
+                             bridge_config(self.bridge_node(i), self.broker.url, self.influx, self.db, **over))
+            self.bridges.append(CliProcess(["bridge", "run", "-c", str(cfg)], self.workdir / f"bridge{i}.log").start())
+        url = self.broker.url
+        if self.via_proxy:
+            self.proxy = TcpProxy(self.broker.port)
+            url = self.proxy.url
+        cfg = write_yaml(self.workdir / "edge.yaml", edge_config(self.workdir, self.node, url, **self.edge_over))
+        self.edge = CliProcess(["edge", "run", "-c", str(cfg)], self.workdir / "edge.log").start()
+        for i, bridge in enumerate(self.bridges):
+            self.watch.wait_online(self.bridge_node(i), bridge)
+        self.watch.wait_online(self.node, self.edge)
+        return self
+
+    def restart(self, proc: CliProcess, node: str) -> None:
+        seen = len(self.watch.states(node))
+        proc.start()
+        self.watch.wait_online(node, proc, after=seen)
+
+    def run(self, fault, fault_at: float = 0.35, timeout: float = 120.0) -> Outcome:
+        """Stream every reading; at ``fault_at`` of the stream call ``fault(self)`` (it returns when
+        the fault is over); wait until everything is stored; stop the processes (SIGTERM); count."""
+        self.publisher = Publisher(self.broker.port, self.readings, self.rate).start()
+        eventually(lambda: self.publisher.published >= fault_at * len(self.readings), timeout=timeout,
+                   interval=0.02, message="stream reached the fault point")
+        notes = fault(self) or {}
+        before_end = expected_windows(self.publisher.sent_so_far())
+        recovery = wait_stored(self.influx, self.db, self.node, before_end, timeout)
+        self.publisher.wait_acked(timeout)
+        want = expected_windows(self.readings)
+        try:
+            wait_stored(self.influx, self.db, self.node, want, timeout)
+        except AssertionError:
+            pass  # counted below as lost
+        codes = self.stop_processes()
+        stored, points = stored_windows(self.influx, self.db, self.node)
+        notes.update({"exit_codes": codes})
+        return Outcome(self.name, len(self.readings), len(want), len(stored & want), len(stored), points,
+                       round(recovery, 2), notes)
+
+    def stop_processes(self) -> dict[str, int | None]:
+        codes = {}
+        if self.edge is not None:
+            codes["edge"] = self.edge.terminate()
+        for i, bridge in enumerate(self.bridges):
+            codes[f"bridge{i}"] = bridge.terminate()
+        return codes
+
+    def close(self) -> None:
+        for proc in [self.edge, *self.bridges]:
+            if proc is not None:
+                proc.kill()
+        for part in (self.publisher, self.watch, self.proxy):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001, S110 -- best-effort teardown
+                    pass
+        self.broker.stop()
+        if self._own_influx:
+            self.influx.stop()
+
+    def __enter__(self) -> "Rig":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- the faults
+
+
+def kill_broker(down_s: float):
+    """mosquitto SIGKILLed mid-stream, started again on the same port and persistence file."""
+    def fault(rig: Rig) -> dict:
+        rig.broker.kill()
+        time.sleep(down_s)
+        rig.broker.restart()
+        return {}
+    return fault
+
+
+def kill_bridge(down_s: float, index: int = 0):
+    """A bridge process SIGKILLed mid-stream, restarted (same node id, so the same session)."""
+    def fault(rig: Rig) -> dict:
+        rig.bridges[index].kill()
+        time.sleep(down_s)
+        rig.restart(rig.bridges[index], rig.bridge_node(index))
+        return {}
+    return fault
+
+
+def stop_influx(down_s: float):
+    """influxd stopped mid-stream for ``down_s``, then started on the same port and data."""
+    def fault(rig: Rig) -> dict:
+        rig.influx.stop()
+        time.sleep(down_s)
+        rig.influx.restart()
+        return {}
+    return fault
+
+
+def kill_edge(down_s: float):
+    """The edge SIGKILLed mid-stream, restarted: outbox replay plus readings the session queued."""
+    def fault(rig: Rig) -> dict:
+        rig.edge.kill()
+        time.sleep(down_s)
+        rig.restart(rig.edge, rig.node)
+        return {}
+    return fault
+
+
+def kill_edge_offline(down_s: float):
+    """The edge's uplink goes silent (readings still arrive, nothing it sends gets through), so
+    results pile up in its outbox; then it is SIGKILLed, the link comes back, and it restarts:
+    the new process must send what the dead one left on disk."""
+    def fault(rig: Rig) -> dict:
+        rig.proxy.cut(uplink_only=True)
+        time.sleep(down_s)
+        rig.edge.kill()
+        rig.proxy.restore()
+        rig.restart(rig.edge, rig.node)
+        return {}
+    return fault
+
+
+def cut_network(down_s: float):
+    """The edge-broker link silent for ``down_s`` (longer than keepalive): no FIN, no RST."""
+    def fault(rig: Rig) -> dict:
+        seen = len(rig.watch.states(rig.node))
+        rig.proxy.cut()
+        time.sleep(down_s)
+        rig.proxy.restore()
+        lwt = "offline" in rig.watch.states(rig.node)[seen:]
+        rig.watch.wait_online(rig.node, rig.edge, after=seen)
+        return {"lwt_seen": lwt}
+    return fault
