@@ -13,7 +13,7 @@ SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influ
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench model docs clean distclean
+.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench reliability model docs clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -51,7 +51,7 @@ $(STAMP_TRAIN): $(STAMP) pyproject.toml
 	$(VENV)/bin/pip install -e '.[edge,bridge,dev,train]'
 	@touch $@
 
-test: deps venv ## every test tier (PYTEST_ARGS=... passes through)
+test: deps venv-train ## every test tier (PYTEST_ARGS=... passes through; the closed-loop e2e trains: train extra)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 test-unit: venv ## tests/unit: pure logic, no servers
@@ -60,7 +60,7 @@ test-unit: venv ## tests/unit: pure logic, no servers
 test-integration: deps venv ## tests/integration: real mosquitto, influxd, VictoriaMetrics
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
-test-e2e: deps venv ## tests/e2e: the whole loop
+test-e2e: deps venv-train ## tests/e2e: the whole loop (retraining needs the train extra)
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
 demo: deps venv ## run the demo (DEMO_ARGS=... passes through)
@@ -68,6 +68,9 @@ demo: deps venv ## run the demo (DEMO_ARGS=... passes through)
 
 bench: deps venv ## run the benchmarks (BENCH_ARGS=... passes through)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+reliability: deps venv ## kill brokers, bridges, edges, InfluxDB mid-stream; table -> docs/reliability.md (RELIABILITY_ARGS=...)
+	$(PY) -m benchmarks.reliability $(RELIABILITY_ARGS)
 
 docs: venv ## regenerate docs/configuration.md and the Grafana dashboards (tests fail when they are stale)
 	$(PY) docs/gen_config_reference.py

@@ -134,7 +134,7 @@ class EdgeDelivery:
                 except sqlite3.Error as exc:
                     # Disk full or gone: better in memory (lost only if the process dies) than nowhere.
                     self.outbox_write_errors += 1
-                    self._log.error("outbox_write", "outbox append failed (%s): publishing %d messages directly", exc, len(messages))
+                    self._log.warning("outbox_write", "outbox append failed (%s): publishing %d messages directly", exc, len(messages))
                     self._publish_direct(messages)
                 else:
                     self.sender.wake()
@@ -166,7 +166,7 @@ class EdgeDelivery:
         try:
             synced = self.outbox.sync()
         except OSError as exc:
-            self._log.error("outbox_sync", "outbox fsync failed: %s", exc)
+            self._log.warning("outbox_sync", "outbox fsync failed: %s", exc)
             return
         if self.acks is not None:
             self.acks.release(synced)

@@ -93,7 +93,8 @@ class OutboxSender:
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
 
     # ------------------------------------------------------------------ sender thread
 
@@ -123,7 +124,7 @@ class OutboxSender:
                 info = link.publish(row.topic, row.payload, qos=1)
             except ValueError as exc:  # paho refuses the topic or payload outright: it never will
                 self.refused += 1
-                self._log.error("outbox_invalid", "dropping unsendable outbox message on %r: %s", row.topic[:128], exc)
+                self._log.warning("outbox_invalid", "dropping unsendable outbox message on %r: %s", row.topic[:128], exc)
                 self.outbox.delete([row])
                 continue
             self._inflight[info.mid] = row
@@ -141,7 +142,7 @@ class OutboxSender:
             else:
                 # A v5 PUBACK reason code >= 0x80 (e.g. not authorized): resending will not change it.
                 self.refused += 1
-                self._log.error("outbox_refused", "broker refused an outbox message on %r: dropped", row.topic[:128])
+                self._log.warning("outbox_refused", "broker refused an outbox message on %r: dropped", row.topic[:128])
             done.append(row)
         if done:
             self.outbox.delete(done)

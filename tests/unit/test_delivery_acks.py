@@ -1,0 +1,210 @@
+"""At-least-once plumbing without a broker: the outbox sender's window and acks, the bridge's
+manual acks, and the reliability settings in both configs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from paho.mqtt.client import MQTTMessage
+
+import cloud_bridge.batching as batching_module
+from cloud_bridge.app import Bridge
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.errors import Unavailable
+from runtime.common.errors import ConfigError
+from runtime.config import load_edge_config
+from runtime.delivery import EdgeDelivery, session_expiry_s, window_history
+from runtime.outbox import Outbox
+from runtime.sender import OutboxSender
+
+
+def eventually(fn, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.005)
+
+
+class FakeLink:
+    """What the sender needs from MqttLink: ``connected`` and ``publish`` returning an info with a mid."""
+
+    class Info:
+        def __init__(self, mid: int) -> None:
+            self.mid = mid
+
+    def __init__(self) -> None:
+        self.connected = threading.Event()
+        self.connected.set()
+        self.sent: list[tuple[int, str, bytes]] = []
+        self._mid = 0
+        self.acks: list = []
+
+    def publish(self, topic, payload, qos=1, retain=False):  # noqa: ANN001
+        self._mid += 1
+        self.sent.append((self._mid, topic, payload))
+        return self.Info(self._mid)
+
+    def ack(self, mid, qos, generation):  # noqa: ANN001
+        self.acks.append((mid, qos, generation))
+        return True
+
+
+def test_sender_keeps_at_most_window_in_flight_and_deletes_only_acked(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    link = FakeLink()
+    sender = OutboxSender(box, link, window=3)
+    box.append([("results/d/m", str(i).encode()) for i in range(10)])
+    sender.start()
+    try:
+        eventually(lambda: len(link.sent) == 3)
+        assert sender.inflight == 3 and box.depth == 10
+        sender.on_publish(link.sent[0][0], True)
+        sender.on_publish(link.sent[1][0], False)  # a v5 refusal: dropped, counted, not resent
+        eventually(lambda: len(link.sent) == 5)
+        assert [p for _, _, p in link.sent] == [str(i).encode() for i in range(5)]  # oldest first
+        eventually(lambda: box.depth == 8)
+        assert sender.counters()["outbox_refused"] == 1 and sender.counters()["outbox_acked"] == 1
+        link.connected.clear()  # offline: nothing more is handed to the client
+        for mid, _, _ in list(link.sent[2:]):
+            sender.on_publish(mid, True)
+        eventually(lambda: sender.inflight == 0)
+        assert len(link.sent) == 5 and box.depth == 5
+        link.connected.set()
+        sender.wake()
+        eventually(lambda: len(link.sent) == 8)
+        for mid, _, _ in list(link.sent[5:]):
+            sender.on_publish(mid, True)
+        eventually(lambda: len(link.sent) == 10)
+        for mid, _, _ in list(link.sent[8:]):
+            sender.on_publish(mid, True)
+        assert sender.drain(5)
+        assert [p for _, _, p in link.sent] == [str(i).encode() for i in range(10)]
+        assert box.depth == 0
+    finally:
+        sender.stop()
+        box.close()
+
+
+def test_sender_drain_gives_up_after_its_timeout_and_keeps_the_rest(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    link = FakeLink()
+    link.connected.clear()
+    sender = OutboxSender(box, link, window=3)
+    box.append([("results/d/m", b"x")])
+    sender.start()
+    try:
+        assert sender.drain(0.2) is False
+        assert box.depth == 1
+    finally:
+        sender.stop()
+        box.close()
+
+
+def msg(topic: str, payload: dict, mid: int, qos: int = 1) -> MQTTMessage:
+    m = MQTTMessage(mid=mid, topic=topic.encode())
+    m.payload = json.dumps(payload).encode()
+    m.qos = qos
+    return m
+
+
+def result(seq: int) -> dict:
+    return {"device": "dev-1", "sensor": "s", "model": "m1", "model_version": "1", "model_sha256": "ab" * 32,
+            "ts": 1795740561.0 + seq, "seq": seq, "outputs": [0.5], "score": 0.1, "anomaly": False,
+            "label": "ok", "latency_ms": 1.0}
+
+
+class Sink:
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.batches: list[list[str]] = []
+
+    def write(self, lines):  # noqa: ANN001
+        if self.errors:
+            raise self.errors.pop(0)
+        self.batches.append(list(lines))
+
+    def close(self) -> None:
+        pass
+
+
+def bridge_with(sink: Sink) -> tuple[Bridge, FakeLink]:
+    cfg = BridgeConfig.model_validate({"influx": {"api": "v1", "batch_size": 5, "flush_interval_ms": 20}})
+    bridge = Bridge(cfg, sink=sink)
+    link = FakeLink()
+    bridge._link.ack = link.ack  # the MQTT acks, recorded
+    bridge.rejects.publish = None
+    bridge._started = True
+    bridge._writer = batching_module.BatchWriter(sink, bridge.rejects, "influx:test", bridge._settle)
+    bridge._thread.start()
+    return bridge, link
+
+
+def test_bridge_acks_a_result_only_after_its_batch_is_written(monkeypatch):
+    monkeypatch.setattr(batching_module, "RETRY_FIRST_S", 0.05)
+    sink = Sink(Unavailable("down"), Unavailable("down"))
+    bridge, link = bridge_with(sink)
+    for seq in range(5):
+        bridge._on_message(msg("results/dev-1/m1", result(seq), mid=100 + seq))
+    eventually(lambda: bridge.stats()["retries"] >= 1)
+    assert link.acks == []  # the database has not taken them: nothing acknowledged
+    eventually(lambda: len(link.acks) == 5)
+    assert [mid for mid, _, _ in link.acks] == [100, 101, 102, 103, 104] and sink.batches
+    bad = msg("results/dev-1/m1", {"not": "a result"}, mid=200)
+    bridge._on_message(bad)
+    eventually(lambda: (200, 1, 0) in link.acks)  # rejected and dead-lettered: handled, so acknowledged
+    assert bridge.stop(timeout_s=5)
+
+
+def test_bridge_does_not_ack_a_batch_it_gave_up_at_stop(monkeypatch):
+    monkeypatch.setattr(batching_module, "RETRY_FIRST_S", 0.01)
+    bridge, link = bridge_with(Sink(*[Unavailable("down")] * 10_000))
+    for seq in range(3):
+        bridge._on_message(msg("results/dev-1/m1", result(seq), mid=10 + seq))
+    eventually(lambda: bridge.stats()["retries"] >= 2)
+    assert bridge.stop(timeout_s=0.3) is False
+    assert link.acks == []  # a persistent session delivers them to the next start
+    assert bridge.stats()["given_up_at_stop"] == 3
+
+
+def test_bridge_config_share_group_and_client_id():
+    cfg = BridgeConfig.model_validate({"node_id": "bridge-2", "share_group": "ingest"})
+    assert cfg.mqtt.client_id == "bridge-2"  # one persistent session per replica
+    assert cfg.topic_filters == ["$share/ingest/results/+/+", "$share/ingest/status/+"]
+    assert BridgeConfig().mqtt.client_id == "edgeloop-bridge" and BridgeConfig().topic_filters == ["results/+/+", "status/+"]
+    assert BridgeConfig.model_validate({"mqtt": {"client_id": "x"}, "node_id": "n"}).mqtt.client_id == "x"
+    with pytest.raises(ValueError, match="share_group"):
+        BridgeConfig.model_validate({"share_group": "a/b"})
+
+
+def test_edge_reliability_defaults_and_errors(tmp_path):
+    cfg = load_edge_config(None, {"node_id": "n1"})
+    assert (cfg.input.qos, cfg.outbox.enabled, cfg.outbox.fsync) == (1, True, "batch")
+    assert session_expiry_s(cfg) == 3600 and window_history(cfg) == {"vibration": 127}
+    assert session_expiry_s(load_edge_config(None, {"mqtt": {"session_expiry_s": 0}})) == 0
+    bad = tmp_path / "edge.yaml"
+    bad.write_text("output: {qos: 0}\n")
+    with pytest.raises(ConfigError, match="outbox"):
+        load_edge_config(bad)
+    bad.write_text("outbox: {fsync: sometimes}\n")
+    with pytest.raises(ConfigError, match="outbox.fsync"):
+        load_edge_config(bad)
+
+
+def test_edge_link_options_follow_the_config(tmp_path):
+    cfg = load_edge_config(None, {"node_id": "n1", "outbox": {"path": str(tmp_path / "o.sqlite")}})
+    d = EdgeDelivery(cfg)
+    try:
+        opts = d.link_options()
+        assert opts["clean_start"] is False and opts["session_expiry_s"] == 3600 and opts["manual_ack"] is True
+        assert opts["receive_maximum"] == cfg.input.queue_size and opts["on_publish"] is not None
+    finally:
+        d.close()
+    clean = load_edge_config(None, {"node_id": "n2", "mqtt": {"session_expiry_s": 0}, "input": {"qos": 0},
+                                    "outbox": {"enabled": False}})
+    d = EdgeDelivery(clean)
+    opts = d.link_options()
+    assert opts["clean_start"] is True and opts["manual_ack"] is False and opts["on_publish"] is None
+    d.close()
