@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,7 @@ log = logging.getLogger("cloud_bridge.drift")
 _EPS = 1e-4
 _LOG_FLOOR = 1e-3
 _MAX_RECENT = 500_000
+_BASELINE_MAX = 2000
 
 
 # --------------------------------------------------------------------------- statistics
@@ -130,8 +132,13 @@ class Evaluation:
 
 @dataclass
 class _Baseline:
+    """A device's first ``window_s`` of random samples under one version (reservoir of at most
+    ``_BASELINE_MAX``): spanning a whole window, it holds the device's slow cycles as well."""
+
     scores: list[float] = field(default_factory=list)
     features: list[list[float]] = field(default_factory=list)
+    started: float | None = None
+    seen: int = 0
     complete_at: float | None = None
 
 
@@ -161,9 +168,12 @@ class DriftMonitor:
         self._cohorts: dict[tuple[str, str], _Cohort] = {}
         self._cooldown_until: dict[str, float] = {}
         self._meta_cache: dict[tuple[str, str], ModelMetadata | None] = {}
+        self._rng = random.Random(0)
         self.observed = 0
         self.ignored_flagged = 0
         self.triggers = 0
+        #: (at, model, cohort, status, changed devices, mismatched devices) of recent evaluations.
+        self.history: deque[tuple[float, str, str, str, float, float]] = deque(maxlen=5000)
 
     # ------------------------------------------------------------------ input
 
@@ -195,13 +205,25 @@ class DriftMonitor:
             self.observed += 1
             cohort.recent.append((received, batch.device, batch.model_version, row.score, row.anomaly, row.features))
             if base is not None and base.complete_at is None:
-                base.scores.append(row.score)
-                base.features.append(row.features)
-                if len(base.scores) >= self.settings.baseline_samples:
-                    base.complete_at = received
+                self._add_to_baseline(base, row.score, row.features, received)
             ph.update(math.log(max(row.score, 0.0) + _LOG_FLOOR))
             if ph.drift_detected:
                 cohort.ph_detections[batch.model_version] = cohort.ph_detections.get(batch.model_version, 0) + 1
+
+    def _add_to_baseline(self, base: _Baseline, score: float, features: list[float], received: float) -> None:
+        if base.started is None:
+            base.started = received
+        if received - base.started >= self.settings.window_s and len(base.scores) >= self.settings.baseline_samples:
+            base.complete_at = received
+            return
+        base.seen += 1
+        if len(base.scores) < _BASELINE_MAX:
+            base.scores.append(score)
+            base.features.append(features)
+        else:  # reservoir sampling keeps a uniform sample of the whole baseline period
+            k = self._rng.randrange(base.seen)
+            if k < _BASELINE_MAX:
+                base.scores[k], base.features[k] = score, features
 
     # ------------------------------------------------------------------ control
 
@@ -232,6 +254,8 @@ class DriftMonitor:
             else:
                 cohort.consecutive, cohort.first_drifted = 0, None
             ev.evidence["consecutive"] = float(cohort.consecutive)
+            self.history.append((now, model, cohort_name, ev.status, ev.evidence.get("changed_devices", 0.0),
+                                 ev.evidence.get("mismatched_devices", 0.0)))
             if cohort.consecutive >= s.consecutive and not self.in_cooldown(model, now):
                 since = cohort.first_drifted
                 trigger = Trigger(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import tempfile
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +56,7 @@ SAMPLES_FILTER = "samples/+/+"
 QUEUE_SIZE = 10_000
 RETENTION_EVERY_S = 600.0
 MAX_COMMAND_BYTES = 4096
+JOBS_KEPT = 5
 
 
 class RetrainCommand(BaseModel):
@@ -99,7 +100,8 @@ class ClosedLoop:
         self.monitor = DriftMonitor(cfg.drift, reference_for=self._reference) if cfg.drift.enabled else None
         self.events = events if events is not None else EventWriter(None, cfg.influx.tags)
         self._events_lock = threading.Lock()
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeloop-retrain-"))
+        # Job files (job.json, result.json, worker.log, the candidate) beside the sample store.
+        self.workdir = Path(workdir or Path(cfg.samples.dir).parent / "retrain-jobs")
         self.deployer = None
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._stop = threading.Event()
@@ -309,6 +311,8 @@ class ClosedLoop:
                 return
             job.state, job.timeline["worker_started"] = "training", time.time()
             work = self.workdir / f"{model}-{int(time.time() * 1000)}"
+            for old in sorted(self.workdir.glob(f"{model}-*"))[:-(JOBS_KEPT - 1)]:
+                shutil.rmtree(old, ignore_errors=True)
             spec = RetrainJob(model=model, store_dir=self.cfg.samples.dir, registry_dir=rt.registry,
                               out_dir=work / "candidate", since=since, trigger=trigger, settings=rt)
             log.info("retraining %s (%s) on %d samples since %s", model, trigger, count, since)

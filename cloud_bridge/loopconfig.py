@@ -47,7 +47,8 @@ class DriftSettings(BaseModel):
     Every ``interval_s`` each (model, cohort) is evaluated over the random
     samples of the last ``window_s`` from the version most of them came from.
     A device has *changed* when its recent samples differ from its own
-    baseline (its first ``baseline_samples`` under that version): two-sample
+    baseline (its first ``window_s`` of samples under that version, at least
+    ``baseline_samples`` of them): two-sample
     KS with p < ``alpha`` and D >= ``min_effect`` on the score, or on at least
     ``feature_fraction`` of the features (Bonferroni-corrected). A device is
     *mismatched* when more than ``mismatch_rate`` of its random windows are

@@ -21,6 +21,7 @@ from typing import Any
 
 from runtime import __version__
 from runtime.cli_deploy import add_commands as add_deploy_commands
+from runtime.cli_loop import add_loop_commands
 from runtime.common.errors import ConfigError, ModelError, TransientError
 
 log = logging.getLogger("edgeloop")
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_model_build)
     add_deploy_commands(sub, model)  # keys generate; model list|show|add|promote|rollback|deploy
+    add_loop_commands(model)  # model retrain
 
     p = sub.add_parser("demo", help="the whole loop on this machine, with its own broker and InfluxDB")
     p.add_argument("--duration", type=float, default=30.0)

@@ -5,11 +5,12 @@ sensor streams are far too big for a metered link. The edge already has each
 window's features (the batch-stage output before ``normalize``), its score and
 its verdict, so it keeps
 
-- a seeded random ``fraction`` of all windows (``reason="random"``): an
-  unbiased picture of what the fleet looks like now -- the drift monitor
-  compares it with the reference and the trainer learns "normal" from it;
-- every flagged window (``reason="flagged"``, if ``flagged``): the rare cases
-  worth looking at;
+- a seeded random ``fraction`` of all windows (``reason="random"``), drawn
+  whatever the model said: an unbiased picture of what the fleet looks like
+  now -- the drift monitor compares it with the reference and the trainer
+  learns "normal" from it;
+- every other flagged window (``reason="flagged"``, if ``flagged``): the
+  rare cases worth looking at;
 
 and never more than ``budget_per_hour_per_device`` rows per device in any
 rolling hour (a sliding log of send times: a hard cap, not an average).
@@ -86,10 +87,12 @@ class Sampler:
     def choose(self, device: str, anomaly: bool) -> str | None:
         """``"flagged"``, ``"random"`` or None (not kept) for one window of ``device``."""
         s = self.settings
-        if anomaly and s.flagged:
-            reason = "flagged"
-        elif s.fraction > 0 and self._rng.random() < s.fraction:
+        # The random draw comes first and ignores the verdict: the random rows must stay an
+        # unbiased picture of the fleet even when the model flags most windows (a drifted regime).
+        if s.fraction > 0 and self._rng.random() < s.fraction:
             reason = "random"
+        elif anomaly and s.flagged:
+            reason = "flagged"
         else:
             return None
         now = self._clock()

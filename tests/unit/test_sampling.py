@@ -64,9 +64,11 @@ def test_flagged_windows_cannot_starve_the_random_sample():
     sampler = Sampler(
         SamplingSettings(fraction=1.0, budget_per_hour_per_device=10, flagged_share=0.3), clock=Clock()
     )
+    sampler.settings = sampler.settings.model_copy(update={"fraction": 0.0})
     flagged = [sampler.choose("dev", anomaly=True) for _ in range(20)]
     assert flagged.count("flagged") == 3  # 30% of the budget
-    randoms = [sampler.choose("dev", anomaly=False) for _ in range(20)]
+    sampler.settings = sampler.settings.model_copy(update={"fraction": 1.0})
+    randoms = [sampler.choose("dev", anomaly=True) for _ in range(20)]
     assert randoms.count("random") == 7  # the rest of the budget stays for random windows
 
 
@@ -162,9 +164,10 @@ def test_engine_publishes_raw_features_of_kept_windows_next_to_results():
     rows = [(b, r) for _, b in batches for r in b.rows]
     random_rows = [r for _, r in rows if r.reason == "random"]
     flagged = {k for k, r in results.items() if r.anomaly}
-    unflagged = len(results) - len(flagged)
-    assert flagged and 0.3 * unflagged < len(random_rows) < 0.7 * unflagged
-    assert {(b.device, r.seq) for b, r in rows if r.reason == "flagged"} == flagged
+    assert flagged and 0.3 * len(results) < len(random_rows) < 0.7 * len(results)
+    random_keys = {(b.device, r.seq) for b, r in rows if r.reason == "random"}
+    assert random_keys & flagged, "the random draw must not depend on the verdict"
+    assert {(b.device, r.seq) for b, r in rows if r.reason == "flagged"} == flagged - random_keys
     for batch, row in rows:
         result = results[(batch.device, row.seq)]
         assert batch.node == "n1" and batch.model_version == result.model_version
