@@ -112,6 +112,7 @@ def _paced_publish(broker, source: ReadingSource, rate: float, duration_s: float
     sent = np.full((devices, -(-n // devices)), np.nan)
     rate_hz = READING_CHUNK * rate / devices  # the sample rate this reading rate implies per device
     topics, interval = source.topics, 1.0 / rate
+    infos = []
     t0 = time.perf_counter()
     i = 0
     try:
@@ -124,9 +125,11 @@ def _paced_publish(broker, source: ReadingSource, rate: float, duration_s: float
             while i < n and t0 + i * interval <= now:  # a late wake-up publishes all that is due
                 d, seq = i % devices, i // devices
                 ts = time.time()
-                client.publish(topics[d], source.payload(d, seq, ts, rate_hz), qos=READING_QOS)
+                infos.append(client.publish(topics[d], source.payload(d, seq, ts, rate_hz), qos=READING_QOS))
                 sent[d, seq] = ts
                 i += 1
+        for info in infos:  # paho drops what is still queued when it disconnects
+            info.wait_for_publish(30)
     finally:
         client.disconnect()
         client.loop_stop()

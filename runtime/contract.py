@@ -171,7 +171,9 @@ class SensorReading(BaseModel):
     v: Literal[1] = SCHEMA_VERSION
     ts: Timestamp
     seq: Annotated[int, Field(ge=0, lt=2**63)]
-    values: list[FiniteFloat] | list[list[FiniteFloat]]
+    # Chunks first: a union collects every error of a member that fails, so trying the flat form
+    # first on a 64-row chunk built 64 errors per reading (it doubled the cost of decoding one).
+    values: list[list[FiniteFloat]] | list[FiniteFloat]
     rate_hz: Annotated[float, Field(gt=0, le=1e6)] | None = None
     label: str | None = Field(
         default=None,
@@ -190,7 +192,7 @@ class SensorReading(BaseModel):
                 raise ValueError(f"more than {MAX_SAMPLES_PER_READING} samples")
             if not 0 < width <= MAX_CHANNELS:
                 raise ValueError(f"each sample must have 1..{MAX_CHANNELS} channels")
-            if any(len(row) != width for row in values):
+            if len(set(map(len, values))) != 1:
                 raise ValueError("all samples must have the same number of channels")
         elif len(values) > MAX_CHANNELS:
             raise ValueError(f"more than {MAX_CHANNELS} channels")
@@ -545,3 +547,50 @@ def decode_frame(
     if image[:2] != _JPEG_SOI:
         raise ContractError("not_jpeg", "frame image does not start with a JPEG SOI marker (FF D8)")
     return meta, bytes(image)
+
+
+#: Largest JPEG a FrameSample may carry (before base64).
+MAX_FRAME_SAMPLE_BYTES = 256 * 1024
+
+
+class FrameSample(BaseModel):
+    """A camera frame kept for labelling and retraining, on ``samples/{device}/{model}``.
+
+    ``stage: "frame"`` tells it apart from a SampleBatch of feature rows on the
+    same topic. ``jpeg_b64`` is the frame downscaled by the edge (base64 JPEG);
+    ``label``/``score``/``topk`` are what the serving model said, ``truth``
+    the ground truth the device attached (simulators), and ``reason`` why the
+    frame was kept (``low_confidence``: top-1 probability below the bar).
+    """
+
+    model_config = _STRICT
+
+    v: Literal[1] = SCHEMA_VERSION
+    stage: Literal["frame"] = "frame"
+    device: TopicLevel
+    sensor: TopicLevel = Field(description="the camera")
+    model: TopicLevel
+    model_version: Annotated[str, Field(min_length=1, max_length=64)]
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    ts: Timestamp
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    score: FiniteFloat
+    topk: Annotated[list[TopK], Field(max_length=MAX_TOPK)] | None = None
+    truth: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    reason: Literal["low_confidence"] = "low_confidence"
+    width: Annotated[int, Field(ge=1, le=16384)]
+    height: Annotated[int, Field(ge=1, le=16384)]
+    jpeg_b64: Annotated[str, Field(min_length=4, max_length=(MAX_FRAME_SAMPLE_BYTES + 2) // 3 * 4)]
+    node: TopicLevel | None = None
+    site: TopicLevel | None = None
+
+    def jpeg(self) -> bytes:
+        return base64.b64decode(self.jpeg_b64, validate=True)
+
+
+_FRAME_SAMPLE = TypeAdapter(FrameSample)
+
+
+def decode_frame_sample(payload: bytes, max_bytes: int) -> FrameSample:
+    return decode(_FRAME_SAMPLE, payload, max_bytes)
