@@ -74,6 +74,13 @@ class EdgeApp:
         self.deploy = ModelManager(cfg, self.engine, self.rejects, on_change=self._publish_birth) if cfg.deploy.enabled else None
         if self.deploy is not None:
             self.deploy.restore(self.engine)
+        # Camera frames (docs/camera.md): newest-wins slots and a frame worker; None without `vision:`.
+        self.vision = None
+        if cfg.vision is not None:
+            from runtime.vision.worker import FrameWorker
+
+            publish_frames = lambda messages: self.delivery.publish(messages, 1)  # noqa: E731 -- 1: acks are not ours
+            self.vision = FrameWorker.build(cfg.vision, self.rejects, publish_frames, node_id=cfg.node_id, site=cfg.site, source=source)
         self.inbox: queue.Queue = queue.Queue(cfg.input.queue_size)
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)
@@ -87,7 +94,8 @@ class EdgeApp:
             client_id=f"edgeloop-{cfg.node_id}",
             on_message=self._on_message,
             subscriptions=[(p.subscription, cfg.input.qos) for p in cfg.pipelines]
-            + (self.deploy.subscriptions() if self.deploy is not None else []),
+            + (self.deploy.subscriptions() if self.deploy is not None else [])
+            + (self.vision.subscriptions() if self.vision is not None else []),
             will=Will(topic=status_topic(cfg.node_id), payload=self._status("offline")),
             on_connected=self._publish_birth,
             **self.delivery.link_options(),
@@ -105,6 +113,10 @@ class EdgeApp:
         if self.deploy is not None and msg.topic.startswith("models/"):
             self.deploy.offer(msg.topic, msg.payload)
             self.link.ack(msg.mid, msg.qos, self.link.generation)  # the deploy manager owns it now
+            return
+        if self.vision is not None and msg.topic.startswith("frames/"):
+            self.vision.offer(msg)  # newest frame wins per camera; frames are at-most-once
+            self.link.ack(msg.mid, msg.qos, self.link.generation)
             return
         if len(msg.payload) > self.cfg.input.max_payload_bytes:
             # Refused at the door, before it takes queue memory (decode_reading would refuse it too).
@@ -140,7 +152,8 @@ class EdgeApp:
             node=self.cfg.node_id,
             state=state,
             ts=time.time(),
-            models=self.engine.models() if hasattr(self, "engine") else {},
+            models={**self.engine.models(), **(self.vision.engine.models() if getattr(self, "vision", None) else {})}
+            if hasattr(self, "engine") else {},
             runtime_version=__version__,
             site=self.cfg.site,
             counters=counters,
@@ -216,6 +229,8 @@ class EdgeApp:
         out["reconnects"] = self.link.reconnects if hasattr(self, "link") else 0
         if getattr(self, "deploy", None) is not None:
             out.update(self.deploy.counters)
+        if getattr(self, "vision", None) is not None:
+            out.update(self.vision.counters())  # frames_received, frames_dropped_stale, frames_classified, ...
         if getattr(self, "delivery", None) is not None:
             out.update(self.delivery.counters())  # outbox_depth, outbox_dropped_overflow, input_held, ...
         return out
@@ -231,6 +246,8 @@ class EdgeApp:
         self.delivery.start()
         if self.deploy is not None:
             self.deploy.start()
+        if self.vision is not None:
+            self.vision.start()
         self.link.start(wait_s=connect_timeout_s)
 
     def stop(self) -> bool:
@@ -250,6 +267,8 @@ class EdgeApp:
         self._worker.join(self.cfg.drain_timeout_s)
         if not self._worker.is_alive():
             self.delivery.finish_input()
+        if self.vision is not None:
+            self.vision.stop(self.cfg.drain_timeout_s)  # classifies and publishes the frames already received
         if self.deploy is not None:
             self.deploy.stop()
         acked = self.delivery.drain(self.cfg.drain_timeout_s)

@@ -19,6 +19,7 @@ from runtime.common.mqtt import MqttSettings
 from runtime.contract import TOPIC_LEVEL_PATTERN, TopicLevel
 from runtime.sampling import SamplingSettings
 from runtime.stages import StageConfig
+from runtime.vision.config import VisionSettings
 
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_MODEL = MODELS_DIR / "vibration_ae.tflite"
@@ -202,6 +203,7 @@ class EdgeConfig(BaseModel):
     )
     outbox: OutboxSettings = OutboxSettings()
     metrics: MetricsSettings = MetricsSettings()
+    vision: VisionSettings | None = Field(default=None, description="cameras (docs/camera.md); absent: no frames")
 
     @model_validator(mode="after")
     def _unique_sensors(self) -> "EdgeConfig":

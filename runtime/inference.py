@@ -174,6 +174,15 @@ class TfliteModel:
     def label(self) -> str:
         return f"{self.metadata.name} {self.metadata.version}"
 
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self._in_dtype
+
+    @property
+    def input_quantization(self) -> dict[str, float] | None:
+        """``{"scale", "zero_point"}`` of an int8/uint8 input tensor (None for float input)."""
+        return None if self._in_dtype == np.float32 else self._in["quantization"]
+
     def check_pipeline_shape(self, shape: tuple[int, ...]) -> None:
         """Refuse a pipeline whose per-window output is not this model's input."""
         if tuple(shape) != self.input_shape:
@@ -198,8 +207,8 @@ class TfliteModel:
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         q = self._in["quantization"]
-        if self._in_dtype == np.float32:
-            return x
+        if self._in_dtype == np.float32 or x.dtype == self._in_dtype:
+            return x  # float model, or rows already quantized (e.g. by an image normalize stage)
         if q is None:
             raise ModelError(f"model {self.label}: {self._in_dtype} input without quantization parameters")
         info = np.iinfo(self._in_dtype)
@@ -227,8 +236,13 @@ class TfliteModel:
         return columns[0] if len(columns) == 1 else np.concatenate(columns, axis=1)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Score ``(B, *input_shape)`` float32 rows; returns ``(B, n_outputs)`` float32."""
-        batch = np.asarray(batch, dtype=np.float32)
+        """Score ``(B, *input_shape)`` float32 rows; returns ``(B, n_outputs)`` float32.
+
+        Rows already in an int8/uint8 input tensor's dtype are taken as quantized.
+        """
+        batch = np.asarray(batch)
+        if batch.dtype != self._in_dtype:
+            batch = batch.astype(np.float32, copy=False)
         if batch.shape[1:] != self.input_shape:
             raise ValueError(
                 f"batch has rows of shape {_fmt(batch.shape[1:])}, "

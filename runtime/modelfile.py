@@ -67,6 +67,36 @@ class Normalization(BaseModel):
         return self
 
 
+class ImageInput(BaseModel):
+    """How an image model's input is made from a decoded frame (the edge's default image stages).
+
+    ``width``/``height``/``channels`` repeat the input tensor's ``(H, W, C)``;
+    a pixel ``p`` (0..255, in ``color`` order) becomes ``(p * scale - mean[c]) / std[c]``
+    before any int8/uint8 quantization of the input tensor. ``letterbox``:
+    resize keeping the aspect ratio and pad with ``fill``.
+    """
+
+    model_config = _STRICT
+
+    width: Annotated[int, Field(ge=1, le=4096)]
+    height: Annotated[int, Field(ge=1, le=4096)]
+    channels: Literal[1, 3] = 3
+    color: Literal["rgb", "bgr", "gray"] = "rgb"
+    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0 / 255.0
+    mean: list[FiniteFloat] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    letterbox: bool = False
+    fill: Annotated[int, Field(ge=0, le=255)] = 114
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> ImageInput:
+        if (self.color == "gray") != (self.channels == 1):
+            raise ValueError(f"color {self.color} does not fit {self.channels} channel(s)")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} value(s) each")
+        return self
+
+
 class Reference(BaseModel):
     """Statistics of the training data, kept for a drift monitor to compare live data against."""
 
@@ -132,6 +162,8 @@ class ModelMetadata(BaseModel):
         "anomaly",
     ]
     normalization: Normalization | None = None
+    image: ImageInput | None = Field(default=None, description="image models: how frames become the input")
+    anomaly_labels: list[str] = Field(default_factory=list, description="classification: labels that mean anomaly")
     reference: Reference | None = None
     training: TrainingInfo | None = None
     created_by: str | None = Field(default=None, max_length=128)
@@ -149,6 +181,14 @@ class ModelMetadata(BaseModel):
                 raise ValueError(
                     f"normalization has {len(self.normalization.mean)} values but input has {n} features"
                 )
+        if self.task == "classification" and width != len(self.labels):
+            raise ValueError(f"a classifier needs one label per output value: {width} outputs, {len(self.labels)} labels")
+        if not set(self.anomaly_labels) <= set(self.labels):
+            raise ValueError(f"anomaly_labels {sorted(set(self.anomaly_labels) - set(self.labels))} are not labels")
+        if self.image is not None:
+            hwc = [self.image.height, self.image.width, self.image.channels]
+            if list(self.input.shape[1:]) != hwc:
+                raise ValueError(f"image spec is (H, W, C) = {tuple(hwc)} but the input shape is {self.input.shape}")
         return self
 
 
