@@ -3,7 +3,7 @@
 ``EDGELOOP_FUZZ_EXAMPLES`` sets the number of generated inputs per boundary (default 300, the
 figure ``make test`` runs); a deeper run for the figures in docs/security.md:
 
-    EDGELOOP_FUZZ_EXAMPLES=5000 .venv/bin/pytest -q tests/unit/test_fuzz_*.py --hypothesis-show-statistics
+    EDGELOOP_FUZZ_EXAMPLES=5000 EDGELOOP_FUZZ_REPORT=fuzz.json .venv/bin/pytest -q tests/unit/test_fuzz_*.py
 
 Strategies aim at what a peer can actually send: random bytes, random JSON, and "near misses"
 -- a valid document with one leaf replaced, removed or added -- which get past the first checks
@@ -12,14 +12,33 @@ and reach the deep validators, where the interesting bugs live.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+from collections import Counter
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 FUZZ_EXAMPLES = int(os.environ.get("EDGELOOP_FUZZ_EXAMPLES", "300"))
+
+#: Inputs tried per boundary in this process; written as JSON to $EDGELOOP_FUZZ_REPORT at exit.
+TALLY: Counter[str] = Counter()
+
+
+def tally(boundary: str, n: int = 1) -> None:
+    TALLY[boundary] += n
+
+
+def _write_report() -> None:
+    path = os.environ.get("EDGELOOP_FUZZ_REPORT")
+    if path and TALLY:
+        with open(path, "w") as fh:
+            json.dump({"examples_per_test": FUZZ_EXAMPLES, "inputs": dict(TALLY)}, fh, indent=2)
+
+
+atexit.register(_write_report)
 
 fuzz = settings(
     max_examples=FUZZ_EXAMPLES,

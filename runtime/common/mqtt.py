@@ -84,8 +84,12 @@ class TlsSettings(BaseModel):
         """
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
+            try:
+                usable = path is None or Path(path).is_file()
+            except OSError:  # e.g. a name too long: is_file() raises instead of saying False
+                usable = False
+            if not usable:
+                raise ValueError(f"{name} {str(path)[:200]!r} does not exist or is not a file")
         # With a ca_file, trust that CA alone (not the system store as well): a private
         # broker must not be impersonable by anyone holding a public certificate for its name.
         try:

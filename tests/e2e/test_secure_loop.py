@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from certs import TestCA
-from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
-from runtime.contract import DeadLetter
 from securebroker import OBSERVER, REPO, secure_broker
 from servers import eventually
+
+from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
+from runtime.contract import DeadLetter
 
 SECRET = "kP4-e2e-secret-never-logged"
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows

@@ -13,12 +13,12 @@ import subprocess
 import uuid
 
 import pytest
-
 from certs import TestCA
-from runtime.common.errors import TransientError
-from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
 from securebroker import OBSERVER, secure_broker
 from servers import eventually
+
+from runtime.common.errors import TransientError
+from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
 
 PASSWORD = "Tq7-device-password-never-logged"
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import re
 
+from fuzzing import NASTY_TEXT, fuzz, json_bytes, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from cloud_bridge.app import Bridge
 from cloud_bridge.batching import Batch
 from cloud_bridge.config import BridgeConfig
-from fuzzing import NASTY_TEXT, fuzz, json_bytes, json_values, near_miss
 from runtime.contract import (
     ContractError,
     DeadLetter,
@@ -130,6 +130,7 @@ def test_bridge_writes_only_what_the_contract_accepts_under_the_topics_identity(
     letters: list[tuple[str, bytes]] = []
     bridge.rejects.publish = lambda t, p: letters.append((t, p))
     batch = Batch()
+    tally("bridge: result/status topic + payload -> Bridge._handle")
     bridge._handle(topic, payload, batch)
     stats = bridge.stats()
     refused, parsed = contract_verdict(topic, payload)

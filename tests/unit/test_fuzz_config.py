@@ -15,12 +15,12 @@ import os
 
 import pytest
 import yaml
+from certs import TestCA
+from fuzzing import NASTY_TEXT, fuzz, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from certs import TestCA
 from cloud_bridge.config import BridgeConfig, load_bridge_config
-from fuzzing import NASTY_TEXT, fuzz, json_values, near_miss
 from runtime.cli import main as cli_main
 from runtime.common.configfile import redacted
 from runtime.common.errors import ConfigError
@@ -47,7 +47,8 @@ def files(tmp_path_factory):
         "dir": d, "ca": str(ca.ca_file), "cert": str(client.cert), "key": str(client.key), "enc_cert": str(enc.cert),
         "enc_key": str(enc.key), "keypw": str(d / "keypw"), "token": str(d / "token"),
         "paths": [str(ca.ca_file), str(client.cert), str(client.key), str(enc.key), str(d / "garbage"),
-                  str(d / "empty"), str(d), str(d / "missing"), "/dev/null", "relative/x.pem", ""],
+                  str(d / "empty"), str(d), str(d / "missing"), "/dev/null", "relative/x.pem", "", "a" * 300,
+                  "/proc/self/fd/0", str(ca.ca_file) + "/x"],
     }
 
 
@@ -122,6 +123,7 @@ def test_any_config_file_is_valid_or_a_config_error_naming_the_file(files, data)
     path = files["dir"] / "fuzz.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))  # lone surrogates too: not valid UTF-8
     path.chmod(mode)
+    tally("config file -> edge + bridge loaders + config check")
     records = _Capture()
     logging.getLogger().addHandler(records)
     try:

@@ -20,10 +20,10 @@ import logging
 
 import numpy as np
 import pytest
+from fuzzing import NASTY_NUMBERS, NASTY_TEXT, fuzz, json_bytes, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fuzzing import NASTY_NUMBERS, NASTY_TEXT, fuzz, json_bytes, json_values, near_miss
 from runtime.common.rejects import Rejects
 from runtime.config import BUNDLED_MODEL, PipelineSettings
 from runtime.contract import (
@@ -155,6 +155,7 @@ def test_no_sensor_message_crashes_the_engine_or_goes_unaccounted(model, batch):
             h.seq[topic] = h.seq.get(topic, -1) + 1
             payload = json_bytes({**doc, "seq": h.seq[topic]})
         before_rejects, before_letters = h.rejects.total, len(h.letters)
+        tally("edge: sensor topic + payload -> Engine.ingest")
         h.engine.ingest(topic, payload, 0.0)
         expected_ok = oracle_accepts(topic, payload)
         new_rejects = h.rejects.total - before_rejects

@@ -14,10 +14,10 @@ import json
 
 import numpy as np
 import pytest
+from fuzzing import fuzz, json_bytes, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fuzzing import fuzz, json_bytes, json_values, near_miss
 from runtime.common.errors import ConfigError, ModelError
 from runtime.config import BUNDLED_MODEL, PipelineSettings
 from runtime.engine import PipelineRunner
@@ -67,6 +67,7 @@ def model_dir(tmp_path_factory):
 @given(doc=metadata_docs())
 def test_any_metadata_loads_or_is_a_model_error(model_dir, doc):
     (model_dir / "m.json").write_bytes(doc)
+    tally("model metadata -> load_metadata / TfliteModel.from_bytes")
     try:
         meta = load_metadata(model_dir / "m.json")
     except ModelError as exc:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from certs import TestCA
+
 from cloud_bridge.config import load_bridge_config
 from runtime.common.configfile import redacted
 from runtime.common.errors import ConfigError
