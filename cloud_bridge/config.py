@@ -103,6 +103,8 @@ class InfluxSettings(BaseModel):
     @classmethod
     def _url(cls, url: str) -> str:
         parts = urlsplit(url)
+        if "@" in parts.netloc:  # before any message that echoes the URL
+            raise ValueError("must not hold credentials (user:password@): use influx.username/password or influx.token")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
         if parts.query or parts.fragment:

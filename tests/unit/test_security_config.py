@@ -60,6 +60,13 @@ def test_a_secret_inline_in_a_world_readable_file_is_refused(tmp_path, loader, t
     assert loader(path) is not None
 
 
+def test_influx_url_with_credentials_is_refused_without_echoing_them():
+    for url in (f"http://writer:{SECRET}@db:8086", f"ftp://writer:{SECRET}@db"):
+        with pytest.raises(ConfigError) as info:
+            load_bridge_config(None, {"influx": {"url": url}})
+        assert "influx.url" in str(info.value) and "credentials" in str(info.value) and SECRET not in str(info.value)
+
+
 def test_secrets_from_env_or_files_are_fine_in_a_world_readable_file(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGELOOP_TEST_TOKEN", SECRET)
     token_file = write(tmp_path / "token", SECRET + "\n", 0o600)
