@@ -95,7 +95,7 @@ class RetrainSettings(BaseModel):
     the held-out test split <= ``max_fpr`` and <= the deployed model's rate on
     the same windows + ``fpr_tolerance``; recall on the known anomalies (field
     windows the deployed model scored far out of line for their device, and
-    flagged) >= ``min_recall`` when there are at least ``min_known_anomalies``.
+    flagged by it) >= ``min_recall`` when there are at least ``min_known_anomalies``.
     """
 
     model_config = _STRICT
@@ -115,11 +115,11 @@ class RetrainSettings(BaseModel):
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 80
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
     threshold_quantile: Annotated[float, Field(gt=0.5, lt=1)] = 0.995
-    outlier_mad: Annotated[float, Field(gt=0)] = 3.5
+    outlier_mad: Annotated[float, Field(gt=0)] = 3.0
     max_fpr: Annotated[float, Field(ge=0, le=1)] = 0.02
     fpr_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.005
     min_recall: Annotated[float, Field(ge=0, le=1)] = 0.8
-    min_known_anomalies: Annotated[int, Field(ge=1)] = 5
+    min_known_anomalies: Annotated[int, Field(ge=1)] = 10
     quantize: Literal["none", "int8"] = "none"
     seed: int = 0
     timeout_s: Annotated[float, Field(gt=0)] = 1800.0

@@ -159,6 +159,11 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.drift:  # the closed loop: drift -> retrain -> signed redeploy (runtime/loopdemo.py)
+        from runtime.loopdemo import run_drift_demo
+
+        result = run_drift_demo(devices=args.devices, rate_hz=args.rate, drift_at_s=args.drift_at, stop=_stop_event())
+        return 0 if result["new_version"] and result["edge_exit_code"] == 0 else 1
     from runtime.demo import run_demo
 
     return run_demo(duration_s=args.duration, devices=args.devices, rate_hz=args.rate, stop=_stop_event())
@@ -235,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--rate", type=float, default=None, help="readings per second per device (default: real time)")
+    p.add_argument("--drift", action=argparse.BooleanOptionalAction, default=True,
+                   help="the closed-loop demo: regime change, drift detection, retrain, signed redeploy (default); "
+                   "--no-drift: the short ingest demo (--duration)")
+    p.add_argument("--drift-at", type=float, default=40.0, help="seconds after the start when every machine drifts")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -19,8 +19,8 @@ Why it looks like this:
   with the edge's interpreter -- what the edge will run.
 - **Gate** (see ``RetrainSettings``): enough samples; false-positive rate on
   the test split <= ``max_fpr`` and <= the parent's rate on the same rows +
-  ``fpr_tolerance``; recall on *known anomalies* (rows the outlier cut
-  removed that the parent flagged) >= ``min_recall`` when there are at least
+  ``fpr_tolerance``; recall on *known anomalies* (rows the parent-based
+  outlier cut removed that the parent flagged) >= ``min_recall`` when there are at least
   ``min_known_anomalies`` of them. A refused candidate is reported, never
   registered.
 
@@ -174,6 +174,7 @@ def retrain(job: RetrainJob) -> RetrainResult:
     parent_scores = _parent_scores(parent_path.read_bytes(), parent_meta, raw)
     parent_flagged = parent_scores > parent_meta.threshold
     keep = robust_keep(parent_scores, devices, s.outlier_mad)
+    known = ~keep & parent_flagged  # far out of line for their machine, and flagged: the known anomalies
 
     order = np.random.default_rng(s.seed).permutation(len(raw))
     split = np.empty(len(raw), dtype=np.int8)  # 0 train, 1 calibration, 2 test
@@ -199,7 +200,6 @@ def retrain(job: RetrainJob) -> RetrainResult:
 
     cal, test = (split == 1) & keep, (split == 2) & keep
     threshold = conformal_threshold(scores[cal], s.threshold_quantile)
-    known = ~keep & parent_flagged
     metrics = {
         "samples": float(len(raw)),
         "train_samples": float(train_rows.sum()),
