@@ -22,6 +22,7 @@ from typing import Any
 from runtime import __version__
 from runtime.cli_deploy import add_commands as add_deploy_commands
 from runtime.cli_loop import add_loop_commands
+from runtime.cli_vision import add_camera_command, build_vision
 from runtime.common.errors import ConfigError, ModelError, TransientError
 
 log = logging.getLogger("edgeloop")
@@ -147,6 +148,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
+    if args.vision:
+        return build_vision(args)  # the camera classifier (runtime/cli_vision.py)
     try:
         from cloud_bridge.training.build import build_model
     except ImportError as exc:  # tensorflow lives in the train extra
@@ -218,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-at", type=float, help="seconds after start when every device changes regime")
     p.add_argument("--truth", help="write injected faults (ground truth) as JSON lines to this file")
     p.set_defaults(func=cmd_devices_simulate)
+    add_camera_command(devices, _stop_event)  # devices camera (runtime/cli_vision.py)
 
     config = sub.add_parser("config", help="configuration files").add_subparsers(dest="action", required=True)
     p = config.add_parser("check", help="validate a config file and print the effective config, secrets masked")
@@ -232,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = model.add_parser("build", help="train the bundled anomaly model on simulator data (train extra)")
     p.add_argument("--out", default=str(Path(__file__).parent / "models"))
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--vision", action="store_true", help="build the camera classifier (parts_cnn float + int8) instead")
     p.set_defaults(func=cmd_model_build)
     add_deploy_commands(sub, model)  # keys generate; model list|show|add|promote|rollback|deploy
     add_loop_commands(model)  # model retrain
