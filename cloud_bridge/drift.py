@@ -41,10 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from cloud_bridge.loopconfig import DriftSettings
 from runtime.contract import SampleBatch
 from runtime.modelfile import ModelMetadata
-
-from cloud_bridge.loopconfig import DriftSettings
 
 log = logging.getLogger("cloud_bridge.drift")
 
@@ -376,7 +375,7 @@ class DriftMonitor:
     # ------------------------------------------------------------------ introspection
 
     def last_evaluations(self) -> list[Evaluation]:
-        return [c.last for c in self._cohorts.values() if c.last is not None]
+        return [c.last for c in list(self._cohorts.values()) if c.last is not None]
 
     def stats(self) -> dict[str, Any]:
         return {

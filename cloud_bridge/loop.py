@@ -32,23 +32,23 @@ import queue
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.drift import DriftMonitor, Trigger
+from cloud_bridge.events import EventWriter
+from cloud_bridge.samples import SampleStore
 from runtime.common.errors import ConfigError, EdgeloopError
 from runtime.common.mqtt import MqttLink
 from runtime.common.ratelimit import RateLimitedLog
 from runtime.common.rejects import Rejects
 from runtime.contract import ContractError, TopicLevel, decode_samples, parse_sample_topic
 from runtime.modelfile import ModelMetadata, load_model_files
-
-from cloud_bridge.config import BridgeConfig
-from cloud_bridge.drift import DriftMonitor, Trigger
-from cloud_bridge.events import EventWriter
-from cloud_bridge.samples import SampleStore
 
 log = logging.getLogger("cloud_bridge.loop")
 
@@ -108,7 +108,7 @@ class ClosedLoop:
         self._thread = threading.Thread(target=self._run, name="bridge-loop", daemon=True)
         self._jobs: dict[str, _Job] = {}
         self._jobs_lock = threading.Lock()
-        self.history: list[dict[str, Any]] = []
+        self.history: deque[dict[str, Any]] = deque(maxlen=1000)  # recent events, for the demo and tests
         self._log = RateLimitedLog(log)
         self._last_schedule: dict[str, float] = {}
         self._models_seen: set[str] = set()
@@ -168,7 +168,7 @@ class ClosedLoop:
 
     # ------------------------------------------------------------------ network thread
 
-    def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+    def _on_message(self, msg) -> None:
         try:
             self.received += 1
             self._queue.put_nowait(("msg", msg.topic, msg.payload, time.time()))
@@ -210,7 +210,7 @@ class ClosedLoop:
                     next_retention = now + RETENTION_EVERY_S
                     self.store.enforce_retention(now)
                 self._schedule(now)
-            except Exception:  # noqa: BLE001 -- a bug must cost one step, not the loop
+            except Exception:
                 log.exception("closed loop step failed")
 
     def _handle(self, item: tuple) -> None:
@@ -283,7 +283,7 @@ class ClosedLoop:
             thread = threading.Thread(
                 target=self._job, args=(model, trigger, since), name=f"retrain-{model}", daemon=True
             )
-            job = self._jobs[model] = _Job(model, trigger, thread, time.time())
+            self._jobs[model] = _Job(model, trigger, thread, time.time())
         if trigger != "drift":
             self.event(model, "retrain", f"retrain requested ({trigger})", None, trigger=trigger)
         thread.start()
@@ -384,8 +384,8 @@ class ClosedLoop:
 def publish_retrain_request(mqtt_url: str, model: str, since_s: float | None = None,
                             topic: str | None = None) -> None:
     """What ``edgeloop model retrain NAME --request`` does: ask a running bridge to retrain."""
-    from runtime.common.mqtt import MqttSettings, wait_for_all
     from cloud_bridge.loopconfig import RETRAIN_COMMAND_TOPIC
+    from runtime.common.mqtt import MqttSettings, wait_for_all
 
     link = MqttLink(MqttSettings(url=mqtt_url), f"edgeloop-retrain-request-{int(time.time() * 1000) % 10**9}")
     link.start(wait_s=10.0)

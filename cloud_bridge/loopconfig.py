@@ -81,7 +81,7 @@ class DriftSettings(BaseModel):
     max_devices: Annotated[int, Field(ge=1)] = 10_000
 
     @model_validator(mode="after")
-    def _window(self) -> "DriftSettings":
+    def _window(self) -> DriftSettings:
         if self.interval_s > self.window_s:
             raise ValueError("interval_s must be <= window_s (evaluations would skip samples)")
         return self
@@ -128,7 +128,7 @@ class RetrainSettings(BaseModel):
     chunk_size: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
 
     @model_validator(mode="after")
-    def _deploy_needs_key(self) -> "RetrainSettings":
+    def _deploy_needs_key(self) -> RetrainSettings:
         if self.enabled and self.deploy and self.signing_key_file is None:
             raise ValueError("retrain.deploy needs signing_key_file (edgeloop keys generate)")
         if self.min_train_samples > self.max_train_samples:

@@ -40,16 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import SampleBatch
-
 from cloud_bridge.loopconfig import SampleStoreSettings
+from runtime.contract import SampleBatch
 
 log = logging.getLogger("cloud_bridge.samples")
 
 _COLUMNS = ("received", "ts", "device", "sensor", "node", "site", "model_version", "seq", "score", "anomaly", "reason")
 
 
-def _schema():  # noqa: ANN202 -- pyarrow imported lazily
+def _schema():
     import pyarrow as pa
 
     return pa.schema(
@@ -109,7 +108,7 @@ def _day(ts: float) -> str:
 class SampleStore:
     """Append SampleBatches, flush them to Parquet, read them back for training. Thread-safe."""
 
-    def __init__(self, settings: SampleStoreSettings, clock=time.time) -> None:  # noqa: ANN001
+    def __init__(self, settings: SampleStoreSettings, clock=time.time) -> None:
         self.settings = settings
         self.root = Path(settings.dir)
         self._clock = clock
@@ -239,7 +238,7 @@ class SampleStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _dataset(self, model: str, since: float | None):  # noqa: ANN202
+    def _dataset(self, model: str, since: float | None):
         import pyarrow.dataset as ds
 
         first_day = _day(since) if since is not None else None
@@ -250,7 +249,7 @@ class SampleStore:
         return ds.dataset(paths, format="parquet", schema=_schema()) if paths else None
 
     @staticmethod
-    def _filter(since: float | None, until: float | None, reasons: tuple[str, ...] | None):  # noqa: ANN205
+    def _filter(since: float | None, until: float | None, reasons: tuple[str, ...] | None):
         import pyarrow.dataset as ds
 
         expr = None

@@ -68,7 +68,7 @@ class FleetPublisher(threading.Thread):
         natural = 1000.0 / 64
         self.time_scale = natural / rate_hz
         sim_drift = None if drift_at_s is None else drift_at_s / self.time_scale
-        kw = dict(seed=seed, drift_at_s=sim_drift, time_scale=self.time_scale, sensors=("vibration",))
+        kw = {"seed": seed, "drift_at_s": sim_drift, "time_scale": self.time_scale, "sensors": ("vibration",)}
         self.sims = [FleetSimulator(devices, anomaly_rate=anomaly_rate, **kw)]
         if burst is not None:
             self.sims.append(FleetSimulator(devices, anomaly_rate=burst.anomaly_rate, **kw))
@@ -97,7 +97,7 @@ class FleetPublisher(threading.Thread):
         burst_topic = f"sensors/dev-{self.burst.device:03d}/vibration" if self.burst else None
         for topic, reading in normal:
             if faulty is not None:
-                f_topic, f_reading = next(faulty)  # the same order: the fleets differ only in faults
+                _, f_reading = next(faulty)  # the same order: the fleets differ only in faults
                 offset = reading.ts - self.start_wall
                 if topic == burst_topic and self.burst.start_s <= offset < self.burst.end_s:
                     reading = f_reading
@@ -156,7 +156,7 @@ class FleetWatch:
         if not subscribed.wait(10):
             raise RuntimeError("watcher did not get its SUBACK")
 
-    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+    def _on_message(self, _c, _u, msg) -> None:
         now = time.time()
         try:
             if msg.topic.startswith("results/"):

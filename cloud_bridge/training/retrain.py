@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import subprocess
@@ -184,7 +183,7 @@ def retrain(job: RetrainJob) -> RetrainResult:
     build.configure_tensorflow()
     import tensorflow as tf
 
-    def fit(rows: np.ndarray):  # noqa: ANN202
+    def fit(rows: np.ndarray):
         stats = build.fit_normalization(raw[rows])
         scorer = build.train_autoencoder(build.normalize(raw[rows], stats), s.seed, epochs=s.epochs, batch_size=s.batch_size)
         return stats, scorer
@@ -318,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     job = RetrainJob.model_validate_json(Path(args.job).read_text(encoding="utf-8"))
     try:
         result = retrain(job)
-    except Exception as exc:  # noqa: BLE001 -- reported to the bridge as a failed job
+    except Exception as exc:
         log.exception("retrain of %s failed", job.model)
         result = RetrainResult(model=job.model, reason=f"retrain failed: {type(exc).__name__}: {exc}")
     tmp = Path(args.result + ".tmp")

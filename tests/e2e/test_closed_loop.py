@@ -71,11 +71,11 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
         # 1. The burst: the monitor sees one device of three change, and does not trigger.
         def burst_seen() -> bool:
             return any(status != "insufficient" and changed + mismatched >= 1 and at < publisher.drift_wall
-                       for at, _m, _c, status, changed, mismatched in loop.monitor.history)
+                       for at, _m, _c, status, changed, mismatched in list(loop.monitor.history))
 
         eventually(burst_seen, timeout=60, message=f"the monitor never saw dev-002's burst: {loop.stats()['drift']}")
         eventually(lambda: time.time() > publisher.start_wall + BURST.end_s and loop.monitor.history
-                   and loop.monitor.history[-1][0] > publisher.start_wall + BURST.end_s,
+                   and list(loop.monitor.history)[-1][0] > publisher.start_wall + BURST.end_s,
                    timeout=60, message="no evaluation after the burst")
         assert loop.triggers == [], "a single device's burst of faults triggered a retrain"
         assert len(publisher.burst_faults) > 20

@@ -143,7 +143,7 @@ def test_a_stable_fleet_with_ordinary_faults_does_not_trigger(model):
 def test_a_fleet_wide_regime_change_triggers_once_with_evidence(model):
     drift_at = 60.0
     sims = [FleetSimulator(3, seed=42, anomaly_rate=0.004, drift_at_s=drift_at)] * 3
-    monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
+    _, triggers = run_monitor(fleet_stream(model, sims, 150.0))
     assert len(triggers) == 1  # then the cooldown holds
     [trig] = triggers
     assert drift_at < trig.since <= trig.at and trig.at - drift_at <= 60.0  # simulated seconds

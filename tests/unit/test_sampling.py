@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from reference import reference_features
 
 from devices.simulator import FleetSimulator
-from reference import reference_features
 from runtime.app import build_engine
 from runtime.common.rejects import Rejects
 from runtime.config import load_edge_config
@@ -99,7 +99,8 @@ def test_sampling_config_errors_name_the_field():
 
 def _batch(**kw) -> dict:
     row = {"ts": 1.7e9, "seq": 3, "features": [0.5, 1.5], "score": 0.2, "anomaly": False, "reason": "random"}
-    base = dict(device="dev-1", sensor="vibration", model="m", model_version="1", model_sha256=SHA, rows=[row])
+    base = {"device": "dev-1", "sensor": "vibration", "model": "m", "model_version": "1", "model_sha256": SHA,
+            "rows": [row]}
     base.update(kw)
     return base
 
