@@ -196,8 +196,8 @@ def run_camera(
     report = CameraReport(device, camera, source, fps)
     truth = load_labels(labels_file)
     frames = FrameSource(source, loop=loop, width=width, height=height, stop=stop, report=report)
-    if frames.is_file:
-        frames.open()  # a missing or unreadable file is an error now, not a retry loop
+    if frames.is_file and not frames.open():  # a missing or unreadable file is an error now, not a retry loop
+        raise OSError(f"OpenCV cannot open video file {source}")
     use_header = header or protocol == "3.1.1"
     link = MqttLink(MqttSettings(url=broker_url, protocol=protocol), client_id=f"edgeloop-camera-{device}-{camera}")
     link.start(wait_s=connect_timeout_s)
