@@ -1,0 +1,162 @@
+"""Frames end to end with real processes: a generated video -> ``edgeloop devices camera`` -> mosquitto
+-> ``edgeloop edge run`` (vision config, bundled int8 classifier) -> mosquitto -> ``edgeloop bridge run``
+-> influxd, with the right label stored for known frames.
+
+"Known frames": the video's ground truth, and what the bundled model says about each frame when run
+offline on the same bytes (the video decoded by OpenCV and re-encoded as the camera publisher does).
+Every stored point must carry exactly the offline label, and on the frames the model gets right
+offline with confidence, that label is the ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devices.scenes import write_video
+from runtime.contract import InferenceResult, NodeStatus
+from runtime.inference import TfliteModel
+from runtime.vision.config import BUNDLED_VISION_MODEL
+from runtime.vision.pipeline import build_image_pipeline
+from servers import eventually
+
+REPO = Path(__file__).resolve().parents[2]
+FRAMES = 24
+QUALITY = 85  # the camera publisher's default
+
+
+class Proc:
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.alive():
+                self.proc.kill()
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+class Watcher:
+    def __init__(self, port: int) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        for topic in ("status/#", "results/#", "deadletter/#"):
+            self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload))
+
+    def on(self, prefix: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p in self.messages if t.startswith(prefix)]
+
+    def online(self, node: str, proc: Proc) -> None:
+        def check():
+            assert proc.alive(), proc.log()
+            return any(NodeStatus.model_validate_json(p).state == "online" for p in self.on(f"status/{node}"))
+
+        eventually(check, timeout=60, message=f"{node} online")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def offline_predictions(video: Path) -> list[tuple[str, float]]:
+    """(label, top-1 probability) per frame of the video, from the bytes the camera will publish."""
+    model = TfliteModel(BUNDLED_VISION_MODEL)
+    pipeline = build_image_pipeline(None, model)
+    cap = cv2.VideoCapture(str(video))
+    rows = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1].tobytes()
+        rows.append(pipeline.process(jpeg))
+    cap.release()
+    probs = model.run(np.stack(rows))
+    return [(model.labels[int(p.argmax())], float(p.max())) for p in probs]
+
+
+def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto, influx_db, tmp_path, unique_id):
+    influx, db = influx_db
+    node = f"vision-{unique_id}"
+    video = tmp_path / "belt.avi"
+    truth = write_video(video, FRAMES, fps=10, seed=17)
+    offline = offline_predictions(video)
+    known = [i for i, (label, p) in enumerate(offline) if label == truth[i] and p >= 0.9]
+    assert len(known) >= FRAMES * 3 // 4, (truth, offline)  # the bundled model knows most of these frames
+
+    (tmp_path / "edge.yaml").write_text(f"node_id: {node}\nvision:\n  cameras:\n    - camera: belt\n")
+    watcher = Watcher(mosquitto.port)
+    bridge = Proc(["bridge", "run", "--broker", mosquitto.url, "--influx-api", "v1", "--influx-url", influx.url,
+                   "--influx-db", db], tmp_path / "bridge.log")
+    edge = Proc(["edge", "run", "-c", str(tmp_path / "edge.yaml"), "--broker", mosquitto.url], tmp_path / "edge.log")
+    try:
+        watcher.online(node, edge)
+        watcher.online("edgeloop-bridge", bridge)
+        camera = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "devices", "camera", "--source", str(video), "--broker", mosquitto.url,
+             "--device", f"line-{unique_id}", "--camera", "belt", "--fps", "8", "--qos", "1"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+        assert camera.returncode == 0, camera.stderr
+        assert json.loads(camera.stdout)["published"] == FRAMES
+
+        results = eventually(lambda: (r := watcher.on("results/")) and len(r) >= FRAMES // 2 and r, timeout=60,
+                             message="results from the edge")
+        query = f"SELECT \"label\", \"score\", \"seq\", \"anomaly\" FROM \"inference\" WHERE \"sensor\" = 'belt'"
+        rows = eventually(lambda: (p := influx.points(query + ' GROUP BY "device", "model", "node"', db))
+                          and len(p) >= len(watcher.on("results/")) and p, timeout=60, message="points in influxd")
+        assert edge.alive() and bridge.alive()
+    finally:
+        edge_rc = edge.terminate()
+        bridge_rc = bridge.terminate()
+        watcher.close()
+    assert edge_rc == 0, edge.log()
+    assert bridge_rc == 0, bridge.log()
+    results = [InferenceResult.model_validate_json(p) for p in watcher.on("results/")]
+    rows = influx.points(query + ' GROUP BY "device", "model", "node"', db)
+    assert watcher.on("deadletter/") == []
+    # Every result stored once; frames shed by newest-wins (if the edge fell behind) have neither.
+    assert sorted(int(r["seq"]) for r in rows) == sorted(r.seq for r in results)
+    assert len(rows) >= FRAMES // 2
+    assert {(r["device"], r["model"], r["node"]) for r in rows} == {(f"line-{unique_id}", "parts_cnn_int8", node)}
+    for row in rows:
+        seq = int(row["seq"])
+        assert row["label"] == offline[seq][0], (seq, row)
+        assert row["score"] == pytest.approx(offline[seq][1], abs=1e-6)
+        assert row["anomaly"] == (row["label"] == "defect")
+        if seq in known:
+            assert row["label"] == truth[seq], (seq, row)
+    assert sum(int(r["seq"]) in known for r in rows) >= len(rows) // 2
