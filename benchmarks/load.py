@@ -7,8 +7,9 @@ Every consumer gets the same treatment, so their figures compare:
   broker holds what the consumer has not taken yet). Readings processed (the
   consumer's own counter) per second of its busy span, which is timed by a C
   subscriber from the first to the last result.
-- ``paced``: a publisher holds a fixed offered load (readings/s, round-robin
-  over 100 devices, an absolute schedule so the mean rate holds) and records
+- ``paced``: C publishers, one per device, fed line by line by a pacing loop,
+  hold a fixed offered load (readings/s, round-robin over 100 devices, an
+  absolute schedule so the mean rate holds); the loop records
   the wall time of each (device, seq); the C subscriber records when the
   result for that seq arrives (``result.seq`` is the seq of the reading that
   completed the window). Latency = arrival - publish, after a warm-up.
@@ -25,15 +26,14 @@ from typing import Callable
 import numpy as np
 
 from benchmarks.harness import (
-    READING_CHUNK,
     EdgeProcess,
     FlatOutFeed,
+    PacedFeed,
     ReadingSource,
     ResultRecorder,
     ScriptProcess,
     bench_broker,
     percentile,
-    publisher,
     results_of,
 )
 
@@ -105,37 +105,6 @@ def flat_out(workdir: Path, quick: bool, consumer: Consumer, tag: str, devices: 
     }
 
 
-def _paced_publish(broker, source: ReadingSource, rate: float, duration_s: float, devices: int) -> np.ndarray:
-    """Publish ``rate`` readings/s round-robin over ``devices``; return publish wall times as [device, seq]."""
-    client = publisher(broker, f"bench-paced-{int(rate)}")
-    n = int(rate * duration_s)
-    sent = np.full((devices, -(-n // devices)), np.nan)
-    rate_hz = READING_CHUNK * rate / devices  # the sample rate this reading rate implies per device
-    topics, interval = source.topics, 1.0 / rate
-    infos = []
-    t0 = time.perf_counter()
-    i = 0
-    try:
-        while i < n:
-            now = time.perf_counter()
-            due = t0 + i * interval
-            if due > now:
-                time.sleep(due - now)
-                continue
-            while i < n and t0 + i * interval <= now:  # a late wake-up publishes all that is due
-                d, seq = i % devices, i // devices
-                ts = time.time()
-                infos.append(client.publish(topics[d], source.payload(d, seq, ts, rate_hz), qos=READING_QOS))
-                sent[d, seq] = ts
-                i += 1
-        for info in infos:  # paho drops what is still queued when it disconnects
-            info.wait_for_publish(30)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return sent
-
-
 def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float, devices: int = 100) -> dict:
     duration, warmup = (3.0, 1.0) if quick else (12.0, 2.0)
     workdir = workdir / tag
@@ -143,11 +112,12 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
     source = ReadingSource(devices)
     with bench_broker(workdir) as broker:
         recorder = ResultRecorder(broker, workdir / "results.txt").start()
+        feed = PacedFeed(broker, source, devices, READING_QOS)
         proc = consumer.make(broker, workdir).start()
         try:
             cpu0 = proc.cpu_seconds()
             t_start = time.time()
-            sent = _paced_publish(broker, source, rate, duration, devices)
+            sent = feed.run(rate, duration)
             elapsed = time.time() - t_start
             n_sent = int(np.count_nonzero(~np.isnan(sent)))
             expected = consumer.expected(n_sent, devices)
@@ -157,6 +127,7 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
             counters = proc.stop()
         finally:
             proc.kill()
+            feed.close()
         arrivals = list(results_of(recorder.stop()))
     index = {d: i for i, d in enumerate(source.devices)}
     lat = [(t - sent[index[d], s]) * 1000.0 for t, d, s in arrivals if sent[index[d], s] - t_start >= warmup]

@@ -30,16 +30,18 @@ class SelectConfig(BaseModel):
         bad = [c for c in self.channels if c >= in_channels]
         if bad:
             raise ValueError(f"select: channels {bad} do not exist (the stream has {in_channels})")
-        return Select(self.channels)
+        return Select(self.channels, in_channels)
 
 
 class Select:
-    def __init__(self, channels: list[int]) -> None:
+    def __init__(self, channels: list[int], in_channels: int | None = None) -> None:
         self.channels = np.asarray(channels, dtype=np.intp)
         self.out_channels = len(channels)
+        # Selecting every channel in order (the bundled pipeline) is a no-op: skip the per-reading copy.
+        self.identity = in_channels is not None and list(channels) == list(range(in_channels))
 
     def apply(self, samples: np.ndarray) -> np.ndarray:
-        return samples[:, self.channels]
+        return samples if self.identity else samples[:, self.channels]
 
 
 class ScaleConfig(BaseModel):
