@@ -95,6 +95,9 @@ class VisionSettings(BaseModel):
     max_frame_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = Field(default=2 * 1024 * 1024, description="larger frames are refused at the door")
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = Field(default=256, description="(device, camera) slots; frames of further streams are dropped")
     max_batch: Annotated[int, Field(ge=1, le=256)] = Field(default=16, description="frames per interpreter call")
+    opencv_threads: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=1, description="OpenCV worker threads (0: OpenCV's default); 1 avoids thread hand-offs on small frames"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> "VisionSettings":

@@ -28,6 +28,7 @@ from runtime.vision.stages import (
     LayoutConfig,
     ModelInput,
     NormalizeConfig,
+    Resize,
     ResizeConfig,
 )
 
@@ -47,7 +48,7 @@ def default_image_stages(image: ImageInput | None) -> list[dict[str, Any]]:
     if image is None:
         raise ValueError("the model has no image spec in its metadata: declare the camera's stages")
     return [
-        {"type": "decode"},
+        {"type": "decode", "reduce": "auto"},
         {"type": "color", "to": image.color},
         {"type": "resize", "letterbox": image.letterbox, "fill": image.fill},
         {"type": "normalize", "from_model": True},
@@ -94,6 +95,8 @@ class ImagePipeline:
             )
         if not isinstance(configs[-1], LayoutConfig):
             self.ops.append(_AddChannelAxis())
+        if self.decode.auto:  # reduce: auto decodes as small as the resize allows
+            self.decode.cover = next((op.size for op in self.ops if isinstance(op, Resize)), None)
 
     def process(self, jpeg: bytes) -> np.ndarray:
         image = self.decode.apply(jpeg)

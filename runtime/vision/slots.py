@@ -5,10 +5,12 @@ frames arrive faster than the model classifies them, a FIFO would grow and
 every answer would be about an ever older picture. Here each stream
 (``frames/{device}/{camera}``, keyed by topic) has one slot: a new frame
 overwrites the one still waiting, and the overwritten frame is counted as
-dropped. The worker takes every waiting frame at once (one frame per
-stream), so a frame waits at most one batch, and latency stays bounded
-whatever the offered rate. Memory is bounded too: ``max_streams`` slots of
-at most one frame each.
+dropped. The worker takes the slots that have been occupied longest, one
+batch at a time (``limit``), and publishes that batch's results before it
+takes the next: slots are served in turn (round robin: an overwrite keeps
+the slot's place in line), so no stream starves, and the frame taken from a
+slot is the newest one, so latency stays bounded whatever the offered rate. Memory is bounded too: ``max_streams`` slots of at
+most one frame each.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class LatestFrames:
     def __init__(self, max_streams: int = 256) -> None:
         self.max_streams = max_streams
         self._slots: dict[str, PendingFrame] = {}
+        self._since: dict[str, float] = {}  # when each slot was filled after being empty: its place in line
         self._cond = threading.Condition()
         self._closed = False
         self.received = 0
@@ -48,17 +51,24 @@ class LatestFrames:
             elif len(self._slots) >= self.max_streams:
                 self.dropped_streams += 1
                 return False
+            else:
+                self._since[frame.topic] = frame.received
             self._slots[frame.topic] = frame
             self._cond.notify()
             return True
 
-    def take(self, timeout: float | None = None) -> list[PendingFrame]:
-        """Every waiting frame (oldest first), waiting up to ``timeout`` for one; [] on timeout or close."""
+    def take(self, timeout: float | None = None, limit: int | None = None) -> list[PendingFrame]:
+        """The newest frames of the ``limit`` longest-occupied slots (all if None), in that order,
+        waiting up to ``timeout`` for one; [] on timeout or close. Other slots keep their frames."""
         with self._cond:
             if not self._slots and not self._closed:
                 self._cond.wait(timeout)
-            frames = sorted(self._slots.values(), key=lambda f: f.received)
-            self._slots.clear()
+            topics = sorted(self._slots, key=self._since.__getitem__)
+            if limit is not None:
+                topics = topics[:limit]
+            frames = [self._slots.pop(t) for t in topics]
+            for t in topics:
+                del self._since[t]
             return frames
 
     def close(self) -> None:

@@ -81,6 +81,7 @@ class ImageState:
     color: Color = "bgr"
     size: tuple[int, int] | None = None  # (width, height) when fixed, else None (frame-dependent)
     reduce: int = 1
+    auto_reduce: bool = False
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.uint8))
 
     @property
@@ -95,14 +96,19 @@ class DecodeConfig(BaseModel):
     """JPEG bytes -> BGR (or gray) ``uint8``; must be the first stage.
 
     ``reduce`` decodes at 1/2, 1/4 or 1/8 scale inside libjpeg (much cheaper
-    for large frames feeding a small model). Frames larger than ``max_width``
+    for large frames feeding a small model); ``auto`` picks, per frame, the
+    largest factor whose image still covers the resize stage's size (so
+    nothing is upsampled), and cannot be combined with a crop (whose pixel
+    coordinates need a fixed scale). Frames larger than ``max_width``
     x ``max_height``, or not ``expect_size`` when set, are refused
     (``wrong_size``) before their pixels are decoded.
     """
 
     model_config = _FROZEN
     type: Literal["decode"] = "decode"
-    reduce: Literal[1, 2, 4, 8] = Field(default=1, description="decode at 1/reduce scale (libjpeg DCT scaling)")
+    reduce: Literal[1, 2, 4, 8, "auto"] = Field(
+        default=1, description="decode at 1/reduce scale (libjpeg DCT scaling); auto: the most that still covers the resize"
+    )
     gray: bool = Field(default=False, description="decode to one gray channel")
     max_width: Pixels = 4096
     max_height: Pixels = 4096
@@ -110,8 +116,9 @@ class DecodeConfig(BaseModel):
 
     def build(self, state: ImageState, target: ModelInput) -> "Decode":
         state.color = "gray" if self.gray else "bgr"
-        state.reduce = self.reduce
-        if self.expect_size is not None:
+        state.reduce = 1 if self.reduce == "auto" else self.reduce
+        state.auto_reduce = self.reduce == "auto"
+        if self.expect_size is not None and self.reduce != "auto":
             w, h = self.expect_size
             state.size = (-(-w // self.reduce), -(-h // self.reduce))
         return Decode(self)
@@ -120,7 +127,16 @@ class DecodeConfig(BaseModel):
 class Decode:
     def __init__(self, cfg: DecodeConfig) -> None:
         self.cfg = cfg
-        self.flag = _REDUCED[(cfg.reduce, cfg.gray)]
+        self.auto = cfg.reduce == "auto"
+        self.flag = _REDUCED[(1 if self.auto else cfg.reduce, cfg.gray)]
+        self.cover: tuple[int, int] | None = None  # (width, height) the image must still cover with reduce: auto
+
+    def _flag(self, width: int, height: int) -> int:
+        if self.cover is None:
+            return self.flag
+        w, h = self.cover
+        factor = next((f for f in (8, 4, 2) if width // f >= w and height // f >= h), 1)
+        return _REDUCED[(factor, self.cfg.gray)]
 
     def apply(self, jpeg: bytes) -> np.ndarray:
         width, height, _ = jpeg_dimensions(jpeg)
@@ -131,7 +147,7 @@ class Decode:
             raise PayloadError("wrong_size", f"frame is {width}x{height}, larger than {cfg.max_width}x{cfg.max_height}")
         check_complete(jpeg)
         try:
-            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), self.flag)
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), self._flag(width, height) if self.auto else self.flag)
         except cv2.error as exc:
             raise PayloadError("corrupt_image", f"JPEG decoding failed: {str(exc).strip()[-200:]}") from None
         if image is None:
@@ -176,6 +192,8 @@ class CropConfig(BaseModel):
     height: Pixels
 
     def build(self, state: ImageState, target: ModelInput) -> "Crop":
+        if state.auto_reduce:
+            raise ValueError("crop: pixel coordinates need a fixed decode.reduce, not auto")
         r = state.reduce
         x0, y0, x1, y1 = self.x // r, self.y // r, (self.x + self.width) // r, (self.y + self.height) // r
         if x1 <= x0 or y1 <= y0:

@@ -70,7 +70,7 @@ class FrameWorker:
 
     def _run(self) -> None:
         while True:
-            frames = self.slots.take(timeout=0.5)
+            frames = self.slots.take(timeout=0.5, limit=self.settings.max_batch)  # one batch, then publish
             if frames:
                 try:
                     messages = self.engine.process(frames)
@@ -86,6 +86,10 @@ class FrameWorker:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        if self.settings.opencv_threads:
+            import cv2
+
+            cv2.setNumThreads(self.settings.opencv_threads)  # process-wide; only the frame path uses OpenCV
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> bool:

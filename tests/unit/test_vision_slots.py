@@ -19,9 +19,34 @@ def test_newest_frame_wins_per_stream_and_drops_are_counted():
     slots.put(frame("frames/a/belt", 11))
     assert len(slots) == 2
     taken = slots.take(timeout=0)
-    assert [f.payload for f in taken] == [b"frames/b/belt#10", b"frames/a/belt#11"]  # oldest first
+    assert [f.payload for f in taken] == [b"frames/a/belt#11", b"frames/b/belt#10"]  # in turn, newest frames
     assert slots.received == 7 and slots.dropped_stale == 5
     assert slots.take(timeout=0) == [] and len(slots) == 0
+
+
+def test_take_serves_slots_in_turn_one_batch_at_a_time_with_their_newest_frames():
+    slots = LatestFrames()
+    for s in range(5):
+        slots.put(frame(f"frames/d{s}/cam", s))
+    first = slots.take(timeout=0, limit=2)
+    assert [f.topic for f in first] == ["frames/d0/cam", "frames/d1/cam"]
+    slots.put(frame("frames/d0/cam", 9))  # d0 was just served: it goes to the back of the line
+    slots.put(frame("frames/d3/cam", 10))  # an overwrite keeps d3's place, with its newest frame
+    assert [f.payload for f in slots.take(timeout=0, limit=2)] == [b"frames/d2/cam#2", b"frames/d3/cam#10"]
+    assert [f.payload for f in slots.take(timeout=0, limit=2)] == [b"frames/d4/cam#4", b"frames/d0/cam#9"]
+    assert slots.dropped_stale == 1 and len(slots) == 0
+
+
+def test_a_busy_stream_cannot_starve_a_quiet_one():
+    slots = LatestFrames()
+    slots.put(frame("frames/quiet/cam", 0))
+    taken = []
+    for n in range(1, 100):
+        slots.put(frame("frames/busy/cam", n))
+        if n % 10 == 0:
+            taken += slots.take(timeout=0, limit=1)
+    assert taken[0].topic == "frames/quiet/cam"  # first in line, although busy frames kept arriving
+    assert [f.payload for f in taken[1:]] == [f"frames/busy/cam#{n}".encode() for n in range(20, 100, 10)]
 
 
 def test_streams_beyond_the_limit_are_dropped_and_counted():

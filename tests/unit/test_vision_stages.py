@@ -87,10 +87,24 @@ def test_truncated_jpeg_is_detected():
 def test_default_pipeline_matches_a_hand_written_reference():
     p = pipeline(default_image_stages(SPEC))
     got = p.process(jpeg())
-    decoded = cv2.imdecode(np.frombuffer(jpeg(), np.uint8), cv2.IMREAD_COLOR)
+    # reduce: auto -- 80x60 decodes at 1/2 (40x30 still covers 32x24; 1/4 would not)
+    decoded = cv2.imdecode(np.frombuffer(jpeg(), np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
     want = cv2.resize(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), (32, 24), interpolation=cv2.INTER_AREA) / 255.0
     assert got.shape == p.output_shape == (24, 32, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("size, factor", [((80, 60), 2), ((64, 48), 2), ((63, 48), 1), ((640, 480), 8), ((300, 100), 4)])
+def test_auto_reduce_picks_the_largest_factor_that_still_covers_the_resize(size, factor):
+    w, h = size
+    image = cv2.resize(IMAGE, (w, h))
+    p = pipeline([{"type": "decode", "reduce": "auto"}, {"type": "resize", "width": 32, "height": 24}],
+                 float_target(24, 32, 3, None))
+    decoded = p.decode.apply(jpeg(image))
+    assert decoded.shape[:2] == (-(-h // factor), -(-w // factor))
+    with pytest.raises(PipelineError, match="fixed decode.reduce"):
+        pipeline([{"type": "decode", "reduce": "auto"}, {"type": "crop", "width": 8, "height": 8}, {"type": "resize"}],
+                 float_target(24, 32, 3, None))
 
 
 def test_normalize_mean_std_per_channel():
