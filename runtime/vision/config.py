@@ -85,7 +85,10 @@ class VisionSettings(BaseModel):
     ``max_frame_bytes`` is checked at the door (network thread), so an
     oversized frame never takes memory in a slot. ``max_streams`` bounds the
     number of (device, camera) slots; frames from further streams are dropped
-    and counted. ``max_batch`` bounds one interpreter call.
+    and counted. ``max_batch`` bounds one interpreter call. ``max_age_ms``
+    skips (and counts) frames whose capture ``ts`` is older than that when the
+    worker takes them -- a backlog before the edge (a slow link, a broker
+    queue) then costs dropped frames, not stale results.
     """
 
     model_config = _FROZEN
@@ -95,6 +98,9 @@ class VisionSettings(BaseModel):
     max_frame_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = Field(default=2 * 1024 * 1024, description="larger frames are refused at the door")
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = Field(default=256, description="(device, camera) slots; frames of further streams are dropped")
     max_batch: Annotated[int, Field(ge=1, le=256)] = Field(default=16, description="frames per interpreter call")
+    max_age_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = Field(
+        default=None, description="skip frames captured longer ago than this (needs synchronised clocks); None: no limit"
+    )
     opencv_threads: Annotated[int, Field(ge=0, le=64)] = Field(
         default=1, description="OpenCV worker threads (0: OpenCV's default); 1 avoids thread hand-offs on small frames"
     )

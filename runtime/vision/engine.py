@@ -71,7 +71,7 @@ class _Row:
 class VisionEngine:
     def __init__(
         self, runners: list[CameraRunner], rejects: Rejects, *, node_id: str, site: str | None = None,
-        max_frame_bytes: int = 2 * 1024 * 1024, max_batch: int = 16,
+        max_frame_bytes: int = 2 * 1024 * 1024, max_batch: int = 16, max_age_ms: float | None = None,
     ) -> None:
         self.runners = {r.settings.camera: r for r in runners}
         self.rejects = rejects
@@ -79,6 +79,7 @@ class VisionEngine:
         self.site = site
         self.max_frame_bytes = max_frame_bytes
         self.max_batch = max_batch
+        self.max_age_s = max_age_ms / 1000.0 if max_age_ms else None
         self.counters: Counter[str] = Counter()
         self._log = RateLimitedLog(log)
 
@@ -97,7 +98,7 @@ class VisionEngine:
             except PipelineError as exc:
                 raise ConfigError(source, [f"vision.cameras.{index}.{exc}"]) from None
         return cls(runners, rejects, node_id=node_id, site=site, max_frame_bytes=settings.max_frame_bytes,
-                   max_batch=settings.max_batch)
+                   max_batch=settings.max_batch, max_age_ms=settings.max_age_ms)
 
     def models(self) -> dict[str, ModelRef]:
         return {r.model.name: ModelRef(version=r.model.version, sha256=r.model.sha256) for r in self.runners.values()}
@@ -113,6 +114,9 @@ class VisionEngine:
                 if runner is None:
                     raise PayloadError("no_pipeline", f"no camera pipeline for {camera!r}")
                 meta, jpeg = decode_frame(frame.payload, frame.properties, self.max_frame_bytes)
+                if self.max_age_s is not None and time.time() - meta.ts > self.max_age_s:
+                    self.counters["frames_dropped_expired"] += 1  # not bad input: late, like a stale frame
+                    continue
                 row = runner.pipeline.process(jpeg)
             except (ContractError, PayloadError) as exc:
                 self.rejects.reject(frame.topic, frame.payload, exc.reason, str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,21 @@ def test_bad_frames_are_dead_lettered_and_the_good_ones_around_them_classified()
     assert all(d["component"] == "edge" and d["detail"] for d in letters)
     wrong = PendingFrame("frames/x/belt", encode_frame(FrameMeta(ts=1.75e9, seq=9), noise, header=True), None, 0.0)
     assert results(eng2.process([wrong, good[1]])) and [d["reason"] for d in letters2] == ["wrong_size"]
+
+
+def test_frames_older_than_max_age_are_skipped_and_counted():
+    letters = Letters()
+    rejects = Rejects("edge", logging.getLogger("test"), publish=letters)
+    settings = VisionSettings.model_validate({"cameras": [{"camera": "belt"}], "max_age_ms": 500})
+    eng = VisionEngine.build(settings, rejects, node_id="n1")
+    frames, _ = scene_frames(2)
+    now = time.time()
+    fresh = FrameMeta(ts=now, seq=1).user_properties()
+    late = FrameMeta(ts=now - 2.0, seq=2).user_properties()
+    out = results(eng.process([PendingFrame(frames[0].topic, frames[0].payload, fresh, 0.0),
+                               PendingFrame(frames[1].topic, frames[1].payload, late, 0.0)]))
+    assert [r.seq for r in out] == [1]
+    assert eng.counters["frames_dropped_expired"] == 1 and letters == []
 
 
 def test_sampler_keeps_low_confidence_frames_within_the_hourly_budget():
