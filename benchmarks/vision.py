@@ -49,7 +49,15 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from benchmarks.harness import EdgeProcess, ResultRecorder, bench_broker, cpu_seconds, percentile, publisher, vm_hwm_mb
+from benchmarks.harness import (
+    EdgeProcess,
+    ResultRecorder,
+    bench_broker,
+    cpu_seconds,
+    percentile,
+    publisher,
+    vm_hwm_mb,
+)
 from runtime.common.localservers import Mosquitto
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "runtime" / "models"
@@ -113,7 +121,7 @@ def preprocess(quick: bool) -> dict:
         out[kind] = {
             "input": f"{model.input_shape} {model.input_dtype}",
             "stages_us": _per_frame_us(pipeline.process, frames, min_s),
-            "model_us_batch1": _per_frame_us(lambda r: model.run(r[None]), rows, min_s),
+            "model_us_batch1": _per_frame_us(lambda r, m=model: m.run(r[None]), rows, min_s),
             "model_us_batch8": _per_frame_us(model.run, batch8, min_s) / 8,
             "engine_us_batch8": _per_frame_us(engine.process, groups, min_s) / 8,
         }
@@ -124,7 +132,7 @@ def preprocess(quick: bool) -> dict:
     return out
 
 
-def _naive_loop(model):  # noqa: ANN001, ANN202 -- the hand-written baseline, float model
+def _naive_loop(model):
     interp = model._interp  # the same LiteRT interpreter, driven the simple way
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
     interp.resize_tensor_input(inp["index"], [1, *model.input_shape])
@@ -199,7 +207,7 @@ class FramePublisher:
             if time.monotonic() < end:
                 self._send(cam, seq)
 
-        def on_result(_c, _u, msg) -> None:  # noqa: ANN001
+        def on_result(_c, _u, msg) -> None:
             cam = msg.topic.split("/")[1]
             if cam in seqs:
                 send(cam)
@@ -243,7 +251,7 @@ class FramePublisher:
                 tick += 1
         self._run(loop)
 
-    def _run(self, loop) -> None:  # noqa: ANN001
+    def _run(self, loop) -> None:
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
 
@@ -270,7 +278,7 @@ def _edge_config(model: Path) -> dict:
     }
 
 
-def _latencies(arrivals) -> tuple[list[float], list[float], float, float]:  # noqa: ANN001
+def _latencies(arrivals) -> tuple[list[float], list[float], float, float]:
     """(end-to-end latencies in ms, in-edge latencies in ms, first arrival, last arrival) of recorded results."""
     lat, edge, times = [], [], []
     for a in arrivals:
@@ -281,7 +289,7 @@ def _latencies(arrivals) -> tuple[list[float], list[float], float, float]:  # no
     return lat, edge, (min(times) if times else 0.0), (max(times) if times else 0.0)
 
 
-def _measure(broker: Mosquitto, workdir: Path, model: Path, tag: str, drive) -> dict:  # noqa: ANN001
+def _measure(broker: Mosquitto, workdir: Path, model: Path, tag: str, drive) -> dict:
     """Start an edge, record results, run ``drive(publisher)`` until it returns, stop; return the figures."""
     (workdir / tag).mkdir(parents=True, exist_ok=True)
     edge = EdgeProcess(broker, workdir / tag, node_id=f"bench-{tag}", config=_edge_config(model))
@@ -338,7 +346,7 @@ def end_to_end(broker: Mosquitto, workdir: Path, quick: bool) -> dict:
         capacity = max(closed["results_per_s"], CAMERA_FPS)
         cameras = max(2, round(2 * capacity / CAMERA_FPS))
         over = _measure(broker, workdir, model, f"{kind}-overload",
-                        lambda p: (p.paced([f"cam{i}" for i in range(cameras)], CAMERA_FPS, seconds), p.join(), seconds)[-1])
+                        lambda p, n=cameras: (p.paced([f"cam{i}" for i in range(n)], CAMERA_FPS, seconds), p.join(), seconds)[-1])
         interval_ms = 1000.0 / CAMERA_FPS
         over.update({
             "cameras": cameras,

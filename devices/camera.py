@@ -26,7 +26,6 @@ Why it behaves as it does:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time

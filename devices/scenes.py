@@ -207,7 +207,7 @@ def _part(img: np.ndarray, item: Item, rng: np.random.Generator, cx: float, cy: 
         jitter = rng.normal(0, 0.1 * r, n)
         pts = np.stack([cx + t * r * math.cos(a) - jitter * math.sin(a),
                         cy + t * r * math.sin(a) + jitter * math.cos(a)], axis=1)
-        thickness = max(2, int(round(rng.uniform(3.0, 4.5) * scale)))
+        thickness = max(2, round(rng.uniform(3.0, 4.5) * scale))
         crack = np.zeros((rh, rw), np.uint8)
         cv2.polylines(crack, [np.round(pts * 16).astype(np.int32)], False, 255, thickness, cv2.LINE_AA, shift=4)
         crack = cv2.bitwise_and(crack, mask)

@@ -211,7 +211,7 @@ def build_vision_models(
     tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()
     x_train, y_train = make_dataset(seed, train_frames)
-    x_val, y_val = make_dataset(seed + 1, eval_frames)
+    x_val, _ = make_dataset(seed + 1, eval_frames)
     x_test, y_test = make_dataset(seed + 2, eval_frames)
     data_s = time.perf_counter() - started
 

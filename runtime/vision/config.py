@@ -71,7 +71,7 @@ class CameraSettings(BaseModel):
         return self.topic or f"frames/+/{self.camera}"
 
     @model_validator(mode="after")
-    def _topic_shape(self) -> "CameraSettings":
+    def _topic_shape(self) -> CameraSettings:
         if self.topic is not None:
             parts = self.topic.split("/")
             if len(parts) != 3 or parts[0] != "frames" or parts[2] not in ("+", self.camera):
@@ -106,7 +106,7 @@ class VisionSettings(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _unique(self) -> "VisionSettings":
+    def _unique(self) -> VisionSettings:
         names = [c.camera for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError("cameras: each camera name may appear only once")

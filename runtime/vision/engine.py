@@ -52,7 +52,7 @@ class CameraRunner:
     sampler: FrameSampler | None = None
 
     @classmethod
-    def build(cls, settings: CameraSettings, max_batch: int) -> "CameraRunner":
+    def build(cls, settings: CameraSettings, max_batch: int) -> CameraRunner:
         model = TfliteModel(settings.model.path, num_threads=settings.model.num_threads, max_batch=max_batch)
         pipeline = build_image_pipeline(settings.stages, model)
         sampler = FrameSampler(settings.samples, model.threshold) if settings.samples.enabled else None
@@ -85,7 +85,7 @@ class VisionEngine:
 
     @classmethod
     def build(cls, settings: VisionSettings, rejects: Rejects, *, node_id: str, site: str | None = None,
-              source: str = "edge config") -> "VisionEngine":
+              source: str = "edge config") -> VisionEngine:
         """Load every camera's model and check its stages against it, before any I/O.
 
         A model that cannot load raises ModelError; stages that do not fit it

@@ -11,7 +11,7 @@ normalize from the model -- the same stages the trainer used.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, TypeAdapter
@@ -33,7 +33,7 @@ from runtime.vision.stages import (
 )
 
 ImageStageConfig = Annotated[
-    Union[DecodeConfig, ColorConfig, CropConfig, ResizeConfig, NormalizeConfig, LayoutConfig],
+    DecodeConfig | ColorConfig | CropConfig | ResizeConfig | NormalizeConfig | LayoutConfig,
     Field(discriminator="type"),
 ]
 _STAGES = TypeAdapter(list[ImageStageConfig])

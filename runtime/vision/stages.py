@@ -114,7 +114,7 @@ class DecodeConfig(BaseModel):
     max_height: Pixels = 4096
     expect_size: tuple[Pixels, Pixels] | None = Field(default=None, description="[width, height] of every frame")
 
-    def build(self, state: ImageState, target: ModelInput) -> "Decode":
+    def build(self, state: ImageState, target: ModelInput) -> Decode:
         state.color = "gray" if self.gray else "bgr"
         state.reduce = 1 if self.reduce == "auto" else self.reduce
         state.auto_reduce = self.reduce == "auto"
@@ -165,7 +165,7 @@ class ColorConfig(BaseModel):
     type: Literal["color"] = "color"
     to: Color
 
-    def build(self, state: ImageState, target: ModelInput) -> "Convert | None":
+    def build(self, state: ImageState, target: ModelInput) -> Convert | None:
         source, state.color = state.color, self.to
         return None if source == self.to else Convert(_CONVERSIONS[(source, self.to)])
 
@@ -191,7 +191,7 @@ class CropConfig(BaseModel):
     width: Pixels
     height: Pixels
 
-    def build(self, state: ImageState, target: ModelInput) -> "Crop":
+    def build(self, state: ImageState, target: ModelInput) -> Crop:
         if state.auto_reduce:
             raise ValueError("crop: pixel coordinates need a fixed decode.reduce, not auto")
         r = state.reduce
@@ -234,7 +234,7 @@ class ResizeConfig(BaseModel):
     fill: Annotated[int, Field(ge=0, le=255)] | None = Field(default=None, description="letterbox padding value; default 114")
     interpolation: Literal["area", "linear", "nearest", "cubic"] = "area"
 
-    def build(self, state: ImageState, target: ModelInput) -> "Resize":
+    def build(self, state: ImageState, target: ModelInput) -> Resize:
         height, width = target.hw
         size = (self.width or width, self.height or height)
         spec = target.image
@@ -288,12 +288,12 @@ class NormalizeConfig(BaseModel):
     quantize: bool = Field(default=True, description="quantize with an int8/uint8 input tensor's scale and zero point")
 
     @model_validator(mode="after")
-    def _either(self) -> "NormalizeConfig":
+    def _either(self) -> NormalizeConfig:
         if self.from_model and (self.mean is not None or self.std is not None):
             raise ValueError("give either from_model: true or mean/std, not both")
         return self
 
-    def build(self, state: ImageState, target: ModelInput) -> "Normalize":
+    def build(self, state: ImageState, target: ModelInput) -> Normalize:
         c = state.channels
         if self.from_model:
             if target.image is None:
@@ -336,7 +336,7 @@ class LayoutConfig(BaseModel):
     type: Literal["layout"] = "layout"
     order: Literal["nhwc", "nchw"] = "nhwc"
 
-    def build(self, state: ImageState, target: ModelInput) -> "Layout":
+    def build(self, state: ImageState, target: ModelInput) -> Layout:
         return Layout(self.order == "nchw")
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger("edgeloop.vision")
 Publish = Callable[[list[tuple[str, bytes]]], None]
 
 
-def user_properties(msg) -> list[tuple[str, str]] | None:  # noqa: ANN001 -- paho MQTTMessage
+def user_properties(msg) -> list[tuple[str, str]] | None:
     props = getattr(msg, "properties", None)
     return list(getattr(props, "UserProperty", None) or []) or None
 
@@ -46,7 +46,7 @@ class FrameWorker:
 
     @classmethod
     def build(cls, settings: VisionSettings, rejects: Rejects, publish: Publish, *, node_id: str,
-              site: str | None = None, source: str = "edge config") -> "FrameWorker":
+              site: str | None = None, source: str = "edge config") -> FrameWorker:
         engine = VisionEngine.build(settings, rejects, node_id=node_id, site=site, source=source)
         return cls(settings, engine, publish, rejects)
 
@@ -55,7 +55,7 @@ class FrameWorker:
 
     # ------------------------------------------------------------ network thread
 
-    def offer(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+    def offer(self, msg) -> None:
         """Put a frame in its stream's slot (overwriting an older one); refuse oversized frames here."""
         payload = msg.payload
         if len(payload) > self.settings.max_frame_bytes:
@@ -74,7 +74,7 @@ class FrameWorker:
             if frames:
                 try:
                     messages = self.engine.process(frames)
-                except Exception:  # noqa: BLE001 -- a bug costs one batch, never the worker
+                except Exception:  # a bug costs one batch, never the worker
                     log.exception("frame batch failed")
                     self.engine.counters["batch_failures"] += 1
                     continue

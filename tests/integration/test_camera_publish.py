@@ -3,6 +3,7 @@ looping, and a network camera (an MJPEG HTTP stream served by the test) that goe
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -16,10 +17,10 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from servers import eventually, free_port
 
 from devices.scenes import SceneSimulator, encode_jpeg, write_video
 from runtime.contract import FRAME_HEADER_MAGIC, decode_frame
-from servers import eventually, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ class FrameCollector:
         self.client.subscribe("frames/#", qos=1)
         self.client.loop_start()
 
-    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+    def _on_message(self, _c, _u, msg) -> None:
         props = getattr(msg.properties, "UserProperty", None)
         with self._lock:
             self.messages.append((msg.topic, msg.payload, list(props) if props else None))
@@ -59,7 +60,7 @@ def collector(mosquitto):
 
 def camera(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime.cli", "devices", "camera", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_a_video_file_is_published_frame_by_frame_with_metadata(mosquitto, collector, tmp_path):
@@ -78,7 +79,7 @@ def test_a_video_file_is_published_frame_by_frame_with_metadata(mosquitto, colle
     assert [m.seq for m in metas] == list(range(15))
     assert [m.label for m in metas] == labels  # ground truth from the sidecar, by position in the file
     assert all(started <= m.ts <= time.time() for m in metas)
-    assert all(b.ts > a.ts for a, b in zip(metas, metas[1:]))
+    assert all(b.ts > a.ts for a, b in itertools.pairwise(metas))
     image = cv2.imdecode(np.frombuffer(frames[0][2], np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (120, 160, 3)
     assert all(props for _, _, props in collector.messages)  # v5: metadata in user properties
@@ -123,7 +124,7 @@ class MjpegCamera:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.requests += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
@@ -136,7 +137,7 @@ class MjpegCamera:
                 except OSError:
                     pass
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         ThreadingHTTPServer.allow_reuse_address = True

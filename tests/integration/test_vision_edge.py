@@ -18,12 +18,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from servers import eventually
 
 from devices.scenes import SceneSimulator, encode_jpeg
 from runtime.app import EdgeApp
 from runtime.config import load_edge_config
 from runtime.contract import FrameMeta, InferenceResult, NodeStatus, encode_frame, frame_topic
-from servers import eventually
 
 MAX_FRAME = 64 * 1024
 
@@ -39,7 +39,7 @@ class Watcher:
             self.client.subscribe(topic, qos=1)
         self.client.loop_start()
 
-    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+    def _on_message(self, _c, _u, msg) -> None:
         with self._lock:
             self.messages.append((msg.topic, msg.payload))
 
@@ -98,7 +98,7 @@ def test_bad_frames_are_dead_lettered_and_good_frames_classified(edge):
     app, device, watcher = edge
     sim = SceneSimulator(seed=31)
     good = [(encode_jpeg(sim.render(i)[0]), sim.label(i)) for i in range(4)]
-    meta = lambda seq: FrameMeta(ts=1.76e9 + seq, seq=seq)  # noqa: E731
+    meta = lambda seq: FrameMeta(ts=1.76e9 + seq, seq=seq)
     junk = [
         (b"", meta(100), "empty_frame"),
         (b"\xff\xd8" + bytes(range(256)) * 8, meta(101), "corrupt_image"),

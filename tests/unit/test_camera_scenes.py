@@ -38,7 +38,7 @@ def test_parts_and_defects_are_visible():
     belt = sim.render(empty)[0].astype(float)
     # A part is a bright object on a dark belt: far more bright pixels than an empty belt has.
     band = slice(int(0.2 * 240), int(0.8 * 240))
-    bright = lambda img: int((img[band].mean(axis=2) > 110).sum())  # noqa: E731
+    bright = lambda img: int((img[band].mean(axis=2) > 110).sum())
     assert bright(sim.render(part)[0].astype(float)) > 20 * max(1, bright(belt))
     with pytest.raises(ValueError):
         SceneSimulator(p_empty=0.8, p_defect=0.3)

@@ -14,7 +14,12 @@ from runtime.modelfile import ImageInput
 from runtime.stages import PipelineError
 from runtime.vision.config import BUNDLED_VISION_MODEL
 from runtime.vision.frames import check_complete, jpeg_dimensions
-from runtime.vision.pipeline import ImagePipeline, build_image_pipeline, default_image_stages, parse_image_stages
+from runtime.vision.pipeline import (
+    ImagePipeline,
+    build_image_pipeline,
+    default_image_stages,
+    parse_image_stages,
+)
 from runtime.vision.stages import ModelInput
 
 RNG = np.random.default_rng(3)
