@@ -17,6 +17,7 @@ Writes ``benchmarks/results/latest.json`` and a timestamped copy; a full run
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     rows = report.build_rows(result["benchmarks"])
     print(report.text_table(rows))
     for name, err in result["errors"].items():

@@ -138,12 +138,12 @@ class FlatOutFeed:
         return self
 
     def close(self, timeout_s: float = 30.0) -> None:
-        for proc in self._procs:
+        for proc in getattr(self, "_procs", []):
             try:
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-        for proc in self._procs:
+        for proc in getattr(self, "_procs", []):
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -174,8 +174,12 @@ class PacedFeed:
                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0)
             for d in range(devices)
         ]
-        eventually(lambda: _connections(broker) >= connected + devices, timeout=30.0, interval=0.05,
-                   message="paced publishers did not all connect")
+        try:
+            eventually(lambda: _connections(broker) >= connected + devices, timeout=30.0, interval=0.05,
+                       message="paced publishers did not all connect")
+        except AssertionError:
+            self.close(timeout_s=5.0)
+            raise
 
     def run(self, rate: float, duration_s: float) -> np.ndarray:
         """Offer ``rate`` readings/s round-robin over the devices; return publish wall times as [device, seq]."""
@@ -204,7 +208,10 @@ class PacedFeed:
     def close(self, timeout_s: float = 30.0) -> None:
         """Only once everything arrived (see FlatOutFeed.start for why)."""
         for proc in self._procs:
-            proc.stdin.close()
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
         for proc in self._procs:
             try:
                 proc.wait(timeout_s)
@@ -251,12 +258,19 @@ class ResultRecorder:
         stdbuf = shutil.which("stdbuf")
         self.proc = subprocess.Popen(([stdbuf, "-oL"] if stdbuf else []) + cmd, stdout=self._out,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        probe = publisher(self.broker, "bench-probe")
+        try:
+            probe = publisher(self.broker, "bench-probe")
+        except Exception:
+            self.kill()
+            raise
         try:
             def ready() -> bool:
                 probe.publish("bench-probe/ready", b"1", qos=0)
                 return self.path.stat().st_size > 0
             eventually(ready, timeout=10.0, interval=0.05, message="mosquitto_sub did not subscribe")
+        except AssertionError:
+            self.kill()
+            raise
         finally:
             probe.disconnect()
             probe.loop_stop()
@@ -290,11 +304,20 @@ class ResultRecorder:
         """Bytes recorded so far: cheap to poll while waiting for the output to go quiet."""
         return self.path.stat().st_size
 
-    def stop(self) -> list[Arrival]:
+    def kill(self) -> None:
+        """Idempotent; for ``finally`` blocks (mosquitto_sub would otherwise retry a stopped broker forever)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
-        self._out.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if not self._out.closed:
+            self._out.close()
+
+    def stop(self) -> list[Arrival]:
+        self.kill()
         out = []
         with open(self.path, encoding="utf-8", errors="replace") as fh:
             for line in fh:

@@ -76,18 +76,21 @@ def flat_out(workdir: Path, quick: bool, consumer: Consumer, tag: str, devices: 
     expected = consumer.expected(feed.total, devices)
     with bench_broker(workdir) as broker:
         recorder = ResultRecorder(broker, workdir / "results.txt").start()
-        proc = consumer.make(broker, workdir).start()
+        proc = None
         try:
+            proc = consumer.make(broker, workdir).start()
             cpu0 = proc.cpu_seconds()
             feed.start(broker, qos=READING_QOS)
             recorder.wait_for(expected)
             cpu = proc.cpu_seconds() - cpu0
             rss = proc.peak_rss_mb()
             counters = proc.stop()
+            arrivals = list(results_of(recorder.stop()))
         finally:
-            proc.kill()
+            if proc is not None:
+                proc.kill()
             feed.close()
-        arrivals = list(results_of(recorder.stop()))
+            recorder.kill()
     processed = counters.get("readings_in", 0)
     readings_per_s, span = _busy_rate(processed, [t for t, _d, _s in arrivals])
     return {
@@ -112,9 +115,10 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
     source = ReadingSource(devices)
     with bench_broker(workdir) as broker:
         recorder = ResultRecorder(broker, workdir / "results.txt").start()
-        feed = PacedFeed(broker, source, devices, READING_QOS)
-        proc = consumer.make(broker, workdir).start()
+        feed = proc = None
         try:
+            feed = PacedFeed(broker, source, devices, READING_QOS)
+            proc = consumer.make(broker, workdir).start()
             cpu0 = proc.cpu_seconds()
             t_start = time.time()
             sent = feed.run(rate, duration)
@@ -125,10 +129,13 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
             cpu = proc.cpu_seconds() - cpu0
             rss = proc.peak_rss_mb()
             counters = proc.stop()
+            arrivals = list(results_of(recorder.stop()))
         finally:
-            proc.kill()
-            feed.close()
-        arrivals = list(results_of(recorder.stop()))
+            if proc is not None:
+                proc.kill()
+            if feed is not None:
+                feed.close()
+            recorder.kill()
     index = {d: i for i, d in enumerate(source.devices)}
     lat = [(t - sent[index[d], s]) * 1000.0 for t, d, s in arrivals if sent[index[d], s] - t_start >= warmup]
     return {

@@ -62,11 +62,13 @@ def run(workdir: Path, quick: bool) -> dict:
     with bench_broker(workdir / "limit") as broker:
         for qos in (0, 1):
             sub = CountingSubscriber(broker.host, broker.port, "sensors/+/vibration", qos, n)
-            t0 = time.perf_counter()
-            feed.start(broker, qos=qos)
-            sub.done.wait(120)
-            feed.close()
-            sub.close()
+            try:
+                t0 = time.perf_counter()
+                feed.start(broker, qos=qos)
+                sub.done.wait(120)
+            finally:
+                feed.close()
+                sub.close()
             out[f"qos{qos}"] = {
                 "received": sub.n,
                 "msg_per_s": round(sub.rate, 1),

@@ -181,7 +181,9 @@ def markdown(result: dict, rows: list[Row], command: str) -> str:
     m = result["machine"]
     facts = [
         f"- date: {m['date']}",
-        f"- CPU: {m['cpu']}, {m['cores']} cores (load average at start: {', '.join(str(x) for x in m['load_avg_at_start'])})",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; load average (1, 5, 15 min) at start "
+        f"{', '.join(str(x) for x in m['load_avg_at_start'])}, at end {', '.join(str(x) for x in m.get('load_avg_at_end', []))} "
+        "(the machine is shared: compare ratios, not absolute figures)",
         f"- Python {m['python']}, numpy {m['numpy']}, LiteRT (ai-edge-litert) {m['litert']}, paho-mqtt {m['paho_mqtt']}, "
         f"pydantic {m['pydantic']}, influxdb-client {m['influxdb_client']}, mosquitto {m['mosquitto']}",
         f"- broker config: `{'; '.join(m['broker_conf'])}`",
