@@ -43,8 +43,10 @@ BURST = Burst(device=2, start_s=7.0, end_s=13.0, anomaly_rate=0.3)  # after the 
 DRIFT_AT_S = 18.0
 DRIFT = {"window_s": 5, "interval_s": 1, "consecutive": 3, "min_samples": 60, "min_device_samples": 20,
          "baseline_samples": 40, "cooldown_s": 600}
-RETRAIN = {"targets": ["edge-*"], "min_train_samples": 700, "wait_for_samples_s": 60, "epochs": 30, "canary_timeout_s": 60,
-           "rollout_timeout_s": 60, "timeout_s": 180}
+# The gate's test split is small here (a few hundred windows); the outcome that matters is asserted
+# below on thousands of windows scored by the deployed model.
+RETRAIN = {"targets": ["edge-*"], "min_train_samples": 1500, "wait_for_samples_s": 60, "epochs": 30, "max_fpr": 0.04,
+           "canary_timeout_s": 60, "rollout_timeout_s": 60, "timeout_s": 180}
 
 
 def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosquitto, influx_db, tmp_path):
@@ -77,7 +79,10 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
         eventually(lambda: time.time() > publisher.start_wall + BURST.end_s and loop.monitor.history
                    and list(loop.monitor.history)[-1][0] > publisher.start_wall + BURST.end_s,
                    timeout=60, message="no evaluation after the burst")
-        assert loop.triggers == [], "a single device's burst of faults triggered a retrain"
+        assert loop.triggers == [], (
+            f"a single device's burst of faults triggered a retrain: {loop.triggers}; "
+            f"evaluations {list(loop.monitor.history)[-12:]}"
+        )
         assert len(publisher.burst_faults) > 20
 
         # 2. The regime change: detected, retrained, deployed to every edge.
@@ -85,7 +90,7 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
         assert trigger["at"] > publisher.drift_wall
         job = eventually(lambda: (j := loop.jobs().get(MODEL)) and not j["alive"] and j, timeout=150,
                          message=f"retrain/deploy did not finish: {loop.jobs()}")
-        assert job["state"] == "deployed", job
+        assert job["state"] == "deployed", f"{job} (worker: {tmp_path / 'retrain-jobs'})"
         new = job["version"]
         registry = loop.registry
         assert registry.current(MODEL) == new and registry.record(MODEL, new)["parent"] == base
