@@ -47,9 +47,11 @@ START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->
 
 DEVICES = 10
 
-#: name -> (description, fault, Rig keyword arguments, per_device, readings/s over the fleet)
+#: name -> (description, fault, Rig keyword arguments, per_device, readings/s over the fleet).
+#: mosquitto saves after every change only where it is killed: that costs it most of its rate.
 SCENARIOS = {
-    "broker-kill": ("mosquitto kill -9, restarted after 2 s (persistence on)", lambda: fk.kill_broker(2.0), {}, 300, 200.0),
+    "broker-kill": ("mosquitto kill -9 (saving after every change), restarted after 2 s", lambda: fk.kill_broker(2.0),
+                    {"persistence": True}, 150, 50.0),
     "bridge-kill": ("bridge kill -9, restarted after 3 s", lambda: fk.kill_bridge(3.0), {}, 300, 200.0),
     "influx-down": ("influxd stopped for 30 s, then started", lambda: fk.stop_influx(30.0), {"own_influx": True}, 500, 100.0),
     "edge-kill": ("edge kill -9, restarted after 3 s", lambda: fk.kill_edge(3.0), {}, 300, 200.0),
@@ -61,8 +63,12 @@ SCENARIOS = {
                            {"bridges": 2, "share_group": "rel"}, 300, 200.0),
 }
 
+#: Scenarios that show a limit of a configuration rather than a guarantee: their loss does not fail the run.
+INFORMATIONAL: set[str] = set()
+
 QUICK = {  # the test suite's scale and outages
-    "broker-kill": lambda: fk.kill_broker(1.0), "bridge-kill": lambda: fk.kill_bridge(1.0),
+    "broker-kill": lambda: fk.kill_broker(1.0),
+    "bridge-kill": lambda: fk.kill_bridge(1.0),
     "influx-down": lambda: fk.stop_influx(5.0), "edge-kill": lambda: fk.kill_edge(1.0),
     "edge-kill-offline": lambda: fk.kill_edge_offline(1.5), "network-outage": lambda: fk.cut_network(12.0),
     "shared-bridge-kill": lambda: fk.kill_bridge(1.0),
@@ -219,8 +225,8 @@ def write_doc(rows: list[dict], cost: dict | None, meta: dict) -> None:
     if START not in text or END not in text:
         text += f"\n{START}\n{END}\n"
     intro = (f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}` "
-             f"({meta['devices']} devices, vibration readings at QoS 1; full figures in "
-             f"`benchmarks/results/reliability.json`).")
+             f"({meta['devices']} devices, vibration readings at QoS 1; a run also writes its full figures "
+             f"to `benchmarks/results/reliability.json`).")
     body = [intro, "", table(rows)]
     if cost:
         body += ["", f"The price of the outbox ({cost['n']:,} result-sized messages of ~{cost['message_bytes']} bytes):",
@@ -277,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
         JSON_OUT.write_text(json.dumps({"meta": meta, "scenarios": rows, "outbox_cost": cost}, indent=2) + "\n")
         write_doc(rows, cost, meta)
-    failed = [r["scenario"] for r in rows if "error" in r or r["lost"] or r["duplicates"]]
+    failed = [r["scenario"] for r in rows
+              if "error" in r or (r["scenario"] not in INFORMATIONAL and (r["lost"] or r["duplicates"]))]
     if failed:
         progress(f"lost or duplicated data (or errors) in: {', '.join(failed)}")
     return 1 if failed else 0

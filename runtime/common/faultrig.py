@@ -30,11 +30,15 @@ class Rig:
 
     ``influx``: a running InfluxDB1 to use, or None to start one of its own (needed when the
     fault stops the database). ``via_proxy``: the edge reaches the broker through a TcpProxy.
+    ``persistence``: mosquitto saves its state to disk after every change (what a kill -9 of
+    the broker needs; it costs the broker about two thirds of its QoS 1 rate, docs/reliability.md);
+    ``broker_conf`` is appended to its config.
     """
 
     def __init__(self, workdir: Path, name: str, *, influx: InfluxDB1 | None = None, devices: int = 3,
                  per_device: int = 40, rate: float = 60.0, bridges: int = 1, share_group: str | None = None,
-                 via_proxy: bool = False, edge_over: dict | None = None, seed: int = 3) -> None:
+                 via_proxy: bool = False, edge_over: dict | None = None, seed: int = 3,
+                 persistence: bool = False, broker_conf: str = "") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -44,7 +48,7 @@ class Rig:
         self.rate = rate
         self._own_influx = influx is None
         self.influx = influx or InfluxDB1(self.workdir / "influxdb")
-        self.broker = Mosquitto(self.workdir / "mosquitto", extra_conf=BROKER_CONF, persistence=True)
+        self.broker = Mosquitto(self.workdir / "mosquitto", extra_conf=BROKER_CONF + broker_conf, persistence=persistence)
         self.n_bridges = bridges
         self.share_group = share_group
         self.via_proxy = via_proxy

@@ -1,7 +1,7 @@
 """Nothing lost, nothing doubled: real processes killed, a database stopped, a cable pulled.
 
 Each test streams a known set of simulated vibration readings (3 devices) at
-QoS 1 through mosquitto (persistence on) to an edge process, whose results go
+QoS 1 through mosquitto to an edge process, whose results go
 through mosquitto to a bridge process and into influxd; one fault hits in the
 middle of the stream. Afterwards the processes are stopped (SIGTERM) and the
 database is counted: every window the readings imply must be there, once.
@@ -33,7 +33,7 @@ def assert_nothing_lost(out: fk.Outcome, r: fk.Rig) -> None:
 
 
 def test_mosquitto_killed_and_restarted_mid_stream(tmp_path, influxdb, unique_id):
-    with rig(tmp_path, f"broker{unique_id}", influxdb) as r:
+    with rig(tmp_path, f"broker{unique_id}", influxdb, persistence=True) as r:
         out = r.run(fk.kill_broker(down_s=1.0))
         assert_nothing_lost(out, r)
         assert r.edge.final_stats()["reconnects"] >= 1  # the edge did lose the broker
