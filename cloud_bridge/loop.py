@@ -43,7 +43,7 @@ from cloud_bridge.config import BridgeConfig
 from cloud_bridge.drift import DriftMonitor, Trigger
 from cloud_bridge.events import EventWriter
 from cloud_bridge.samples import SampleStore
-from runtime.common.errors import ConfigError, EdgeloopError
+from runtime.common.errors import ConfigError
 from runtime.common.mqtt import MqttLink
 from runtime.common.ratelimit import RateLimitedLog
 from runtime.common.rejects import Rejects
@@ -78,6 +78,8 @@ class _Job:
     state: str = "waiting"
     result: Any = None
     deploy: Any = None
+    error: str | None = None
+    done: bool = False  # set when the job thread ends (is_alive() is False before start() too)
     timeline: dict[str, float] = field(default_factory=dict)
 
 
@@ -275,7 +277,7 @@ class ClosedLoop:
             return
         with self._jobs_lock:
             running = self._jobs.get(model)
-            if running is not None and running.thread.is_alive():
+            if running is not None and not running.done:
                 log.info("retrain of %s requested (%s) while one is running: ignored", model, trigger)
                 return
             if self.monitor is not None:
@@ -344,10 +346,12 @@ class ClosedLoop:
                 log.info("deploy of %s %s: %s %s", model, result.version, job.deploy.outcome, job.deploy.reason or "")
             if self.monitor is not None:
                 self.monitor.cooldown(model)  # the new version needs its own baselines first
-        except (EdgeloopError, OSError, ValueError) as exc:
-            job.state = "failed"
+        except Exception as exc:
+            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("retrain job of %s failed", model)
-            self.event(model, "refused", f"retrain job failed: {exc}", None, trigger=trigger)
+            self.event(model, "refused", f"retrain job failed: {job.error}", None, trigger=trigger)
+        finally:
+            job.done = True
 
     # ------------------------------------------------------------------ introspection
 
@@ -361,7 +365,7 @@ class ClosedLoop:
             jobs = dict(self._jobs)
         return {
             m: {
-                "trigger": j.trigger, "state": j.state, "started": j.started, "alive": j.thread.is_alive(),
+                "trigger": j.trigger, "state": j.state, "started": j.started, "alive": not j.done, "error": j.error,
                 "version": getattr(j.result, "version", None), "reason": getattr(j.result, "reason", None),
                 "deploy": j.deploy.as_dict() if j.deploy is not None else None, **j.timeline,
             }
