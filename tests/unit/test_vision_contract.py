@@ -125,3 +125,22 @@ def test_contract_still_imports_without_numpy():
 
     code = "import sys, runtime.contract; assert 'numpy' not in sys.modules and 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_frame_samples_are_told_apart_from_feature_samples():
+    import base64
+
+    from runtime.contract import decode_frame_sample, decode_samples
+
+    sample = {
+        "stage": "frame", "device": "cam-1", "sensor": "belt", "model": "parts_cnn_int8", "model_version": "1.0.0",
+        "model_sha256": "0" * 64, "ts": 1.7e9, "seq": 3, "label": "ok", "score": 0.55, "truth": "defect",
+        "width": 160, "height": 120, "jpeg_b64": base64.b64encode(JPEG).decode(),
+    }
+    got = decode_frame_sample(json.dumps(sample).encode(), 1 << 20)
+    assert got.jpeg() == JPEG and got.reason == "low_confidence"
+    with pytest.raises(ContractError):
+        decode_samples(json.dumps(sample).encode(), 1 << 20)  # the feature store refuses it, by schema
+    for bad in ({"stage": "features"}, {"jpeg_b64": ""}, {"width": 0}, {"extra": 1}):
+        with pytest.raises(ContractError):
+            decode_frame_sample(json.dumps({**sample, **bad}).encode(), 1 << 20)
