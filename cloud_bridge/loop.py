@@ -47,7 +47,13 @@ from runtime.common.errors import ConfigError
 from runtime.common.mqtt import MqttLink
 from runtime.common.ratelimit import RateLimitedLog
 from runtime.common.rejects import Rejects
-from runtime.contract import ContractError, TopicLevel, decode_samples, parse_sample_topic
+from runtime.contract import (
+    ContractError,
+    TopicLevel,
+    decode_frame_sample,
+    decode_samples,
+    parse_sample_topic,
+)
 from runtime.modelfile import ModelMetadata, load_model_files
 
 log = logging.getLogger("cloud_bridge.loop")
@@ -114,7 +120,7 @@ class ClosedLoop:
         self._log = RateLimitedLog(log)
         self._last_schedule: dict[str, float] = {}
         self._models_seen: set[str] = set()
-        self.received = self.dropped_queue_full = self.batches = 0
+        self.received = self.dropped_queue_full = self.batches = self.frame_samples = 0
         self.triggers: list[dict[str, Any]] = []
         subscriptions = [(SAMPLES_FILTER, 1)] if (self.store or self.monitor) else []
         if cfg.retrain.enabled:
@@ -226,7 +232,12 @@ class ClosedLoop:
             return
         try:
             device, model = parse_sample_topic(topic)
-            batch = decode_samples(payload, self.cfg.max_payload_bytes)
+            try:
+                batch = decode_samples(payload, self.cfg.max_payload_bytes)
+            except ContractError:
+                if self._is_frame_sample(payload):
+                    return
+                raise
             if batch.device != device or batch.model != model:
                 raise ContractError("topic_mismatch", f"payload {batch.device}/{batch.model} != topic {device}/{model}")
         except ContractError as exc:
@@ -238,6 +249,16 @@ class ClosedLoop:
             self.store.add(batch, received)
         if self.monitor is not None:
             self.monitor.observe(batch, received)
+
+    def _is_frame_sample(self, payload: bytes) -> bool:
+        """Camera frames kept by the edge (``FrameSample``, stage "frame") share the topic; the
+        feature store and the drift monitor do not use them: counted and skipped, not rejected."""
+        try:
+            decode_frame_sample(payload, self.cfg.max_payload_bytes)
+        except ContractError:
+            return False
+        self.frame_samples += 1
+        return True
 
     def _command(self, topic: str, payload: bytes) -> None:
         try:
@@ -376,6 +397,7 @@ class ClosedLoop:
         return {
             "received": self.received,
             "batches": self.batches,
+            "frame_samples_skipped": self.frame_samples,
             "dropped_queue_full": self.dropped_queue_full,
             "rejected": dict(self.rejects.by_reason),
             "store": self.store.stats() if self.store else None,

@@ -4,6 +4,7 @@ job is refused before training because the registry has no model)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -11,7 +12,7 @@ from servers import eventually
 
 from cloud_bridge import Bridge, BridgeConfig
 from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
-from runtime.contract import DeadLetter, SampleBatch, SampleRow, sample_topic
+from runtime.contract import DeadLetter, FrameSample, SampleBatch, SampleRow, sample_topic
 
 SHA = "ef" * 32
 
@@ -21,6 +22,16 @@ def batch(device: str, model: str, n: int, start: int = 0) -> SampleBatch:
                       reason="random") for k in range(n)]
     return SampleBatch(device=device, sensor="vibration", model=model, model_version="1.0.0", model_sha256=SHA,
                        node="edge-1", rows=rows)
+
+
+def frame_sample(model: str) -> bytes:
+    import cv2
+    import numpy as np
+
+    _, jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    return FrameSample(device="cam-1", sensor="cam", model=model, model_version="1", model_sha256=SHA, ts=time.time(),
+                       seq=1, label="x", score=0.5, reason="low_confidence", width=8, height=8,
+                       jpeg_b64=base64.b64encode(jpeg.tobytes()).decode()).model_dump_json().encode()
 
 
 def test_samples_are_stored_and_bad_input_is_dead_lettered_and_commands_become_events(
@@ -53,13 +64,15 @@ def test_samples_are_stored_and_bad_input_is_dead_lettered_and_commands_become_e
             (f"samples/dev-a/{model}/extra", b"{}"),  # not delivered: the filter is samples/+/+
             ("commands/bridge/retrain", b'{"model": "a/b"}'),
         ]
-        infos = [client.publish(t, p, qos=1) for t, p in good + bad]
+        frame = [(sample_topic("cam-1", model), frame_sample(model))]  # a camera's FrameSample: skipped
+        infos = [client.publish(t, p, qos=1) for t, p in good + bad + frame]
         assert wait_for_all(infos, 10)
 
         eventually(lambda: loop.store.count(model) == 30, timeout=15, message=f"samples on disk {loop.stats()}")
         frame = loop.store.read(model)
         assert sorted(set(frame.device)) == ["dev-a", "dev-b"] and frame.features.shape == (30, 3)
         assert loop.monitor.observed == 30
+        eventually(lambda: loop.stats()["frame_samples_skipped"] == 1, timeout=10, message="frame sample")
         reasons = eventually(lambda: {DeadLetter.model_validate_json(p).reason for _, p in letters} or None,
                              timeout=10, message="dead letters")
         eventually(lambda: loop.stats()["rejected"] == {"malformed_json": 1, "topic_mismatch": 1, "invalid_schema": 1},
