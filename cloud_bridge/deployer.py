@@ -190,8 +190,13 @@ class Deployer:
         with self._changed:
             return {n: s for n, s in self._nodes.items() if s.state == "online" or not online_only}
 
-    def _matching(self, patterns: list[str]) -> list[str]:
-        return sorted(n for n in self.nodes() if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    def _matching(self, patterns: list[str], name: str) -> list[str]:
+        """Online nodes matching ``patterns`` that run model ``name`` (a bridge or an edge serving
+        other models reports no such model and is not waited for)."""
+        return sorted(
+            n for n, status in self.nodes().items()
+            if name in status.models and any(fnmatch.fnmatchcase(n, p) for p in patterns)
+        )
 
     def _node_state(self, node: str, name: str, version: str, deploy_ids: set[str]) -> str | None:
         """``healthy``, ``canary``, ``receiving``, ``refused:<reason>``, ``rolled_back:<reason>`` or None (nothing yet).
@@ -374,7 +379,7 @@ class Deployer:
                 raise DeployError(f"{name} {version} was refused ({refused}); clear that in the registry first")
             report = DeployReport(model=name, version=version, outcome="published")
             if canary:
-                nodes = self._matching(canary)
+                nodes = self._matching(canary, name)
                 if not nodes:
                     raise DeployError(f"no online node matches canary {canary}; online: {sorted(self.nodes())}")
                 report.canary = nodes
@@ -400,7 +405,7 @@ class Deployer:
             self.registry.promote(name, version, actor=self.actor, reason=f"deployed to {','.join(targets)}")
             self._event(name, "deploy", f"fleet rollout to {', '.join(targets)}", version)
             if wait:
-                fleet = [n for n in self._matching(targets) if n not in report.canary]
+                fleet = [n for n in self._matching(targets, name) if n not in report.canary]
                 states = self._wait(
                     name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, {"healthy", "canary"}
                 )
