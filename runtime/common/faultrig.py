@@ -97,7 +97,10 @@ class Rig:
                    interval=0.02, message="stream reached the fault point")
         notes = fault(self) or {}
         before_end = expected_windows(self.publisher.sent_so_far())
-        recovery = wait_stored(self.influx, self.db, self.node, before_end, timeout)
+        try:
+            recovery = wait_stored(self.influx, self.db, self.node, before_end, timeout)
+        except AssertionError:
+            recovery = float("inf")  # never recovered: the count below says what is missing
         self.publisher.wait_acked(timeout)
         want = expected_windows(self.readings)
         try:
@@ -106,7 +109,7 @@ class Rig:
             pass  # counted below as lost
         codes = self.stop_processes()
         stored, points = stored_windows(self.influx, self.db, self.node)
-        notes.update({"exit_codes": codes})
+        notes.update({"exit_codes": codes, "missing": sorted(want - stored)})
         return Outcome(self.name, len(self.readings), len(want), len(stored & want), len(stored), points,
                        round(recovery, 2), notes)
 

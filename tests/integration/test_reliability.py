@@ -28,7 +28,8 @@ def assert_nothing_lost(out: fk.Outcome, r: fk.Rig) -> None:
     logs = "\n".join(p.log()[-4000:] for p in [r.edge, *r.bridges])
     assert out.sent == DEVICES * PER_DEVICE
     assert out.expected == DEVICES * (PER_DEVICE - 1)
-    assert (out.lost, out.duplicates) == (0, 0), (out.row(), logs)
+    missing = sorted(set(out.notes.get("missing", [])))[:20]
+    assert (out.lost, out.duplicates) == (0, 0), (out.row(), missing, logs)
     assert set(out.notes["exit_codes"].values()) == {0}, (out.notes, logs)  # every drain completed
 
 
