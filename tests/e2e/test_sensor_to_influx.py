@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,66 +21,12 @@ from reference import reference_features
 from runtime.config import BUNDLED_MODEL
 from runtime.contract import DeadLetter, NodeStatus, sensor_topic
 from runtime.inference import TfliteModel
+from mqttkit import Collector, Proc
 from servers import eventually
 
-REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "edgeloop-bridge"  # the bridge's default node id: its retained birth says it has subscribed
 DEVICES = 3
 READINGS = 40  # vibration readings per device -> READINGS - 1 windows each (size 128, hop 64, 64-sample readings)
-
-
-class Proc:
-    """A CLI process whose output goes to a file, stopped with SIGTERM."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", *args], cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.alive():
-                self.proc.kill()
-            self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-class Collector:
-    """Subscribes to topics on the test broker and keeps every message."""
-
-    def __init__(self, url_port: int, topics: list[str]) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", url_port)
-        for topic in topics:
-            self.client.subscribe(topic, qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def on(self, prefix: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p in self.messages if t.startswith(prefix)]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def publisher(port: int) -> paho.Client:
@@ -119,14 +60,7 @@ def start_edge(broker, tmp_path: Path, node: str) -> Proc:
 
 
 def wait_online(collector: Collector, node: str, proc: Proc) -> None:
-    def online():
-        assert proc.alive(), proc.log()
-        for payload in collector.on(f"status/{node}"):
-            if NodeStatus.model_validate_json(payload).state == "online":
-                return True
-        return False
-
-    eventually(online, timeout=60, message=f"{node} never published an online status")
+    collector.online(node, proc)
 
 
 def expected_scores(readings, device: str, seqs: list[int]) -> dict[int, float]:

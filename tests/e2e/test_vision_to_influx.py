@@ -11,84 +11,24 @@ offline with confidence, that label is the ground truth.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from mqttkit import REPO, Collector, Proc
 from servers import eventually
 
 from devices.scenes import write_video
-from runtime.contract import InferenceResult, NodeStatus
+from runtime.contract import InferenceResult
 from runtime.inference import TfliteModel
 from runtime.vision.config import BUNDLED_VISION_MODEL
 from runtime.vision.pipeline import build_image_pipeline
 
-REPO = Path(__file__).resolve().parents[2]
 FRAMES = 24
 QUALITY = 85  # the camera publisher's default
-
-
-class Proc:
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], cwd=REPO, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.alive():
-                self.proc.kill()
-            self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-class Watcher:
-    def __init__(self, port: int) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        for topic in ("status/#", "results/#", "deadletter/#"):
-            self.client.subscribe(topic, qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c, _u, msg) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def on(self, prefix: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p in self.messages if t.startswith(prefix)]
-
-    def online(self, node: str, proc: Proc) -> None:
-        def check():
-            assert proc.alive(), proc.log()
-            return any(NodeStatus.model_validate_json(p).state == "online" for p in self.on(f"status/{node}"))
-
-        eventually(check, timeout=60, message=f"{node} online")
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def offline_predictions(video: Path) -> list[tuple[str, float]]:
@@ -118,7 +58,7 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
     assert len(known) >= FRAMES * 3 // 4, (truth, offline)  # the bundled model knows most of these frames
 
     (tmp_path / "edge.yaml").write_text(f"node_id: {node}\nvision:\n  cameras:\n    - camera: belt\n")
-    watcher = Watcher(mosquitto.port)
+    watcher = Collector(mosquitto.port, ["status/#", "results/#", "deadletter/#"])
     bridge = Proc(["bridge", "run", "--broker", mosquitto.url, "--influx-api", "v1", "--influx-url", influx.url,
                    "--influx-db", db], tmp_path / "bridge.log")
     edge = Proc(["edge", "run", "-c", str(tmp_path / "edge.yaml"), "--broker", mosquitto.url], tmp_path / "edge.log")

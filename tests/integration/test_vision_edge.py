@@ -10,7 +10,6 @@ result); status reports the frame counters and the camera model.
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -18,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from mqttkit import Collector
 from servers import eventually
 
 from devices.scenes import SceneSimulator, encode_jpeg
@@ -26,30 +26,6 @@ from runtime.config import load_edge_config
 from runtime.contract import FrameMeta, InferenceResult, NodeStatus, encode_frame, frame_topic
 
 MAX_FRAME = 64 * 1024
-
-
-class Watcher:
-    def __init__(self, port: int, topics: list[str]) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        for topic in topics:
-            self.client.subscribe(topic, qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c, _u, msg) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def on(self, prefix: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p in self.messages if t.startswith(prefix)]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def publish_frame(client: paho.Client, device: str, jpeg: bytes, meta: FrameMeta | None, header: bool = False,
@@ -75,7 +51,7 @@ def edge(mosquitto, tmp_path, unique_id):
                        {"type": "resize"}, {"type": "normalize", "from_model": True}],
         }]},
     })
-    watcher = Watcher(mosquitto.port, ["results/#", "deadletter/#", f"status/{cfg.node_id}"])
+    watcher = Collector(mosquitto.port, ["results/#", "deadletter/#", f"status/{cfg.node_id}"])
     device = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     device.connect("127.0.0.1", mosquitto.port)
     device.loop_start()
