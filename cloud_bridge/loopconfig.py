@@ -95,7 +95,10 @@ class RetrainSettings(BaseModel):
     the held-out test split <= ``max_fpr`` and <= the deployed model's rate on
     the same windows + ``fpr_tolerance``; recall on the known anomalies (field
     windows the deployed model scored far out of line for their device, and
-    flagged by it) >= ``min_recall`` when there are at least ``min_known_anomalies``.
+    scored at least ``known_anomaly_factor`` times its threshold) >= ``min_recall``
+    when there are at least ``min_known_anomalies``. The factor keeps windows the
+    old model flagged only because the regime drifted (scores just above its
+    threshold) out of the set: the new model is right not to flag those.
     """
 
     model_config = _STRICT
@@ -120,6 +123,9 @@ class RetrainSettings(BaseModel):
     fpr_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.005
     min_recall: Annotated[float, Field(ge=0, le=1)] = 0.8
     min_known_anomalies: Annotated[int, Field(ge=1)] = 10
+    known_anomaly_factor: Annotated[float, Field(ge=1, le=1000)] = Field(
+        default=5.0, description="a known anomaly scored >= this many times the deployed model's threshold"
+    )
     quantize: Literal["none", "int8"] = "none"
     seed: int = 0
     timeout_s: Annotated[float, Field(gt=0)] = 1800.0

@@ -20,7 +20,8 @@ Why it looks like this:
 - **Gate** (see ``RetrainSettings``): enough samples; false-positive rate on
   the test split <= ``max_fpr`` and <= the parent's rate on the same rows +
   ``fpr_tolerance``; recall on *known anomalies* (rows the parent-based
-  outlier cut removed that the parent flagged) >= ``min_recall`` when there are at least
+  outlier cut removed that the parent scored at least ``known_anomaly_factor``
+  times its threshold) >= ``min_recall`` when there are at least
   ``min_known_anomalies`` of them. A refused candidate is reported, never
   registered.
 
@@ -173,7 +174,9 @@ def retrain(job: RetrainJob) -> RetrainResult:
     parent_scores = _parent_scores(parent_path.read_bytes(), parent_meta, raw)
     parent_flagged = parent_scores > parent_meta.threshold
     keep = robust_keep(parent_scores, devices, s.outlier_mad)
-    known = ~keep & parent_flagged  # far out of line for their machine, and flagged: the known anomalies
+    # Far out of line for their machine and far above the parent's threshold: the known anomalies.
+    # (Drifted windows the parent flags sit just above its threshold; they are not faults.)
+    known = ~keep & (parent_scores > s.known_anomaly_factor * parent_meta.threshold)
 
     order = np.random.default_rng(s.seed).permutation(len(raw))
     split = np.empty(len(raw), dtype=np.int8)  # 0 train, 1 calibration, 2 test
