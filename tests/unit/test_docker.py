@@ -239,11 +239,11 @@ def test_kubernetes_retrain_job_runs_an_edgeloop_command():
     assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
     args = build_parser().parse_args(container["args"])
-    assert (args.command, args.action) == ("model", "build")
+    assert (args.command, args.action, args.name) == ("model", "retrain", "vibration_ae")
     trainer_user = next(i for i in stages(DOCKER / "Dockerfile.bridge")["trainer"] if i["instruction"] == "USER")
     assert str(pod["securityContext"]["runAsUser"]) == trainer_user["value"].split(":")[0]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert args.out in mounts
+    assert str(Path(args.config).parent) in mounts  # bridge.yaml: sample store, registry, signing key, gate
 
 
 # ----------------------------------------------------------------------------- configs
