@@ -79,3 +79,19 @@ class Collector:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def publisher(port: int) -> paho.Client:
+    """A plain MQTT v5 client on the test broker, network loop running."""
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def publish_all(client: paho.Client, messages: list[tuple[str, bytes]]) -> None:
+    """Publish at QoS 1 and wait until the broker acknowledged every message."""
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(10)
+        assert info.is_published()

@@ -12,35 +12,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.simulator import FleetSimulator
 from reference import reference_features
 from runtime.config import BUNDLED_MODEL
 from runtime.contract import DeadLetter, NodeStatus, sensor_topic
 from runtime.inference import TfliteModel
-from mqttkit import Collector, Proc
+from mqttkit import Collector, Proc, publish_all, publisher
 from servers import eventually
 
 BRIDGE = "edgeloop-bridge"  # the bridge's default node id: its retained birth says it has subscribed
 DEVICES = 3
 READINGS = 40  # vibration readings per device -> READINGS - 1 windows each (size 128, hop 64, 64-sample readings)
-
-
-def publisher(port: int) -> paho.Client:
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
-
-
-def publish_all(client: paho.Client, messages: list[tuple[str, bytes]]) -> None:
-    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-    for info in infos:
-        info.wait_for_publish(10)
-        assert info.is_published()
 
 
 def fleet_readings(seed: int = 11) -> list[tuple[str, object]]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import socket
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 import runtime
@@ -24,6 +22,7 @@ from runtime.app import EdgeApp
 from runtime.common.errors import ConfigError
 from runtime.config import load_edge_config
 from runtime.metrics import serve_edge_metrics
+from mqttkit import publish_all, publisher
 from servers import eventually, free_port, http
 
 READINGS = 12  # per device: 11 windows each with the default window (size 128, hop 64, 64-sample chunks)
@@ -43,19 +42,6 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-def publisher(port: int) -> paho.Client:
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
-
-
-def publish_all(client: paho.Client, messages: list[tuple[str, bytes]]) -> None:
-    infos = [client.publish(t, p, qos=1) for t, p in messages]
-    for info in infos:
-        info.wait_for_publish(10)
 
 
 def test_edge_metrics_scraped_over_http(mosquitto):
