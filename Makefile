@@ -64,7 +64,7 @@ test-e2e: deps venv-train ## tests/e2e: the whole loop (retraining needs the tra
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
 demo: deps venv ## run the demo (DEMO_ARGS=... passes through)
-	$(VENV)/bin/edgeloop demo $(DEMO_ARGS)
+	$(PY) -m lab.demo $(DEMO_ARGS)
 
 bench: deps venv ## run the benchmarks (BENCH_ARGS=... passes through)
 	$(PY) -m benchmarks $(BENCH_ARGS)

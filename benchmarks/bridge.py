@@ -27,7 +27,7 @@ import urllib3
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.harness import bench_broker, publisher
-from runtime.common.localservers import InfluxDB1, VictoriaMetrics, eventually
+from lab.servers import InfluxDB1, VictoriaMetrics, eventually
 
 SHA = "ab" * 32
 BATCH = 5000
@@ -145,9 +145,9 @@ class BareWriter:
 
 
 def bare_sink(api: str, url: str, n_points: int, base_ts: float) -> float:
-    from cloud_bridge.config import InfluxSettings
-    from cloud_bridge.schema import LineEncoder
-    from runtime.contract import InferenceResult
+    from edgeloop.bridge.config import InfluxSettings
+    from edgeloop.bridge.schema import LineEncoder
+    from edgeloop.contract import InferenceResult
 
     enc = LineEncoder(InfluxSettings(api=api, url=url, db="bench", bucket="bench", org="bench"))
     lines = [enc.result(InferenceResult.model_validate(result(f"dev-{i % DEVICES:03d}", i, base_ts + i * 0.001)))
@@ -237,7 +237,7 @@ def stored_points(server, t0: float, t1: float) -> int:
 
 
 def product_bridge(broker, influx_cfg: dict, msgs: list[tuple[str, bytes]], n_points: int, name: str) -> dict:
-    from cloud_bridge import Bridge, BridgeConfig
+    from edgeloop.bridge import Bridge, BridgeConfig
 
     cfg = BridgeConfig.model_validate({
         "node_id": f"bench-bridge-{name}",

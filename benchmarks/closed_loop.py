@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.closed_loop [--devices 8] [--speed 1] [--drift-at 40] [--runs 1]``
 
-Runs ``runtime.loopdemo.run_drift_demo`` (the drift phase of ``edgeloop
+Runs ``lab.loopdemo.run_drift_demo`` (the drift phase of ``edgeloop
 demo``: own mosquitto and InfluxDB, one edge process, the bridge with sample
 store, drift monitor, retrain worker and deployer, a simulated fleet whose
 regime changes at ``--drift-at``) and records, per run:
@@ -52,7 +52,7 @@ def check(result: dict[str, Any]) -> dict[str, bool | None]:
 
 def run(workdir: Path, quick: bool = False, *, devices: int = 8, speed: float = 1.0, drift_at_s: float = 40.0,
         runs: int = 1) -> dict[str, Any]:
-    from runtime.loopdemo import run_drift_demo
+    from lab.loopdemo import run_drift_demo
 
     if quick:
         speed, runs = max(speed, 4.0), 1

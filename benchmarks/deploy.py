@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from deploy_fixtures import MODEL, Stream, edge_config, make_keys, seeded_registry, start_edge, variant
 
-from cloud_bridge.deployer import Deployer
-from runtime.common.localservers import Mosquitto, eventually
-from runtime.common.mqtt import MqttSettings
-from runtime.model_manager import ModelManager
+from edgeloop.bridge.deployer import Deployer
+from lab.servers import Mosquitto, eventually
+from edgeloop.mqtt import MqttSettings
+from edgeloop.edge.model_manager import ModelManager
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,13 @@ between a product figure and its limit/baseline would compare different things.
 
 - ``bench_broker``: mosquitto on a free loopback port with ``BROKER_CONF``.
 - ``ReadingSource``: realistic vibration readings (64 samples x 3 axes from
-  ``devices.simulator``), rendered to JSON lines cheaply from a pool of chunks.
+  ``edgeloop.devices.simulator``), rendered to JSON lines cheaply from a pool of chunks.
 - ``FlatOutFeed``: one C publisher (``mosquitto_pub -l``) per device, reading
   pre-written files: offered load as fast as the broker takes it.
 - ``ResultRecorder``: a C subscriber (``mosquitto_sub -F '%U %t %p'``) that
   timestamps every arrival with the wall clock and costs the measured process
   no CPU of its own.
-- ``EdgeProcess``: ``python -m runtime.cli edge run`` as a subprocess, its
+- ``EdgeProcess``: ``python -m edgeloop.cli edge run`` as a subprocess, its
   retained status (counters) and its peak RSS (``VmHWM``).
 """
 
@@ -38,7 +38,7 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.common.localservers import Mosquitto, eventually
+from lab.servers import Mosquitto, eventually
 
 #: Broker settings for every benchmark (mosquitto 2.x): no Nagle delay on small
 #: packets, no per-client queue limit (a slow subscriber backs up in the broker
@@ -69,14 +69,14 @@ def bench_broker(workdir: Path) -> Iterator[Mosquitto]:
 class ReadingSource:
     """Realistic vibration readings for ``n_devices`` devices, as JSON text.
 
-    The sample values come from ``devices.simulator`` (shaft harmonics, noise,
+    The sample values come from ``edgeloop.devices.simulator`` (shaft harmonics, noise,
     a few bearing faults), rounded to 4 decimals like the simulator publishes;
     each device cycles through ``pool`` consecutive chunks so that rendering a
     payload costs a string format, not a JSON encode of 192 floats.
     """
 
     def __init__(self, n_devices: int, seed: int = 1, pool: int = 32) -> None:
-        from devices.simulator import FleetSimulator, device_id
+        from edgeloop.devices.simulator import FleetSimulator, device_id
 
         sim = FleetSimulator(n_devices=n_devices, seed=seed, anomaly_rate=0.01, sensors=("vibration",))
         self.devices = [device_id(i) for i in range(n_devices)]
@@ -411,7 +411,7 @@ class _MeasuredProcess:
 
 
 class EdgeProcess(_MeasuredProcess):
-    """``python -m runtime.cli edge run --broker URL --node-id NODE [-c CONFIG]``, as users run it.
+    """``python -m edgeloop.cli edge run --broker URL --node-id NODE [-c CONFIG]``, as users run it.
 
     Its state (the disk outbox) lives in the run's workdir; its counters come
     from its own retained ``status/{node}`` message, the last one being the
@@ -421,7 +421,7 @@ class EdgeProcess(_MeasuredProcess):
     name = "edge"
 
     def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None) -> None:
-        cmd = [sys.executable, "-m", "runtime.cli", "edge", "run", "--broker", broker.url, "--node-id", node_id]
+        cmd = [sys.executable, "-m", "edgeloop.cli", "edge", "run", "--broker", broker.url, "--node-id", node_id]
         if config:
             path = workdir / f"edge-{node_id}.yaml"
             path.write_text(json.dumps(config))  # YAML is a superset of JSON

@@ -113,7 +113,7 @@ class NaiveEdge:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.config import BUNDLED_MODEL
+    from edgeloop.edge.config import BUNDLED_MODEL
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")

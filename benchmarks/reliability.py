@@ -3,7 +3,7 @@
 Each scenario of tests/integration/test_reliability.py again, at a larger scale
 (10 devices, thousands of readings, the outages the issue names: InfluxDB down
 30 s, a network outage of 20 s against a 5 s keepalive), with real processes
-(``runtime.common.faultkit``). For each: readings sent, windows expected,
+(``lab.faultkit``). For each: readings sent, windows expected,
 stored, lost, duplicated, and the recovery time -- from the end of the fault
 (process started again, broker back, link back) until InfluxDB holds every
 window whose reading was published before that moment.
@@ -34,11 +34,11 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.common import faultrig as fk
-from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
-from runtime.common.mqtt import MqttLink, MqttSettings
-from runtime.outbox import Outbox
-from runtime.sender import OutboxSender
+from lab import faultrig as fk
+from lab.servers import InfluxDB1, Mosquitto, eventually
+from edgeloop.mqtt import MqttLink, MqttSettings
+from edgeloop.edge.outbox import Outbox
+from edgeloop.edge.sender import OutboxSender
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"

@@ -58,7 +58,7 @@ from benchmarks.harness import (
     publisher,
     vm_hwm_mb,
 )
-from runtime.common.localservers import Mosquitto
+from lab.servers import Mosquitto
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "runtime" / "models"
 MODELS = {"float": MODELS_DIR / "parts_cnn.tflite", "int8": MODELS_DIR / "parts_cnn_int8.tflite"}
@@ -68,7 +68,7 @@ LATENCY_TARGET_INTERVALS = 4
 
 
 def frame_pool(n: int = 48, width: int = 320, height: int = 240, quality: int = 85) -> list[bytes]:
-    from devices.scenes import SceneSimulator, encode_jpeg
+    from edgeloop.devices.scenes import SceneSimulator, encode_jpeg
 
     sim = SceneSimulator(width, height, seed=99)
     return [encode_jpeg(sim.render(i)[0], quality) for i in range(n)]
@@ -94,13 +94,13 @@ def _per_frame_us(fn, items: list, min_s: float) -> float:
 def preprocess(quick: bool) -> dict:
     import logging
 
-    from runtime.common.rejects import Rejects
-    from runtime.contract import FrameMeta
-    from runtime.inference import TfliteModel
-    from runtime.vision.config import VisionSettings
-    from runtime.vision.engine import VisionEngine
-    from runtime.vision.pipeline import build_image_pipeline
-    from runtime.vision.slots import PendingFrame
+    from edgeloop.rejects import Rejects
+    from edgeloop.contract import FrameMeta
+    from edgeloop.edge.inference import TfliteModel
+    from edgeloop.edge.vision.config import VisionSettings
+    from edgeloop.edge.vision.engine import VisionEngine
+    from edgeloop.edge.vision.pipeline import build_image_pipeline
+    from edgeloop.edge.vision.slots import PendingFrame
 
     min_s = 0.3 if quick else 2.0
     frames = frame_pool()

@@ -6,15 +6,15 @@ Public API (the modules themselves are implementation detail)::
     bridge = Bridge(cfg); bridge.start(); ...; bridge.stop()  # stop() drains
     run_bridge(cfg, stop_event) -> int                       # for the CLI
 
-Imports only ``runtime.contract`` and ``runtime.common`` from the edge side
+Imports only the core (``edgeloop.contract``, ``edgeloop.mqtt``, ...), never the edge
 (never numpy or an interpreter); influxdb-client/urllib3 for the sinks.
 """
 
-from cloud_bridge.app import Bridge, run_bridge
-from cloud_bridge.config import BridgeConfig, InfluxSettings, Measurements, load_bridge_config
-from cloud_bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
-from cloud_bridge.schema import LineEncoder, result_line, status_line
-from cloud_bridge.sinks import InfluxV1Sink, InfluxV2Sink, make_sink
+from edgeloop.bridge.app import Bridge, run_bridge
+from edgeloop.bridge.config import BridgeConfig, InfluxSettings, Measurements, load_bridge_config
+from edgeloop.bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
+from edgeloop.bridge.schema import LineEncoder, result_line, status_line
+from edgeloop.bridge.sinks import InfluxV1Sink, InfluxV2Sink, make_sink
 
 __all__ = [
     "Bridge",

@@ -25,12 +25,12 @@ most 1 s, then is dropped and counted in ``stats()["dropped_queue_full"]``.
 A batch is flushed when ``influx.batch_size`` lines or ``influx.batch_max_bytes``
 are pending (a batch may exceed either by one message's results: a message is
 never split) or ``influx.flush_interval_ms`` after its first line. What happens
-when a write fails is ``cloud_bridge.batching``'s business; while it retries,
+when a write fails is ``edgeloop.bridge.batching``'s business; while it retries,
 the queue absorbs and then overflows as above, so pending lines stay bounded by
 one batch plus the queue.
 
 Nothing a peer sends can stop the writer: every message-level failure becomes
-a counted, rate-limited-logged, dead-lettered reject (``runtime.common.rejects``).
+a counted, rate-limited-logged, dead-lettered reject (``edgeloop.rejects``).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import queue
 import threading
 import time
 
-from runtime import __version__
-from runtime.common.mqtt import MqttLink, Will
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.common.rejects import Rejects
-from runtime.contract import (
+from edgeloop import __version__
+from edgeloop.mqtt import MqttLink, Will
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.rejects import Rejects
+from edgeloop.contract import (
     ContractError,
     NodeStatus,
     status_topic,
@@ -54,10 +54,10 @@ from runtime.contract import (
     parse_status_topic,
 )
 
-from cloud_bridge.batching import Batch, BatchWriter, Delivery
-from cloud_bridge.config import DEFAULT_CLIENT_ID, BridgeConfig
-from cloud_bridge.schema import LineEncoder
-from cloud_bridge.sinks import Sink, make_sink
+from edgeloop.bridge.batching import Batch, BatchWriter, Delivery
+from edgeloop.bridge.config import DEFAULT_CLIENT_ID, BridgeConfig
+from edgeloop.bridge.schema import LineEncoder
+from edgeloop.bridge.sinks import Sink, make_sink
 
 log = logging.getLogger("cloud_bridge")
 
@@ -109,11 +109,11 @@ class Bridge:
         self._statuses = 0
         self._ignored_empty = 0
         self._settled = 0
-        #: samples store, drift monitor, retrain and deploy (cloud_bridge.loop): its own MQTT link and threads.
+        #: samples store, drift monitor, retrain and deploy (edgeloop.bridge.loop): its own MQTT link and threads.
         self.loop = None
         if cfg.samples.enabled or cfg.drift.enabled or cfg.retrain.enabled:
-            from cloud_bridge.events import EventWriter
-            from cloud_bridge.loop import ClosedLoop
+            from edgeloop.bridge.events import EventWriter
+            from edgeloop.bridge.loop import ClosedLoop
 
             self.loop = ClosedLoop(cfg, EventWriter(make_sink(cfg), cfg.influx.tags))
 
@@ -367,7 +367,7 @@ class Bridge:
 
 def run_bridge(cfg: BridgeConfig, stop_event: threading.Event) -> int:
     """Run until ``stop_event`` is set, logging stats every 10 s; 0 if the drain completed, else 1."""
-    from cloud_bridge.metrics import serve_bridge_metrics
+    from edgeloop.bridge.metrics import serve_bridge_metrics
 
     bridge = Bridge(cfg)
     metrics = serve_bridge_metrics(bridge)  # None unless metrics.enabled

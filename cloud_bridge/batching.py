@@ -30,11 +30,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.common.rejects import Rejects
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.rejects import Rejects
 
-from cloud_bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
-from cloud_bridge.sinks import Sink
+from edgeloop.bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
+from edgeloop.bridge.sinks import Sink
 
 log = logging.getLogger("cloud_bridge")
 

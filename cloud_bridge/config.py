@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from runtime.common.configfile import load_config
-from runtime.common.metrics import BRIDGE_METRICS_PORT, MetricsSettings
-from runtime.common.mqtt import MqttSettings
-from runtime.common.secrets import read_secret_file
-from runtime.contract import TopicLevel
+from edgeloop.configfile import load_config
+from edgeloop.metrics import BRIDGE_METRICS_PORT, MetricsSettings
+from edgeloop.mqtt import MqttSettings
+from edgeloop.secrets import read_secret_file
+from edgeloop.contract import TopicLevel
 
-from cloud_bridge.loopconfig import DriftSettings, RetrainSettings, SampleStoreSettings
+from edgeloop.bridge.loopconfig import DriftSettings, RetrainSettings, SampleStoreSettings
 
 DEFAULT_CLIENT_ID = "edgeloop-bridge"
 
@@ -151,7 +151,7 @@ class InfluxSettings(BaseModel):
 
 
 def _read_token(path: Path, warn: bool = True) -> str:
-    """Regular file, <= 64 KiB, UTF-8, not empty; world-readable is a logged warning (runtime.common.secrets)."""
+    """Regular file, <= 64 KiB, UTF-8, not empty; world-readable is a logged warning (edgeloop.secrets)."""
     return read_secret_file(path, "token file", warn=warn)
 
 
@@ -180,7 +180,7 @@ class BridgeConfig(BaseModel):
     )
     influx: InfluxSettings = InfluxSettings()
     metrics: MetricsSettings = MetricsSettings(port=BRIDGE_METRICS_PORT)
-    # The closed loop (cloud_bridge.loop, docs/closed-loop.md); all off by default.
+    # The closed loop (edgeloop.bridge.loop, docs/closed-loop.md); all off by default.
     samples: SampleStoreSettings = SampleStoreSettings()
     drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
@@ -202,6 +202,6 @@ class BridgeConfig(BaseModel):
 def load_bridge_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BridgeConfig:
     """Read ``path`` (optional; ``${ENV}`` expanded), merge ``overrides``, validate.
 
-    Raises ``runtime.common.errors.ConfigError`` naming the file and the field.
+    Raises ``edgeloop.errors.ConfigError`` naming the file and the field.
     """
     return load_config(BridgeConfig, path, overrides or {})

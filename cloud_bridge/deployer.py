@@ -45,13 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cloud_bridge.events import EventSink
-from cloud_bridge.registry import Registry, atomic_write, json_bytes
-from runtime.common.errors import EdgeloopError
-from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
-from runtime.common.signing import SigningKey
-from runtime.contract import ContractError, NodeStatus, decode_status, parse_status_topic
-from runtime.deploy_contract import (
+from edgeloop.bridge.events import EventSink
+from edgeloop.bridge.registry import Registry, atomic_write, json_bytes
+from edgeloop.errors import EdgeloopError
+from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
+from edgeloop.signing import SigningKey
+from edgeloop.contract import ContractError, NodeStatus, decode_status, parse_status_topic
+from edgeloop.deploy_contract import (
     ModelManifest,
     SelfTest,
     chunk_topic,
@@ -60,7 +60,7 @@ from runtime.deploy_contract import (
     split_chunks,
 )
 
-log = logging.getLogger("cloud_bridge.deployer")
+log = logging.getLogger("edgeloop.bridge.deployer")
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_STATUS_BYTES = 256 * 1024
@@ -241,7 +241,7 @@ class Deployer:
         stored = self.registry.selftest(name, version)
         if stored is not None:
             return stored
-        from cloud_bridge.training.selftest import make_selftest  # needs an interpreter; imported only here
+        from edgeloop.bridge.training.selftest import make_selftest  # needs an interpreter; imported only here
 
         path, meta = self.registry.get(name, version)
         vectors = make_selftest(path.read_bytes(), meta)

@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from cloud_bridge.loopconfig import DriftSettings
-from runtime.contract import SampleBatch
-from runtime.modelfile import ModelMetadata
+from edgeloop.bridge.loopconfig import DriftSettings
+from edgeloop.contract import SampleBatch
+from edgeloop.modelfile import ModelMetadata
 
-log = logging.getLogger("cloud_bridge.drift")
+log = logging.getLogger("edgeloop.bridge.drift")
 
 _EPS = 1e-4
 _LOG_FLOOR = 1e-3

@@ -1,6 +1,6 @@
 """Typed errors of the InfluxDB sinks, so the bridge knows what to do with a batch.
 
-    EdgeloopError                        (runtime.common.errors)
+    EdgeloopError                        (edgeloop.errors)
     └── SinkError                        the database did not take (all of) a batch
         ├── Throttled    + TransientError  429, 503: keep the batch, retry after
         │                                  ``retry_after`` seconds (Retry-After) or backoff
@@ -18,16 +18,16 @@ batch; when no line at all could be parsed it answers 400 ``"unable to parse
 ..."`` without the prefix. Either way a retry would only be refused again.
 
 Payloads that cannot be encoded as line protocol are not sink errors: the
-encoder raises ``runtime.contract.ContractError("unencodable", ...)`` and the
+encoder raises ``edgeloop.contract.ContractError("unencodable", ...)`` and the
 message is dead-lettered like any other contract violation.
 
 Library exceptions (urllib3, ``influxdb_client.rest.ApiException``) are
-translated into these in ``cloud_bridge.sinks`` with ``raise ... from exc``.
+translated into these in ``edgeloop.bridge.sinks`` with ``raise ... from exc``.
 """
 
 from __future__ import annotations
 
-from runtime.common.errors import EdgeloopError, TransientError
+from edgeloop.errors import EdgeloopError, TransientError
 
 
 class SinkError(EdgeloopError):

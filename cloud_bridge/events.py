@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cloud_bridge.schema import escape_measurement, escape_string, escape_tag
-from runtime.common.errors import EdgeloopError
-from runtime.contract import ContractError
+from edgeloop.bridge.schema import escape_measurement, escape_string, escape_tag
+from edgeloop.errors import EdgeloopError
+from edgeloop.contract import ContractError
 
-log = logging.getLogger("cloud_bridge.events")
+log = logging.getLogger("edgeloop.bridge.events")
 
 EVENTS_MEASUREMENT = "events"
 
@@ -70,7 +70,7 @@ def event_line(
 class EventWriter:
     """``writer(model, kind, message, version=None, **fields)``: log it, and write it if a sink is set.
 
-    ``sink`` is anything with ``write(lines)`` (``cloud_bridge.sinks.make_sink(cfg)``).
+    ``sink`` is anything with ``write(lines)`` (``edgeloop.bridge.sinks.make_sink(cfg)``).
     """
 
     def __init__(self, sink: Any | None = None, static_tags: dict[str, str] | None = None) -> None:

@@ -9,7 +9,7 @@ and nothing here may wait on training):
                        store.add + monitor.observe; every drift.interval_s monitor.evaluate();
                        store flush and retention; the retrain schedule; starts retrain jobs
     retrain job thread (one per model at a time) waits for enough samples, runs the worker
-                       *process* (cloud_bridge.training.retrain), registers a candidate that
+                       *process* (edgeloop.bridge.training.retrain), registers a candidate that
                        passed the gate, asks the Deployer to roll it out (canary first if
                        configured); writes an event at every step
 
@@ -18,7 +18,7 @@ Triggers: sustained drift (``DriftMonitor``), ``{"model": NAME}`` on
 retrain NAME --request``), ``retrain.schedule_s``, and :meth:`request_retrain`.
 Every trigger starts the model's cooldown, and a model has at most one job.
 
-Events (``cloud_bridge.events``, measurement ``events``, tags model + kind):
+Events (``edgeloop.bridge.events``, measurement ``events``, tags model + kind):
 ``drift`` (the trigger and its statistics), ``retrain`` (requested / candidate
 passed the gate, with its metrics), ``refused`` (gate or job failure), and the
 deployer's ``deploy`` / ``refused`` / ``rollback``.
@@ -39,24 +39,24 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cloud_bridge.config import BridgeConfig
-from cloud_bridge.drift import DriftMonitor, Trigger
-from cloud_bridge.events import EventWriter
-from cloud_bridge.samples import SampleStore
-from runtime.common.errors import ConfigError
-from runtime.common.mqtt import MqttLink
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.common.rejects import Rejects
-from runtime.contract import (
+from edgeloop.bridge.config import BridgeConfig
+from edgeloop.bridge.drift import DriftMonitor, Trigger
+from edgeloop.bridge.events import EventWriter
+from edgeloop.bridge.samples import SampleStore
+from edgeloop.errors import ConfigError
+from edgeloop.mqtt import MqttLink
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.rejects import Rejects
+from edgeloop.contract import (
     ContractError,
     TopicLevel,
     decode_frame_sample,
     decode_samples,
     parse_sample_topic,
 )
-from runtime.modelfile import ModelMetadata, load_model_files
+from edgeloop.modelfile import ModelMetadata, load_model_files
 
-log = logging.getLogger("cloud_bridge.loop")
+log = logging.getLogger("edgeloop.bridge.loop")
 
 SAMPLES_FILTER = "samples/+/+"
 QUEUE_SIZE = 10_000
@@ -102,7 +102,7 @@ class ClosedLoop:
         self.store = SampleStore(cfg.samples) if cfg.samples.enabled else None
         self.registry = None
         if cfg.retrain.enabled or cfg.drift.enabled:
-            from cloud_bridge.registry import Registry
+            from edgeloop.bridge.registry import Registry
 
             self.registry = Registry(cfg.retrain.registry)
         self.monitor = DriftMonitor(cfg.drift, reference_for=self._reference) if cfg.drift.enabled else None
@@ -135,8 +135,8 @@ class ClosedLoop:
     def start(self, wait_s: float | None = 10.0) -> None:
         rt = self.cfg.retrain
         if rt.enabled and rt.deploy:
-            from cloud_bridge.deployer import Deployer
-            from runtime.common.signing import SigningKey
+            from edgeloop.bridge.deployer import Deployer
+            from edgeloop.signing import SigningKey
 
             client_id = f"{self.cfg.mqtt.client_id or 'edgeloop-bridge'}-deployer"
             self.deployer = Deployer.connect(
@@ -324,7 +324,7 @@ class ClosedLoop:
         return count
 
     def _job(self, model: str, trigger: str, since: float | None) -> None:
-        from cloud_bridge.training.retrain import RetrainJob, read_result, start_worker
+        from edgeloop.bridge.training.retrain import RetrainJob, read_result, start_worker
 
         job = self._jobs[model]
         rt = self.cfg.retrain
@@ -410,8 +410,8 @@ class ClosedLoop:
 def publish_retrain_request(mqtt_url: str, model: str, since_s: float | None = None,
                             topic: str | None = None) -> None:
     """What ``edgeloop model retrain NAME --request`` does: ask a running bridge to retrain."""
-    from cloud_bridge.loopconfig import RETRAIN_COMMAND_TOPIC
-    from runtime.common.mqtt import MqttSettings, wait_for_all
+    from edgeloop.bridge.loopconfig import RETRAIN_COMMAND_TOPIC
+    from edgeloop.mqtt import MqttSettings, wait_for_all
 
     link = MqttLink(MqttSettings(url=mqtt_url), f"edgeloop-retrain-request-{int(time.time() * 1000) % 10**9}")
     link.start(wait_s=10.0)

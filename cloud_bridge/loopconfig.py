@@ -1,6 +1,6 @@
 """Configuration of the closed loop in the bridge: sample store, drift monitor, retraining.
 
-Why a module of its own: ``cloud_bridge.config`` imports these models for the
+Why a module of its own: ``edgeloop.bridge.config`` imports these models for the
 ``samples:``, ``drift:`` and ``retrain:`` sections of ``bridge.yaml``, and the
 retrain worker process receives them, without importing pyarrow, scipy or
 TensorFlow. Pydantic and the standard library only.

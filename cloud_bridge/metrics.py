@@ -21,13 +21,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from runtime import __version__
-from runtime.common.metrics import MetricsServer, counters_as_metrics, gauge, labelled_counter
+from edgeloop import __version__
+from edgeloop.metrics import MetricsServer, counters_as_metrics, gauge, labelled_counter
 
-from cloud_bridge.sinks import Sink, make_sink
+from edgeloop.bridge.sinks import Sink, make_sink
 
 if TYPE_CHECKING:
-    from cloud_bridge.app import Bridge
+    from edgeloop.bridge.app import Bridge
 
 PREFIX = "edgeloop_bridge"
 

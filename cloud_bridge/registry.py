@@ -15,9 +15,9 @@ Layout::
         state.json                     {"history": [promoted versions, oldest first], "refused": {version: reason}}
         {version}/
           model.tflite                 the artifact
-          metadata.json                runtime.modelfile.ModelMetadata (sha256 covers model.tflite)
+          metadata.json                edgeloop.modelfile.ModelMetadata (sha256 covers model.tflite)
           record.json                  {"version", "parent", "added", "actor", "sha256", "size"}
-          selftest.json                optional runtime.deploy_contract.SelfTest (else computed at deploy time)
+          selftest.json                optional edgeloop.deploy_contract.SelfTest (else computed at deploy time)
 
 ``current`` is the last entry of ``history`` and ``previous`` the one before
 it; ``promote`` appends, ``rollback`` removes the last entry.
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.common.errors import EdgeloopError
-from runtime.contract import TOPIC_LEVEL_PATTERN
-from runtime.deploy_contract import SelfTest
-from runtime.modelfile import ModelMetadata, sha256_bytes
+from edgeloop.errors import EdgeloopError
+from edgeloop.contract import TOPIC_LEVEL_PATTERN
+from edgeloop.deploy_contract import SelfTest
+from edgeloop.modelfile import ModelMetadata, sha256_bytes
 
 _LEVEL_RE = re.compile(TOPIC_LEVEL_PATTERN)
 

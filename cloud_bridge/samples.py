@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_bridge.loopconfig import SampleStoreSettings
-from runtime.contract import SampleBatch
+from edgeloop.bridge.loopconfig import SampleStoreSettings
+from edgeloop.contract import SampleBatch
 
-log = logging.getLogger("cloud_bridge.samples")
+log = logging.getLogger("edgeloop.bridge.samples")
 
 _COLUMNS = ("received", "ts", "device", "sensor", "node", "site", "model_version", "seq", "score", "anomaly", "reason")
 

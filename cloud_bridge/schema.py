@@ -64,9 +64,9 @@ from __future__ import annotations
 import re
 import threading
 
-from runtime.contract import MAX_OUTPUTS, ContractError, InferenceResult, NodeStatus
+from edgeloop.contract import MAX_OUTPUTS, ContractError, InferenceResult, NodeStatus
 
-from cloud_bridge.config import BridgeConfig, InfluxSettings
+from edgeloop.bridge.config import BridgeConfig, InfluxSettings
 
 _CACHE_MAX = 4096
 

@@ -4,7 +4,7 @@ Why two: ``InfluxV1Sink`` speaks InfluxDB 1.x ``POST /write`` with urllib3
 (pooled keep-alive connection, timeouts, Basic auth, optional gzip);
 ``InfluxV2Sink`` uses influxdb-client's synchronous write API against
 ``/api/v2/write`` (InfluxDB 2.x, or VictoriaMetrics which accepts the same
-request). Both receive the same strings from ``cloud_bridge.schema`` so the
+request). Both receive the same strings from ``edgeloop.bridge.schema`` so the
 stored data does not depend on the API. Neither retries: the bridge owns
 retries and batching (a sink is a Telegraf-style output: connect, write, close).
 
@@ -27,8 +27,8 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from cloud_bridge.config import BridgeConfig, InfluxSettings
-from cloud_bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
+from edgeloop.bridge.config import BridgeConfig, InfluxSettings
+from edgeloop.bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
 
 _DROPPED_RE = re.compile(r"dropped=(\d+)")
 

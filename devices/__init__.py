@@ -1,5 +1,5 @@
 """Device-side publishers: simulated sensor fleets and the MQTT publisher that sends them.
 
-``devices.simulator`` needs numpy and the wire contract only; ``devices.publisher``
-adds paho (through ``runtime.common.mqtt``).
+``edgeloop.devices.simulator`` needs numpy and the wire contract only; ``edgeloop.devices.publisher``
+adds paho (through ``edgeloop.mqtt``).
 """

@@ -18,9 +18,9 @@ Why it behaves as it does:
   back or the publisher is stopped; a file ends (or loops).
 - Metadata (capture ``ts``, ``seq``, optional ground-truth ``label``) travels
   as MQTT v5 user properties, or as the EFRM header in front of the JPEG with
-  MQTT 3.1.1 (``--header`` forces the header on v5 too); see runtime/contract.py.
+  MQTT 3.1.1 (``--header`` forces the header on v5 too); see edgeloop/contract.py.
 - Ground truth for a video file comes from its ``.labels.json`` sidecar
-  (``--labels``; written by ``devices.scenes.write_video``), indexed by the
+  (``--labels``; written by ``edgeloop.devices.scenes.write_video``), indexed by the
   frame's position in the file.
 """
 
@@ -37,8 +37,8 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from runtime.common.mqtt import MqttLink, MqttSettings
-from runtime.contract import FrameMeta, check_level, encode_frame, frame_topic
+from edgeloop.mqtt import MqttLink, MqttSettings
+from edgeloop.contract import FrameMeta, check_level, encode_frame, frame_topic
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class FrameSource:
         self.position = 0  # index of the next frame within the file (ground-truth lookup)
         self.sim = None
         if source.startswith("sim"):
-            from devices.scenes import SceneSimulator
+            from edgeloop.devices.scenes import SceneSimulator
 
             seed = int(source.split(":", 1)[1]) if ":" in source else 1
             self.sim = SceneSimulator(width or 320, height or 240, seed=seed, frames_per_item=4)
@@ -160,7 +160,7 @@ class FrameSource:
 def load_labels(path: str | Path | None) -> list[str] | None:
     if path is None:
         return None
-    from devices.scenes import read_labels
+    from edgeloop.devices.scenes import read_labels
 
     return read_labels(path)
 

@@ -31,9 +31,9 @@ from typing import IO
 
 import paho.mqtt.client as paho
 
-from devices.simulator import FAULT_LABEL, SENSORS, VIBRATION, FleetSimulator
-from runtime.common.mqtt import MqttLink, MqttSettings
-from runtime.contract import parse_sensor_topic
+from edgeloop.devices.simulator import FAULT_LABEL, SENSORS, VIBRATION, FleetSimulator
+from edgeloop.mqtt import MqttLink, MqttSettings
+from edgeloop.contract import parse_sensor_topic
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def simulate(
                      With neither count nor duration_s: run until ``stop`` is set.
       seed           makes the data reproducible (ts aside: it follows the wall clock).
       anomaly_rate   probability that a healthy device starts a fault at a vibration
-                     reading; faults last 0.5-2 s (see devices.simulator).
+                     reading; faults last 0.5-2 s (see edgeloop.devices.simulator).
       drift_at_s     seconds after the start when every device changes regime for good.
       qos            0, 1 or 2; with 1/2 the run waits up to ``ack_timeout_s`` for acks.
       truth_path     optional JSON-lines ground truth: a ``run`` header, one ``fault`` line
@@ -137,7 +137,7 @@ def simulate(
       stop           threading.Event: set it to end the run early (report.interrupted).
       sensors        subset of ("vibration", "temperature").
       client_id      MQTT client id (default: unique per process).
-    Raises ValueError for bad arguments, runtime.common.errors.TransientError when the
+    Raises ValueError for bad arguments, edgeloop.errors.TransientError when the
     broker cannot be reached within ``connect_timeout_s``.
     """
     if qos not in (0, 1, 2):

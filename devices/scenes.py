@@ -273,7 +273,7 @@ def write_video(
     finally:
         writer.release()
     sidecar = {"labels": labels, "seed": seed, "fps": fps, "width": width, "height": height,
-               "frames_per_item": frames_per_item, "source": "devices.scenes.SceneSimulator"}
+               "frames_per_item": frames_per_item, "source": "edgeloop.devices.scenes.SceneSimulator"}
     labels_path(path).write_text(json.dumps(sidecar) + "\n", encoding="utf-8")
     return labels
 

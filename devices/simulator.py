@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.contract import SensorReading, sensor_topic
+from edgeloop.contract import SensorReading, sensor_topic
 
 VIBRATION = "vibration"
 TEMPERATURE = "temperature"

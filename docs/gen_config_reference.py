@@ -248,8 +248,8 @@ def section(title: str, model: type[BaseModel], intro: str) -> list[str]:
 
 
 def render() -> str:
-    from cloud_bridge.config import BridgeConfig
-    from runtime.config import EdgeConfig
+    from edgeloop.bridge.config import BridgeConfig
+    from edgeloop.edge.config import EdgeConfig
 
     lines = [HEADER]
     lines += section("Edge runtime (`edge.yaml`)", EdgeConfig,

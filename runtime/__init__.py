@@ -1,8 +1,6 @@
-"""edgeloop edge runtime.
+"""edgeloop.edge: the on-device runtime (this folder is installed as ``edgeloop.edge``).
 
-Importing this package is cheap on purpose: ``runtime.contract`` and
-``runtime.common`` depend only on pydantic/paho/yaml, so the cloud bridge and
-device publishers can import them without numpy or an interpreter.
+MQTT in (``edgeloop.mqtt``), preprocessing stages, micro-batched LiteRT
+inference, the disk outbox and at-least-once delivery, signed model deployment,
+and (only when a camera is configured) the OpenCV vision pipeline.
 """
-
-__version__ = "0.1.0"

@@ -20,20 +20,20 @@ import queue
 import threading
 import time
 
-from runtime import __version__
-from runtime.common.errors import ConfigError
-from runtime.common.mqtt import MqttLink, Will, redact_url
-from runtime.common.rejects import RateLimitedLog, Rejects
-from runtime.common.systemd import SystemdNotifier
-from runtime.config import EdgeConfig
-from runtime.contract import NodeStatus, status_topic
-from runtime.delivery import EdgeDelivery
-from runtime.engine import Engine, PipelineRunner
-from runtime.inference import TfliteModel
-from runtime.model_manager import ModelManager
-from runtime.sampling import Sampler
-from runtime.stages import PipelineError
-from runtime.stages.features import limit_blas_threads
+from edgeloop import __version__
+from edgeloop.errors import ConfigError
+from edgeloop.mqtt import MqttLink, Will, redact_url
+from edgeloop.rejects import RateLimitedLog, Rejects
+from edgeloop.systemd import SystemdNotifier
+from edgeloop.edge.config import EdgeConfig
+from edgeloop.contract import NodeStatus, status_topic
+from edgeloop.edge.delivery import EdgeDelivery
+from edgeloop.edge.engine import Engine, PipelineRunner
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.model_manager import ModelManager
+from edgeloop.edge.sampling import Sampler
+from edgeloop.edge.stages import PipelineError
+from edgeloop.edge.stages.features import limit_blas_threads
 
 log = logging.getLogger("edgeloop.edge")
 
@@ -77,7 +77,7 @@ class EdgeApp:
         # Camera frames (docs/camera.md): newest-wins slots and a frame worker; None without `vision:`.
         self.vision = None
         if cfg.vision is not None:
-            from runtime.vision.worker import FrameWorker
+            from edgeloop.edge.vision.worker import FrameWorker
 
             publish_frames = lambda messages: self.delivery.publish(messages, 1)  # noqa: E731 -- 1: acks are not ours
             self.vision = FrameWorker.build(cfg.vision, self.rejects, publish_frames, node_id=cfg.node_id, site=cfg.site, source=source)
@@ -284,7 +284,7 @@ def run_edge(cfg: EdgeConfig, stop: threading.Event, source: str = "edge config"
     An unreachable broker is not fatal: the runtime keeps retrying with backoff
     (a device often boots before its network), logging each failed attempt.
     """
-    from runtime.metrics import serve_edge_metrics
+    from edgeloop.edge.metrics import serve_edge_metrics
 
     app = EdgeApp(cfg, source)
     metrics = serve_edge_metrics(app, source)  # None unless metrics.enabled

@@ -13,19 +13,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runtime.common.configfile import load_config
-from runtime.common.metrics import MetricsSettings
-from runtime.common.mqtt import MqttSettings
-from runtime.contract import TOPIC_LEVEL_PATTERN, TopicLevel
-from runtime.sampling import SamplingSettings
-from runtime.stages import StageConfig
-from runtime.vision.config import VisionSettings
+from edgeloop.configfile import load_config
+from edgeloop.metrics import MetricsSettings
+from edgeloop.mqtt import MqttSettings
+from edgeloop.contract import TOPIC_LEVEL_PATTERN, TopicLevel
+from edgeloop.edge.sampling import SamplingSettings
+from edgeloop.edge.stages import StageConfig
+from edgeloop.edge.vision.config import VisionSettings
 
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_MODEL = MODELS_DIR / "vibration_ae.tflite"
 
 #: The pipeline the bundled model was trained with (keep in step with
-#: cloud_bridge.training.build.DEFAULT_VIBRATION_PIPELINE; a test checks).
+#: edgeloop.bridge.training.build.DEFAULT_VIBRATION_PIPELINE; a test checks).
 DEFAULT_VIBRATION_STAGES: list[dict[str, Any]] = [
     {"type": "select", "channels": [0, 1, 2]},
     {"type": "window", "size": 128, "hop": 64},
@@ -173,8 +173,8 @@ class DeploySettings(BaseModel):
         if self.enabled:
             if self.public_key_file is None:
                 raise ValueError("deploy.enabled needs public_key_file (the deployer's Ed25519 public key)")
-            from runtime.common.errors import ConfigError
-            from runtime.common.signing import VerifyKey
+            from edgeloop.errors import ConfigError
+            from edgeloop.signing import VerifyKey
 
             try:
                 VerifyKey.load(self.public_key_file)

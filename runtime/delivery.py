@@ -26,13 +26,13 @@ import sqlite3
 import threading
 import time
 
-from runtime.common.mqtt import MqttLink, wait_for_all
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.config import EdgeConfig
-from runtime.contract import ContractError, parse_sensor_topic
-from runtime.inputacks import InputAcks
-from runtime.outbox import Outbox, default_state_dir
-from runtime.sender import OutboxSender
+from edgeloop.mqtt import MqttLink, wait_for_all
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.edge.config import EdgeConfig
+from edgeloop.contract import ContractError, parse_sensor_topic
+from edgeloop.edge.inputacks import InputAcks
+from edgeloop.edge.outbox import Outbox, default_state_dir
+from edgeloop.edge.sender import OutboxSender
 
 log = logging.getLogger("edgeloop.edge")
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import ValidationError
 
-from runtime.common.errors import PayloadError
-from runtime.common.rejects import Rejects
-from runtime.config import PipelineSettings
-from runtime.contract import (
+from edgeloop.errors import PayloadError
+from edgeloop.rejects import Rejects
+from edgeloop.edge.config import PipelineSettings
+from edgeloop.contract import (
     ContractError,
     InferenceResult,
     MAX_FEATURES,
@@ -32,9 +32,9 @@ from runtime.contract import (
     parse_sensor_topic,
     result_topic,
 )
-from runtime.inference import TfliteModel
-from runtime.sampling import Sampler, encode_batches
-from runtime.stages import Pipeline, StreamKey, Window, build_pipeline
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.sampling import Sampler, encode_batches
+from edgeloop.edge.stages import Pipeline, StreamKey, Window, build_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Engine:
         self.counters: Counter[str] = Counter()
         self.oldest_pending: float | None = None
         #: ``on_batch(model, batch_size, interpreter_s, latencies_s)`` after each interpreter
-        #: call; set by runtime.metrics when metrics are on, None (free) otherwise.
+        #: call; set by edgeloop.edge.metrics when metrics are on, None (free) otherwise.
         self.on_batch: Callable[[str, int, float, list[float]], None] | None = None
 
     @property

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.common.errors import ModelError
-from runtime.modelfile import ModelMetadata, load_model_files, sha256_bytes
+from edgeloop.errors import ModelError
+from edgeloop.modelfile import ModelMetadata, load_model_files, sha256_bytes
 
 _CANDIDATES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "Interpreter"),

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from runtime import __version__
-from runtime.common.metrics import (
+from edgeloop import __version__
+from edgeloop.metrics import (
     MetricsServer,
     counter,
     counters_as_metrics,
@@ -29,7 +29,7 @@ from runtime.common.metrics import (
 )
 
 if TYPE_CHECKING:
-    from runtime.app import EdgeApp
+    from edgeloop.edge.app import EdgeApp
 
 PREFIX = "edgeloop_edge"
 

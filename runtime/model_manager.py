@@ -21,7 +21,7 @@ Flow on the manager thread::
     .../chunk/{i}           -> length check, keep; all there -> sha256 -> load interpreter
                                -> tensor spec vs pipeline -> self-test -> hand to the worker
 
-Every refusal (reasons in ``runtime.deploy_contract.REFUSAL_REASONS``) keeps
+Every refusal (reasons in ``edgeloop.deploy_contract.REFUSAL_REASONS``) keeps
 the current model serving, is reported in ``NodeStatus.last_deploy`` and is
 dead-lettered on ``deadletter/edge``. A deployment that stays healthy is
 written to ``deploy.state_dir`` (``{model}/current`` and ``{model}/previous``)
@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime import model_store
-from runtime.common.errors import ModelError
-from runtime.common.rejects import Rejects
-from runtime.common.signing import VerifyKey
-from runtime.config import EdgeConfig, PipelineSettings
-from runtime.contract import ContractError, DeployState
-from runtime.deploy_contract import (
+from edgeloop.edge import model_store
+from edgeloop.errors import ModelError
+from edgeloop.rejects import Rejects
+from edgeloop.signing import VerifyKey
+from edgeloop.edge.config import EdgeConfig, PipelineSettings
+from edgeloop.contract import ContractError, DeployState
+from edgeloop.deploy_contract import (
     DeployRefused,
     ModelManifest,
     chunk_filter,
@@ -58,10 +58,10 @@ from runtime.deploy_contract import (
     parse_deploy_topic,
     verify_manifest,
 )
-from runtime.engine import Engine, PipelineRunner
-from runtime.inference import TfliteModel
-from runtime.model_swap import ModelSwapper, PreparedModel, Publish
-from runtime.stages import PipelineError
+from edgeloop.edge.engine import Engine, PipelineRunner
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.model_swap import ModelSwapper, PreparedModel, Publish
+from edgeloop.edge.stages import PipelineError
 
 log = logging.getLogger("edgeloop.deploy")
 
@@ -253,7 +253,7 @@ class ModelManager:
 
     def _prepare(self, manifest: ModelManifest, content: bytes) -> None:
         """Everything that can refuse a model, done before the worker sees it."""
-        from runtime.modelfile import sha256_bytes
+        from edgeloop.modelfile import sha256_bytes
 
         actual = sha256_bytes(content)
         if actual != manifest.sha256:

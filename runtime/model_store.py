@@ -14,12 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.common.errors import ModelError
-from runtime.config import EdgeConfig
-from runtime.engine import Engine, PipelineRunner
-from runtime.inference import TfliteModel
-from runtime.modelfile import ModelMetadata, load_model_files, write_model_files
-from runtime.stages import PipelineError
+from edgeloop.errors import ModelError
+from edgeloop.edge.config import EdgeConfig
+from edgeloop.edge.engine import Engine, PipelineRunner
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import ModelMetadata, load_model_files, write_model_files
+from edgeloop.edge.stages import PipelineError
 
 log = logging.getLogger("edgeloop.deploy")
 

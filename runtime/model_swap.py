@@ -23,10 +23,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runtime.config import DeploySettings
-from runtime.deploy_contract import ModelManifest
-from runtime.engine import Engine, PipelineRunner
-from runtime.inference import TfliteModel
+from edgeloop.edge.config import DeploySettings
+from edgeloop.deploy_contract import ModelManifest
+from edgeloop.edge.engine import Engine, PipelineRunner
+from edgeloop.edge.inference import TfliteModel
 
 log = logging.getLogger("edgeloop.deploy")
 

@@ -1,11 +1,11 @@
 """The edge's store-and-forward outbox: a message leaves the disk only when the broker has it.
 
 Every result and sample the edge publishes is appended here first (one
-transaction per micro-batch), sent oldest first by ``runtime.sender``, and
+transaction per micro-batch), sent oldest first by ``edgeloop.edge.sender``, and
 deleted only when the broker's PUBACK (QoS 1) arrives. What is on disk after a
 ``kill -9``, a power cut or a long outage is sent again, in order, by the next
 process: delivery is at-least-once, and a redelivered result overwrites itself
-in InfluxDB (its point identity is deterministic: see ``cloud_bridge.schema``).
+in InfluxDB (its point identity is deterministic: see ``edgeloop.bridge.schema``).
 
 Why SQLite (standard library ``sqlite3``) in WAL mode: a well-kept embedded
 store with atomic, crash-safe transactions and no extra dependency; WAL lets

@@ -29,7 +29,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.contract import MAX_SAMPLE_ROWS, SampleBatch, SampleRow, sample_topic
+from edgeloop.contract import MAX_SAMPLE_ROWS, SampleBatch, SampleRow, sample_topic
 
 HOUR_S = 3600.0
 

@@ -22,9 +22,9 @@ import sqlite3
 import threading
 import time
 
-from runtime.common.mqtt import MqttLink
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.outbox import Outbox, Row
+from edgeloop.mqtt import MqttLink
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.edge.outbox import Outbox, Row
 
 log = logging.getLogger(__name__)
 

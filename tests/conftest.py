@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers from tests/servers.py, started on free loopback ports.
+"""Shared fixtures: real servers from lab/servers.py, started on free loopback ports.
 
 Nothing here skips: a missing binary or a server that does not come up fails the test with the
 server's log tail (``make deps`` installs the binaries).
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # tests/: mqttkit, certs, ...
+sys.path.insert(0, str(Path(__file__).parents[1]))  # the checkout: lab/ (not installed)
 
-from servers import InfluxDB1, Mosquitto, VictoriaMetrics  # noqa: E402
+from lab.servers import InfluxDB1, Mosquitto, VictoriaMetrics  # noqa: E402
 
 TIERS = ("integration", "e2e")
 

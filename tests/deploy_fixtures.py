@@ -16,14 +16,14 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_bridge.registry import Registry
-from devices.simulator import FleetSimulator
-from runtime.app import EdgeApp
-from runtime.common.mqtt import MqttSettings
-from runtime.common.signing import SigningKey, generate_keypair
-from runtime.config import BUNDLED_MODEL, DeploySettings, EdgeConfig, InputSettings
-from runtime.contract import InferenceResult, NodeStatus
-from runtime.modelfile import ModelMetadata, load_model_files, sha256_bytes
+from edgeloop.bridge.registry import Registry
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.edge.app import EdgeApp
+from edgeloop.mqtt import MqttSettings
+from edgeloop.signing import SigningKey, generate_keypair
+from edgeloop.edge.config import BUNDLED_MODEL, DeploySettings, EdgeConfig, InputSettings
+from edgeloop.contract import InferenceResult, NodeStatus
+from edgeloop.modelfile import ModelMetadata, load_model_files, sha256_bytes
 
 MODEL = "vibration_ae"
 BASE_VERSION = "1.0.0"

@@ -12,8 +12,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.common.localservers import eventually
-from runtime.contract import NodeStatus
+from lab.servers import eventually
+from edgeloop.contract import NodeStatus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ class Proc:
         self._log = open(log_path, "w")  # noqa: SIM115 -- closed in terminate()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", *args], cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "edgeloop.cli", *args], cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
 
     def alive(self) -> bool:

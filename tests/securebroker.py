@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from certs import Issued
-from servers import Mosquitto
+from lab.servers import Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "docker" / "mosquitto" / "mosquitto.conf"

@@ -1,5 +1,5 @@
 """Model training on the cloud side (needs the ``train`` extra: TensorFlow).
 
-``cloud_bridge.training.build`` makes the bundled vibration model; importing it
+``edgeloop.bridge.training.build`` makes the bundled vibration model; importing it
 does not import TensorFlow until ``build_model`` runs.
 """

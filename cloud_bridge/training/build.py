@@ -4,10 +4,10 @@ Why it looks like this: the edge scores whatever the TFLite graph outputs, so
 the graph ends with the anomaly score itself -- the mean squared
 reconstruction error over the normalised features, shape (B, 1) -- and the
 edge stays generic. Training features are made by the *edge's own* pipeline
-(``runtime.stages.build_pipeline`` + ``push`` + ``transform``), so training
+(``edgeloop.edge.stages.build_pipeline`` + ``push`` + ``transform``), so training
 and inference cannot disagree about a feature definition.
 
-Data (all from ``devices.simulator``, pre-drift regime, no MQTT). Each split
+Data (all from ``edgeloop.devices.simulator``, pre-drift regime, no MQTT). Each split
 is a different fleet (its own seed), so the figures are for machines the
 model has never seen -- as on a real edge, where the fleet is not the one the
 model was trained on:
@@ -23,7 +23,7 @@ Threshold: the 99.5th percentile of validation scores (target false-positive
 rate 0.5% per window on healthy machines). TensorFlow is imported only here
 (the ``train`` extra).
 
-    python -m cloud_bridge.training.build --out runtime/models --seed 7
+    python -m edgeloop.bridge.training.build --out runtime/models --seed 7
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from devices.simulator import FleetSimulator
-from runtime.modelfile import (
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.modelfile import (
     InputSpec,
     ModelMetadata,
     Normalization,
@@ -49,14 +49,14 @@ from runtime.modelfile import (
     sha256_bytes,
     write_model_files,
 )
-from runtime.stages import build_pipeline
+from edgeloop.edge.stages import build_pipeline
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "vibration_ae"
 MODEL_VERSION = "1.0.0"
 
-#: The edge's default vibration pipeline (runtime.config.DEFAULT_VIBRATION_STAGES must match).
+#: The edge's default vibration pipeline (edgeloop.edge.config.DEFAULT_VIBRATION_STAGES must match).
 DEFAULT_VIBRATION_PIPELINE: list[dict[str, Any]] = [
     {"type": "select", "channels": [0, 1, 2]},
     {"type": "window", "size": 128, "hop": 64},
@@ -197,7 +197,7 @@ def score_tflite(content: bytes, features: np.ndarray) -> np.ndarray:
     """Score with the converted bytes through the edge's own interpreter path."""
     import tempfile
 
-    from runtime.inference import TfliteModel
+    from edgeloop.edge.inference import TfliteModel
 
     with tempfile.TemporaryDirectory() as tmp:
         meta = make_metadata(content, features.shape[1], 0.0, None, None, None)
@@ -333,7 +333,7 @@ def build_model(
         duration_s=round(elapsed, 2),
         framework=f"tensorflow {tf.__version__}",
         data={
-            "source": "devices.simulator.FleetSimulator",
+            "source": "edgeloop.devices.simulator.FleetSimulator",
             "train": {"seed": seed, "devices": train_devices, "duration_s": duration_s, "anomaly_rate": 0.0},
             "validation": {"seed": seed + 1, "devices": eval_devices},
             "test": {"seed": seed + 2, "devices": eval_devices},

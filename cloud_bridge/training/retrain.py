@@ -27,9 +27,9 @@ Why it looks like this:
 
 The model family, normalisation, conversion (float, or int8 post-training
 quantization with a representative dataset) and reference statistics come
-from ``cloud_bridge.training.build``. TensorFlow is imported only inside
+from ``edgeloop.bridge.training.build``. TensorFlow is imported only inside
 :func:`retrain` (the ``train`` extra), which runs in a worker process:
-``python -m cloud_bridge.training.retrain --job job.json --result result.json``
+``python -m edgeloop.bridge.training.retrain --job job.json --result result.json``
 (:func:`start_worker`), so the bridge never blocks on it.
 """
 
@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_bridge.loopconfig import RetrainSettings, SampleStoreSettings
-from runtime.modelfile import ModelMetadata, Normalization, TrainingInfo, write_model_files
+from edgeloop.bridge.loopconfig import RetrainSettings, SampleStoreSettings
+from edgeloop.modelfile import ModelMetadata, Normalization, TrainingInfo, write_model_files
 
 log = logging.getLogger("cloud_bridge.retrain")
 
@@ -127,8 +127,8 @@ def conformal_threshold(scores: np.ndarray, quantile: float) -> float:
 
 
 def _parent_scores(content: bytes, meta: ModelMetadata, raw: np.ndarray) -> np.ndarray:
-    from cloud_bridge.training.build import normalize
-    from runtime.inference import TfliteModel
+    from edgeloop.bridge.training.build import normalize
+    from edgeloop.edge.inference import TfliteModel
 
     with tempfile.TemporaryDirectory() as tmp:
         model = TfliteModel(write_model_files(tmp, content, meta))
@@ -138,9 +138,9 @@ def _parent_scores(content: bytes, meta: ModelMetadata, raw: np.ndarray) -> np.n
 
 def retrain(job: RetrainJob) -> RetrainResult:
     """Train, convert, evaluate and gate one candidate; write it to ``job.out_dir`` if it passes."""
-    from cloud_bridge.registry import Registry
-    from cloud_bridge.samples import SampleStore
-    from cloud_bridge.training import build
+    from edgeloop.bridge.registry import Registry
+    from edgeloop.bridge.samples import SampleStore
+    from edgeloop.bridge.training import build
 
     s = job.settings
     started = time.perf_counter()
@@ -296,7 +296,7 @@ def start_worker(job: RetrainJob, workdir: Path) -> tuple[subprocess.Popen, Path
     result_path.unlink(missing_ok=True)
     with open(workdir / "worker.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_bridge.training.retrain", "--job", str(job_path), "--result", str(result_path)],
+            [sys.executable, "-m", "edgeloop.bridge.training.retrain", "--job", str(job_path), "--result", str(result_path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},

@@ -1,6 +1,6 @@
 """Self-test vectors for a deployment: inputs and the outputs this exact artifact gives for them.
 
-Why through the edge's own interpreter path (``runtime.inference``): the edge
+Why through the edge's own interpreter path (``edgeloop.edge.inference``): the edge
 runs the same rows through the same code after loading the artifact, so a
 mismatch means the device's interpreter, or the bytes, do not behave like the
 model that was evaluated -- not that the two sides compute differently. Lives
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.deploy_contract import SelfTest
-from runtime.inference import TfliteModel
-from runtime.modelfile import ModelMetadata
+from edgeloop.deploy_contract import SelfTest
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import ModelMetadata
 
 DEFAULT_ROWS = 8
 

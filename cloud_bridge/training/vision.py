@@ -7,7 +7,7 @@ Two files come out, both verified through the edge's own interpreter path:
                          and output tensors, calibrated on a representative
                          set of training frames)
 
-Why it looks like this: frames are rendered by ``devices.scenes`` (labels
+Why it looks like this: frames are rendered by ``edgeloop.devices.scenes`` (labels
 empty / ok / defect), JPEG-encoded at a random quality (sometimes twice, as a
 frame from an MJPG video re-encoded by the camera publisher is), and turned
 into model input by the edge's own ``ImagePipeline`` with the stages the
@@ -22,7 +22,7 @@ in a softmax, so ``outputs`` are class probabilities.
 Splits come from different scene seeds (train seed, validation seed+1, test
 seed+2): the figures are on frames the model has never seen.
 
-    python -m cloud_bridge.training.vision --out runtime/models --seed 7
+    python -m edgeloop.bridge.training.vision --out runtime/models --seed 7
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from devices.scenes import LABELS, SceneSimulator, encode_jpeg
-from runtime.modelfile import (
+from edgeloop.devices.scenes import LABELS, SceneSimulator, encode_jpeg
+from edgeloop.modelfile import (
     ImageInput,
     InputSpec,
     ModelMetadata,
@@ -50,8 +50,8 @@ from runtime.modelfile import (
     sha256_bytes,
     write_model_files,
 )
-from runtime.vision.pipeline import ImagePipeline, default_image_stages, parse_image_stages
-from runtime.vision.stages import ModelInput
+from edgeloop.edge.vision.pipeline import ImagePipeline, default_image_stages, parse_image_stages
+from edgeloop.edge.vision.stages import ModelInput
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ def metadata(name: str, content: bytes, dtype: str, reference: Reference | None 
 
 def evaluate_frames(path: Path, seed: int, count: int) -> dict[str, float]:
     """Accuracy of a written model on fresh scene frames, through the edge's pipeline and interpreter."""
-    from runtime.inference import TfliteModel
-    from runtime.vision.pipeline import build_image_pipeline
+    from edgeloop.edge.inference import TfliteModel
+    from edgeloop.edge.vision.pipeline import build_image_pipeline
 
     model = TfliteModel(path, max_batch=64)
     pipeline = build_image_pipeline(None, model)
@@ -186,7 +186,7 @@ def _figures(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def _write_checked(out_dir: Path, name: str, content: bytes, dtype: str, x_test: np.ndarray,
                    reference: Reference | None = None, training: TrainingInfo | None = None) -> tuple[Path, np.ndarray]:
     """Write the files and return the test-set probabilities from the edge's interpreter."""
-    from runtime.inference import TfliteModel
+    from edgeloop.edge.inference import TfliteModel
 
     path = write_model_files(out_dir, content, metadata(name, content, dtype, reference, training))
     return path, TfliteModel(path, max_batch=64).run(x_test)
@@ -261,7 +261,7 @@ def build_vision_models(
             duration_s=round(elapsed, 2),
             framework=f"tensorflow {tf.__version__}",
             data={
-                "source": "devices.scenes.SceneSimulator",
+                "source": "edgeloop.devices.scenes.SceneSimulator",
                 "frame_size": list(FRAME_SIZE),
                 "train": {"seed": seed, "frames": train_frames},
                 "validation": {"seed": seed + 1, "frames": eval_frames},

@@ -12,10 +12,10 @@ from typing import Annotated, Union
 import numpy as np
 from pydantic import Field, TypeAdapter
 
-from runtime.common.errors import PayloadError
-from runtime.stages.features import FeaturesConfig, Normalize, NormalizeConfig
-from runtime.stages.sample import ScaleConfig, SelectConfig, StandardizeConfig
-from runtime.stages.window import StreamKey, Window, WindowConfig, Windower
+from edgeloop.errors import PayloadError
+from edgeloop.edge.stages.features import FeaturesConfig, Normalize, NormalizeConfig
+from edgeloop.edge.stages.sample import ScaleConfig, SelectConfig, StandardizeConfig
+from edgeloop.edge.stages.window import StreamKey, Window, WindowConfig, Windower
 
 StageConfig = Annotated[
     Union[SelectConfig, ScaleConfig, StandardizeConfig, WindowConfig, FeaturesConfig, NormalizeConfig],

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runtime.contract import TopicLevel
-from runtime.vision.pipeline import ImageStageConfig
+from edgeloop.contract import TopicLevel
+from edgeloop.edge.vision.pipeline import ImageStageConfig
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED_VISION_MODEL = MODELS_DIR / "parts_cnn_int8.tflite"

@@ -1,4 +1,4 @@
-"""Frames in, results out, no threads and no network: the camera counterpart of runtime.engine.
+"""Frames in, results out, no threads and no network: the camera counterpart of edgeloop.edge.engine.
 
 ``process(frames)`` validates each frame (topic, metadata, JPEG header),
 runs the camera's image stages, batches the rows of each camera's model into
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
-from runtime.common.errors import ConfigError, ModelError, PayloadError
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.common.rejects import Rejects
-from runtime.contract import (
+from edgeloop.errors import ConfigError, ModelError, PayloadError
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.rejects import Rejects
+from edgeloop.contract import (
     ContractError,
     FrameMeta,
     InferenceResult,
@@ -32,12 +32,12 @@ from runtime.contract import (
     parse_frame_topic,
     result_topic,
 )
-from runtime.inference import TfliteModel
-from runtime.stages import PipelineError
-from runtime.vision.config import CameraSettings, VisionSettings
-from runtime.vision.pipeline import ImagePipeline, build_image_pipeline
-from runtime.vision.samples import FrameSampler
-from runtime.vision.slots import PendingFrame
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.stages import PipelineError
+from edgeloop.edge.vision.config import CameraSettings, VisionSettings
+from edgeloop.edge.vision.pipeline import ImagePipeline, build_image_pipeline
+from edgeloop.edge.vision.samples import FrameSampler
+from edgeloop.edge.vision.slots import PendingFrame
 
 log = logging.getLogger("edgeloop.vision")
 

@@ -9,7 +9,7 @@ microseconds and lets the decode stage refuse such frames with a reason code
 
 from __future__ import annotations
 
-from runtime.common.errors import PayloadError
+from edgeloop.errors import PayloadError
 
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _EOI = b"\xff\xd9"

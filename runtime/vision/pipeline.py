@@ -16,11 +16,11 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, TypeAdapter
 
-from runtime.common.errors import PayloadError
-from runtime.inference import TfliteModel
-from runtime.modelfile import ImageInput
-from runtime.stages import PipelineError
-from runtime.vision.stages import (
+from edgeloop.errors import PayloadError
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import ImageInput
+from edgeloop.edge.stages import PipelineError
+from edgeloop.edge.vision.stages import (
     ColorConfig,
     CropConfig,
     DecodeConfig,

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from runtime.contract import MAX_FRAME_SAMPLE_BYTES, FrameMeta, FrameSample, InferenceResult, sample_topic
-from runtime.vision.config import FrameSampleSettings
+from edgeloop.contract import MAX_FRAME_SAMPLE_BYTES, FrameMeta, FrameSample, InferenceResult, sample_topic
+from edgeloop.edge.vision.config import FrameSampleSettings
 
 HOUR_S = 3600.0
 

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runtime.common.errors import PayloadError
-from runtime.modelfile import ImageInput
-from runtime.vision.frames import check_complete, jpeg_dimensions
+from edgeloop.errors import PayloadError
+from edgeloop.modelfile import ImageInput
+from edgeloop.edge.vision.frames import check_complete, jpeg_dimensions
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 

@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from runtime.common.rejects import Rejects
-from runtime.vision.config import VisionSettings
-from runtime.vision.engine import VisionEngine
-from runtime.vision.slots import LatestFrames, PendingFrame
+from edgeloop.rejects import Rejects
+from edgeloop.edge.vision.config import VisionSettings
+from edgeloop.edge.vision.engine import VisionEngine
+from edgeloop.edge.vision.slots import LatestFrames, PendingFrame
 
 log = logging.getLogger("edgeloop.vision")
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import time
 
-from servers import eventually
+from lab.servers import eventually
 
-from cloud_bridge.app import Bridge
-from runtime.common.signing import generate_keypair
-from runtime.loopscenario import (
+from edgeloop.bridge.app import Bridge
+from edgeloop.signing import generate_keypair
+from lab.loopscenario import (
     MODEL,
     Burst,
     EdgeProcess,

@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from certs import TestCA
 from securebroker import OBSERVER, REPO, secure_broker
-from servers import eventually
+from lab.servers import eventually
 
-from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
-from runtime.contract import DeadLetter
+from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
+from edgeloop.contract import DeadLetter
 
 SECRET = "kP4-e2e-secret-never-logged"
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
@@ -39,7 +39,7 @@ class Proc:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--log-level", "DEBUG", *args], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeloop.cli", "--log-level", "DEBUG", *args], cwd=REPO,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
 

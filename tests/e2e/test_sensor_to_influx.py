@@ -1,7 +1,7 @@
 """The whole path with real processes: simulator -> mosquitto -> edge -> mosquitto -> bridge -> InfluxDB.
 
 The edge and the bridge run as separate processes started through the real
-CLI (``python -m runtime.cli ...``), exactly as a user starts them.
+CLI (``python -m edgeloop.cli ...``), exactly as a user starts them.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.simulator import FleetSimulator
+from edgeloop.devices.simulator import FleetSimulator
 from reference import reference_features
-from runtime.config import BUNDLED_MODEL
-from runtime.contract import DeadLetter, NodeStatus, sensor_topic
-from runtime.inference import TfliteModel
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.contract import DeadLetter, NodeStatus, sensor_topic
+from edgeloop.edge.inference import TfliteModel
 from mqttkit import Collector, Proc, publish_all, publisher
-from servers import eventually
+from lab.servers import eventually
 
 BRIDGE = "edgeloop-bridge"  # the bridge's default node id: its retained birth says it has subscribed
 DEVICES = 3

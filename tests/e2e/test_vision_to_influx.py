@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 import pytest
 from mqttkit import REPO, Collector, Proc
-from servers import eventually
+from lab.servers import eventually
 
-from devices.scenes import write_video
-from runtime.contract import InferenceResult
-from runtime.inference import TfliteModel
-from runtime.vision.config import BUNDLED_VISION_MODEL
-from runtime.vision.pipeline import build_image_pipeline
+from edgeloop.devices.scenes import write_video
+from edgeloop.contract import InferenceResult
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.vision.config import BUNDLED_VISION_MODEL
+from edgeloop.edge.vision.pipeline import build_image_pipeline
 
 FRAMES = 24
 QUALITY = 85  # the camera publisher's default
@@ -66,7 +66,7 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
         watcher.online(node, edge)
         watcher.online("edgeloop-bridge", bridge)
         camera = subprocess.run(
-            [sys.executable, "-m", "runtime.cli", "devices", "camera", "--source", str(video), "--broker", mosquitto.url,
+            [sys.executable, "-m", "edgeloop.cli", "devices", "camera", "--source", str(video), "--broker", mosquitto.url,
              "--device", f"line-{unique_id}", "--camera", "belt", "--fps", "8", "--qos", "1"],
             cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
         )

@@ -61,9 +61,9 @@ def test_quick_limit_naive_and_edge_write_complete_results(tmp_path: Path) -> No
 def test_naive_baseline_computes_the_products_features() -> None:
     """The baseline is only a fair comparison if it does the same work: same features, same scores."""
     from benchmarks.naive import Scorer, features
-    from runtime.config import BUNDLED_MODEL, DEFAULT_VIBRATION_STAGES
-    from runtime.inference import TfliteModel
-    from runtime.stages import build_pipeline
+    from edgeloop.edge.config import BUNDLED_MODEL, DEFAULT_VIBRATION_STAGES
+    from edgeloop.edge.inference import TfliteModel
+    from edgeloop.edge.stages import build_pipeline
 
     model = TfliteModel(BUNDLED_MODEL)
     pipeline = build_pipeline(DEFAULT_VIBRATION_STAGES, 3, model_stats=model.normalization)

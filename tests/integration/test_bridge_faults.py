@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from servers import InfluxDB1, eventually
+from lab.servers import InfluxDB1, eventually
 
-from cloud_bridge import Bridge, BridgeConfig
-from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
+from edgeloop.bridge import Bridge, BridgeConfig
+from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
 
 SHA = "ab" * 32
 NOW = time.time() - 600
@@ -59,9 +59,11 @@ def test_influxd_down_then_back_nothing_is_lost(tmp_path, mosquitto, unique_id):
             assert bridge.stats()["write_errors"].get("unavailable", 0) >= 2
             influxdb.restart()
             eventually(lambda: count(influxdb, db) == 50, timeout=30, message="all points written after restart")
-            stats = bridge.stats()
-            # 50 results plus the bridge's own birth status (status/{node_id} is subscribed too)
-            assert stats["points_written"] == 50 + stats["statuses"] and stats["points_dropped"] == 0
+            # 50 results plus the bridge's own birth status (status/{node_id} is subscribed too). The points
+            # are queryable a moment before the writer, back from its HTTP call, counts them.
+            stats = eventually(lambda: (s := bridge.stats())["points_written"] == 50 + s["statuses"] and s,
+                               timeout=10, message="written points counted")
+            assert stats["points_dropped"] == 0
         finally:
             assert bridge.stop(timeout_s=10)
 

@@ -8,10 +8,10 @@ import time
 import urllib.parse
 
 import pytest
-from servers import eventually, http
+from lab.servers import eventually, http
 
-from cloud_bridge import Bridge, BridgeConfig, run_bridge
-from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
+from edgeloop.bridge import Bridge, BridgeConfig, run_bridge
+from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
 
 SHA = "0123456789abcdef" * 4
 NOW = time.time() - 600  # VictoriaMetrics keeps a retention window; stay inside it
@@ -332,7 +332,7 @@ def test_run_bridge_returns_0_after_the_stop_event_and_a_complete_drain(mosquitt
 
 @pytest.mark.parametrize("api", ["v1", "v2"])
 def test_gzip_bodies_are_accepted(api, influx_db, victoria, unique_id):
-    from cloud_bridge import make_sink
+    from edgeloop.bridge import make_sink
 
     influxdb, db = influx_db
     url = influxdb.url if api == "v1" else victoria.url

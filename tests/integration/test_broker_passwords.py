@@ -15,10 +15,10 @@ import uuid
 import pytest
 from certs import TestCA
 from securebroker import OBSERVER, secure_broker
-from servers import eventually
+from lab.servers import eventually
 
-from runtime.common.errors import TransientError
-from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
+from edgeloop.errors import TransientError
+from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
 
 PASSWORD = "Tq7-device-password-never-logged"
 

@@ -17,10 +17,10 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import eventually, free_port
+from lab.servers import eventually, free_port
 
-from devices.scenes import SceneSimulator, encode_jpeg, write_video
-from runtime.contract import FRAME_HEADER_MAGIC, decode_frame
+from edgeloop.devices.scenes import SceneSimulator, encode_jpeg, write_video
+from edgeloop.contract import FRAME_HEADER_MAGIC, decode_frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def collector(mosquitto):
 
 
 def camera(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", "devices", "camera", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "edgeloop.cli", "devices", "camera", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -158,7 +158,7 @@ def test_a_network_camera_that_goes_away_is_reopened(mosquitto, collector, tmp_p
     cam = MjpegCamera(free_port())
     cam.start()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "devices", "camera", "--source", f"http://127.0.0.1:{cam.port}/stream.mjpg",
+        [sys.executable, "-m", "edgeloop.cli", "devices", "camera", "--source", f"http://127.0.0.1:{cam.port}/stream.mjpg",
          "--broker", mosquitto.url, "--fps", "20", "--duration", "60"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -8,11 +8,11 @@ import base64
 import json
 import time
 
-from servers import eventually
+from lab.servers import eventually
 
-from cloud_bridge import Bridge, BridgeConfig
-from runtime.common.mqtt import MqttLink, MqttSettings, wait_for_all
-from runtime.contract import DeadLetter, FrameSample, SampleBatch, SampleRow, sample_topic
+from edgeloop.bridge import Bridge, BridgeConfig
+from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
+from edgeloop.contract import DeadLetter, FrameSample, SampleBatch, SampleRow, sample_topic
 
 SHA = "ef" * 32
 

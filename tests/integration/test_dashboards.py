@@ -1,7 +1,7 @@
 """Every query of the committed Grafana dashboards, run against a real InfluxDB 1.x filled by the real loop.
 
 simulated devices -> mosquitto -> EdgeApp (bundled model) -> mosquitto -> Bridge -> influxd, plus loop
-events written with the deployer's own line encoder (cloud_bridge.events). While everything is still
+events written with the deployer's own line encoder (edgeloop.bridge.events). While everything is still
 running (so nodes are online, as when someone looks at the dashboards), each panel, variable and
 annotation query is taken from docker/grafana/dashboards/*.json, its template variables and time range
 are substituted the way Grafana's InfluxDB datasource does, and it is run through InfluxDB's /query.
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from cloud_bridge.app import Bridge
-from cloud_bridge.config import load_bridge_config
-from cloud_bridge.events import event_line
-from devices.publisher import simulate
-from runtime.app import EdgeApp
-from runtime.common.mqtt import MqttLink, MqttSettings
-from runtime.config import load_edge_config
-from runtime.contract import ModelRef, NodeStatus, status_topic
-from servers import eventually
+from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.config import load_bridge_config
+from edgeloop.bridge.events import event_line
+from edgeloop.devices.publisher import simulate
+from edgeloop.edge.app import EdgeApp
+from edgeloop.mqtt import MqttLink, MqttSettings
+from edgeloop.edge.config import load_edge_config
+from edgeloop.contract import ModelRef, NodeStatus, status_topic
+from lab.servers import eventually
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "docker" / "grafana" / "dashboards"
 DEVICES = 3
@@ -114,7 +114,7 @@ def run(influx, db: str, query: str) -> dict:
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory, influxdb):
-    from servers import Mosquitto
+    from lab.servers import Mosquitto
 
     db = "dashboards"
     influxdb.create_database(db)

@@ -24,12 +24,12 @@ from deploy_fixtures import (
     tiny_variant,
     variant,
 )
-from servers import eventually
+from lab.servers import eventually
 
-from cloud_bridge.deployer import Deployer
-from cloud_bridge.events import EventWriter
-from runtime.common.mqtt import MqttSettings
-from runtime.deploy_contract import SelfTest, canonical_bytes, deploy_topic, sign_manifest
+from edgeloop.bridge.deployer import Deployer
+from edgeloop.bridge.events import EventWriter
+from edgeloop.mqtt import MqttSettings
+from edgeloop.deploy_contract import SelfTest, canonical_bytes, deploy_topic, sign_manifest
 
 
 @pytest.fixture(scope="module")
@@ -262,9 +262,9 @@ def watcher_retained(port: int, topic: str) -> bytes:
 def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, influx_db, tmp_path, capsys):
     from deploy_fixtures import Keys, bundled
 
-    from runtime.cli import main
-    from runtime.common.signing import SigningKey, VerifyKey
-    from runtime.modelfile import write_model_files
+    from edgeloop.cli import main
+    from edgeloop.signing import SigningKey, VerifyKey
+    from edgeloop.modelfile import write_model_files
 
     assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
     keys = Keys(SigningKey.load(tmp_path / "keys" / "deploy.key"), tmp_path / "keys" / "deploy.pub", None)
@@ -364,7 +364,7 @@ def retained_under(port: int, topic_filter: str) -> list[tuple[str, bytes]]:
 
 
 def test_a_silent_canary_fails_the_rollout(mosquitto, tmp_path, keys):
-    from runtime.config import EdgeConfig
+    from edgeloop.edge.config import EdgeConfig
 
     registry = seeded_registry(tmp_path / "registry")
     registry.add(MODEL, *variant("1.7.0"), parent=BASE_VERSION)
@@ -384,7 +384,7 @@ def test_a_silent_canary_fails_the_rollout(mosquitto, tmp_path, keys):
 
 def test_a_canary_already_running_the_version_passes_and_refused_versions_are_not_redeployed(setup, mosquitto,
                                                                                                tmp_path, keys):
-    from cloud_bridge.deployer import DeployError
+    from edgeloop.bridge.deployer import DeployError
 
     registry, deployer, watcher, _events, edges = setup
     edges.append(start_edge(edge_config(mosquitto.url, "edge-same", keys, tmp_path)))

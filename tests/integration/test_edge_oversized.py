@@ -10,10 +10,10 @@ import json
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import eventually
+from lab.servers import eventually
 
-from runtime.app import EdgeApp
-from runtime.config import load_edge_config
+from edgeloop.edge.app import EdgeApp
+from edgeloop.edge.config import load_edge_config
 
 LIMIT = 1024
 

@@ -13,17 +13,17 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import runtime
-from cloud_bridge.app import Bridge
-from cloud_bridge.config import load_bridge_config
-from cloud_bridge.metrics import serve_bridge_metrics
-from devices.simulator import FleetSimulator
-from runtime.app import EdgeApp
-from runtime.common.errors import ConfigError
-from runtime.config import load_edge_config
-from runtime.metrics import serve_edge_metrics
+import edgeloop
+from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.config import load_bridge_config
+from edgeloop.bridge.metrics import serve_bridge_metrics
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.edge.app import EdgeApp
+from edgeloop.errors import ConfigError
+from edgeloop.edge.config import load_edge_config
+from edgeloop.edge.metrics import serve_edge_metrics
 from mqttkit import publish_all, publisher
-from servers import eventually, free_port, http
+from lab.servers import eventually, free_port, http
 
 READINGS = 12  # per device: 11 windows each with the default window (size 128, hop 64, 64-sample chunks)
 DEVICES = 2
@@ -85,7 +85,7 @@ def test_edge_metrics_scraped_over_http(mosquitto):
     model = app.engine.models()["vibration_ae"]
     assert value(samples, "edgeloop_edge_model_info", model="vibration_ae", version=model.version,
                  sha256=model.sha256) == 1
-    assert value(samples, "edgeloop_info", version=runtime.__version__,
+    assert value(samples, "edgeloop_info", version=edgeloop.__version__,
                  component="edge", node="edge-metrics") == 1
     # close() really closed the port.
     with pytest.raises(OSError):

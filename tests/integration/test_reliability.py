@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.common import faultrig as fk
+from lab import faultrig as fk
 
 DEVICES = 3
 PER_DEVICE = 40  # readings per device: 39 windows each

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from unit.test_drift import device_windows, fleet_stream
 
-from cloud_bridge.loopconfig import RetrainSettings, SampleStoreSettings
-from cloud_bridge.registry import Registry
-from cloud_bridge.samples import SampleStore
-from cloud_bridge.training.retrain import RetrainJob, conformal_threshold, new_version, retrain, robust_keep
-from devices.simulator import FleetSimulator
-from runtime.config import BUNDLED_MODEL
-from runtime.inference import TfliteModel
-from runtime.loopscenario import seed_registry
+from edgeloop.bridge.loopconfig import RetrainSettings, SampleStoreSettings
+from edgeloop.bridge.registry import Registry
+from edgeloop.bridge.samples import SampleStore
+from edgeloop.bridge.training.retrain import RetrainJob, conformal_threshold, new_version, retrain, robust_keep
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.edge.inference import TfliteModel
+from lab.loopscenario import seed_registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_cli_retrains_gates_and_registers_an_int8_model(field, tmp_path):
         "retrain": {"registry": str(field / "registry"), "min_train_samples": 500, "epochs": 30, "quantize": "int8"},
     }))
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "model", "retrain", "vibration_ae", "-c", str(config), "--no-deploy"],
+        [sys.executable, "-m", "edgeloop.cli", "model", "retrain", "vibration_ae", "-c", str(config), "--no-deploy"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import InfluxDB1, Mosquitto, VictoriaMetrics, eventually, http
+from lab.servers import InfluxDB1, Mosquitto, VictoriaMetrics, eventually, http
 
 
 def _client(broker: Mosquitto, name: str) -> tuple[mqtt.Client, "queue.Queue[mqtt.MQTTMessage]"]:

@@ -9,10 +9,10 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import Mosquitto, eventually
+from lab.servers import Mosquitto, eventually
 
-from devices.publisher import simulate
-from runtime.contract import SensorReading, parse_sensor_topic
+from edgeloop.devices.publisher import simulate
+from edgeloop.contract import SensorReading, parse_sensor_topic
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
-from runtime.common.systemd import SystemdNotifier
-from servers import eventually
+from edgeloop.systemd import SystemdNotifier
+from lab.servers import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_edge_process_notifies_ready_watchdog_stopping_and_logs_json(mosquitto, 
     log_path = tmp_path / "edge.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "--log-format", "json", "edge", "run",
+            [sys.executable, "-m", "edgeloop.cli", "--log-format", "json", "edge", "run",
              "--broker", f"mqtt://edge:{secret}@127.0.0.1:{mosquitto.port}", "--node-id", "edge-sd"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )

@@ -18,12 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from mqttkit import Collector
-from servers import eventually
+from lab.servers import eventually
 
-from devices.scenes import SceneSimulator, encode_jpeg
-from runtime.app import EdgeApp
-from runtime.config import load_edge_config
-from runtime.contract import FrameMeta, InferenceResult, NodeStatus, encode_frame, frame_topic
+from edgeloop.devices.scenes import SceneSimulator, encode_jpeg
+from edgeloop.edge.app import EdgeApp
+from edgeloop.edge.config import load_edge_config
+from edgeloop.contract import FrameMeta, InferenceResult, NodeStatus, encode_frame, frame_topic
 
 MAX_FRAME = 64 * 1024
 

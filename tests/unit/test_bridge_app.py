@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.client import MQTTMessage
 
-import cloud_bridge.app as app_module
-import cloud_bridge.batching as batching_module
-from cloud_bridge.app import Bridge
-from cloud_bridge.batching import Batch
-from cloud_bridge.config import BridgeConfig
-from cloud_bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
+import edgeloop.bridge.app as app_module
+import edgeloop.bridge.batching as batching_module
+from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.batching import Batch
+from edgeloop.bridge.config import BridgeConfig
+from edgeloop.bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
 
 SHA = "ab" * 32
 

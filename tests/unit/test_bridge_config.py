@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_bridge.config import BridgeConfig, load_bridge_config
-from runtime.common.configfile import redacted
-from runtime.common.errors import ConfigError
+from edgeloop.bridge.config import BridgeConfig, load_bridge_config
+from edgeloop.configfile import redacted
+from edgeloop.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

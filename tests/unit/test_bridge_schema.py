@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
-from cloud_bridge.config import InfluxSettings
-from cloud_bridge.schema import (
+from edgeloop.bridge.config import InfluxSettings
+from edgeloop.bridge.schema import (
     LineEncoder,
     escape_measurement,
     escape_string,
@@ -25,7 +25,7 @@ from cloud_bridge.schema import (
     result_line,
     status_line,
 )
-from runtime.contract import TOPIC_LEVEL_PATTERN, ContractError, decode_results, decode_status
+from edgeloop.contract import TOPIC_LEVEL_PATTERN, ContractError, decode_results, decode_status
 
 SHA = "0123456789abcdef" * 4
 CFG = InfluxSettings(tags={"env": "prod"})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_bridge.config import InfluxSettings
-from cloud_bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
-from cloud_bridge.sinks import InfluxV1Sink, InfluxV2Sink, classify, make_sink
-from runtime.common.errors import EdgeloopError, TransientError
+from edgeloop.bridge.config import InfluxSettings
+from edgeloop.bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
+from edgeloop.bridge.sinks import InfluxV1Sink, InfluxV2Sink, classify, make_sink
+from edgeloop.errors import EdgeloopError, TransientError
 
 
 @pytest.mark.parametrize("status", [200, 204])

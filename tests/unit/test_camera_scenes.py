@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from devices.scenes import LABELS, SceneSimulator, labels_path, read_labels, write_video
+from edgeloop.devices.scenes import LABELS, SceneSimulator, labels_path, read_labels, write_video
 
 
 def test_frames_are_a_pure_function_of_seed_and_index():

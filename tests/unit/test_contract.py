@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.contract import (
+from edgeloop.contract import (
     ContractError,
     DeadLetter,
     InferenceResult,
@@ -34,7 +34,7 @@ def test_contract_imports_without_numpy_or_interpreters():
     import sys
 
     code = (
-        "import sys; import runtime.contract, runtime.common.mqtt, runtime.common.configfile, runtime.common.rejects;"
+        "import sys; import edgeloop.contract, edgeloop.mqtt, edgeloop.configfile, edgeloop.rejects;"
         "bad = [m for m in ('numpy', 'ai_edge_litert', 'tflite_runtime', 'tensorflow', 'influxdb_client', 'cv2') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -10,15 +10,15 @@ import time
 import pytest
 from paho.mqtt.client import MQTTMessage
 
-import cloud_bridge.batching as batching_module
-from cloud_bridge.app import Bridge
-from cloud_bridge.config import BridgeConfig
-from cloud_bridge.errors import Unavailable
-from runtime.common.errors import ConfigError
-from runtime.config import load_edge_config
-from runtime.delivery import EdgeDelivery, session_expiry_s, window_history
-from runtime.outbox import Outbox
-from runtime.sender import OutboxSender
+import edgeloop.bridge.batching as batching_module
+from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.config import BridgeConfig
+from edgeloop.bridge.errors import Unavailable
+from edgeloop.errors import ConfigError
+from edgeloop.edge.config import load_edge_config
+from edgeloop.edge.delivery import EdgeDelivery, session_expiry_s, window_history
+from edgeloop.edge.outbox import Outbox
+from edgeloop.edge.sender import OutboxSender
 
 
 def eventually(fn, timeout=5.0):

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.common.errors import ConfigError
-from runtime.common.signing import SigningKey, VerifyKey, generate_keypair
-from runtime.config import BUNDLED_MODEL
-from runtime.contract import ContractError
-from runtime.deploy_contract import (
+from edgeloop.errors import ConfigError
+from edgeloop.signing import SigningKey, VerifyKey, generate_keypair
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.contract import ContractError
+from edgeloop.deploy_contract import (
     REFUSAL_REASONS,
     DeployRefused,
     ModelManifest,
@@ -32,7 +32,7 @@ from runtime.deploy_contract import (
     split_chunks,
     verify_manifest,
 )
-from runtime.modelfile import load_model_files
+from edgeloop.modelfile import load_model_files
 
 KEY = SigningKey.generate()
 OTHER = SigningKey.generate()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli import build_parser, main
+from edgeloop.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 BOARDS = REPO / "devices" / "boards"
@@ -56,12 +56,12 @@ def unit() -> configparser.ConfigParser:
 
 def test_systemd_unit_runs_the_edge_unprivileged_with_restart_watchdog_and_state():
     service = unit()["Service"]
-    assert service["Type"] == "notify"  # READY=1 from runtime/common/systemd.py
+    assert service["Type"] == "notify"  # READY=1 from edgeloop/systemd.py
     assert service["WatchdogSec"] and service["NotifyAccess"] == "main"
     assert service["Restart"] == "on-failure"
     assert service["User"] == "edgeloop" and service["Group"] == "edgeloop"
     assert service["StateDirectory"] == "edgeloop" and service["WorkingDirectory"] == "/var/lib/edgeloop"
-    assert service["RestartPreventExitStatus"].split() == ["2", "3"]  # config / model errors (runtime/cli.py)
+    assert service["RestartPreventExitStatus"].split() == ["2", "3"]  # config / model errors (edgeloop/cli.py)
     assert service["KillSignal"] == "SIGTERM"
     binary, *args = shlex.split(service["ExecStart"])
     assert binary.endswith("/edgeloop")

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from runtime.cli import build_parser, main
+from edgeloop.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -9,15 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud_bridge.drift import DriftMonitor, changed, ks_against_quantiles, psi, psi_against_quantiles
-from cloud_bridge.loopconfig import DriftSettings
-from cloud_bridge.training.build import DEFAULT_VIBRATION_PIPELINE, raw_features
-from devices.simulator import FleetSimulator
-from runtime.config import BUNDLED_MODEL
-from runtime.contract import SampleBatch, SampleRow
-from runtime.inference import TfliteModel
-from runtime.modelfile import load_metadata, metadata_path
-from runtime.stages import build_pipeline
+from edgeloop.bridge.drift import DriftMonitor, changed, ks_against_quantiles, psi, psi_against_quantiles
+from edgeloop.bridge.loopconfig import DriftSettings
+from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE, raw_features
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.contract import SampleBatch, SampleRow
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import load_metadata, metadata_path
+from edgeloop.edge.stages import build_pipeline
 
 SHA = "ab" * 32
 LEVELS = np.arange(1, 10) / 10

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.common.configfile import redacted
-from runtime.common.errors import ConfigError
-from runtime.common.mqtt import parse_broker_url, redact_url
-from runtime.config import BUNDLED_MODEL, DEFAULT_VIBRATION_STAGES, load_edge_config
+from edgeloop.configfile import redacted
+from edgeloop.errors import ConfigError
+from edgeloop.mqtt import parse_broker_url, redact_url
+from edgeloop.edge.config import BUNDLED_MODEL, DEFAULT_VIBRATION_STAGES, load_edge_config
 
 
 def write(tmp_path, text):

@@ -22,10 +22,10 @@ from fuzzing import NASTY_TEXT, fuzz, json_bytes, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from cloud_bridge.app import Bridge
-from cloud_bridge.batching import Batch
-from cloud_bridge.config import BridgeConfig
-from runtime.contract import (
+from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.batching import Batch
+from edgeloop.bridge.config import BridgeConfig
+from edgeloop.contract import (
     ContractError,
     DeadLetter,
     decode_results,
@@ -160,7 +160,7 @@ def test_bridge_writes_only_what_the_contract_accepts_under_the_topics_identity(
 
 def test_oversized_payloads_are_refused_before_they_are_parsed(monkeypatch):
     """The size check comes first: the JSON parser never sees an oversized payload."""
-    import runtime.contract as contract
+    import edgeloop.contract as contract
 
     calls = []
 

@@ -20,11 +20,11 @@ from fuzzing import NASTY_TEXT, fuzz, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from cloud_bridge.config import BridgeConfig, load_bridge_config
-from runtime.cli import main as cli_main
-from runtime.common.configfile import redacted
-from runtime.common.errors import ConfigError
-from runtime.config import DEFAULT_VIBRATION_STAGES, EdgeConfig, load_edge_config
+from edgeloop.bridge.config import BridgeConfig, load_bridge_config
+from edgeloop.cli import main as cli_main
+from edgeloop.configfile import redacted
+from edgeloop.errors import ConfigError
+from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES, EdgeConfig, load_edge_config
 
 SECRET = "Fz9-secret-value-never-shown"
 ENV_SECRET = "EDGELOOP_FUZZ_SECRET"

@@ -24,9 +24,9 @@ from fuzzing import NASTY_NUMBERS, NASTY_TEXT, fuzz, json_bytes, json_values, ne
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from runtime.common.rejects import Rejects
-from runtime.config import BUNDLED_MODEL, PipelineSettings
-from runtime.contract import (
+from edgeloop.rejects import Rejects
+from edgeloop.edge.config import BUNDLED_MODEL, PipelineSettings
+from edgeloop.contract import (
     ContractError,
     DeadLetter,
     decode_reading,
@@ -36,9 +36,9 @@ from runtime.contract import (
     parse_sample_topic,
     parse_sensor_topic,
 )
-from runtime.engine import Engine, PipelineRunner
-from runtime.inference import TfliteModel
-from runtime.sampling import Sampler, SamplingSettings
+from edgeloop.edge.engine import Engine, PipelineRunner
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.sampling import Sampler, SamplingSettings
 
 # Extreme planted values overflow inside the feature stage on purpose (numpy warns); the
 # property is that such windows are dead-lettered, never published.

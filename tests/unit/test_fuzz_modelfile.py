@@ -1,6 +1,6 @@
 """Property: any model metadata gives a usable model or a ModelError -- never another exception.
 
-The boundary: ``NAME.json`` beside a ``.tflite`` (``runtime.modelfile.load_metadata`` /
+The boundary: ``NAME.json`` beside a ``.tflite`` (``edgeloop.modelfile.load_metadata`` /
 ``load_model_files``), and a verified metadata object handed with model bytes to
 ``TfliteModel.from_bytes`` (what a deployment does once a manifest's signature checked out),
 then to the edge pipeline. Inputs are random bytes, random JSON and near misses of the bundled
@@ -18,12 +18,12 @@ from fuzzing import fuzz, json_bytes, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from runtime.common.errors import ConfigError, ModelError
-from runtime.config import BUNDLED_MODEL, PipelineSettings
-from runtime.engine import PipelineRunner
-from runtime.inference import TfliteModel
-from runtime.modelfile import ModelMetadata, load_metadata, load_model_files, metadata_path
-from runtime.stages import PipelineError
+from edgeloop.errors import ConfigError, ModelError
+from edgeloop.edge.config import BUNDLED_MODEL, PipelineSettings
+from edgeloop.edge.engine import PipelineRunner
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import ModelMetadata, load_metadata, load_model_files, metadata_path
+from edgeloop.edge.stages import PipelineError
 
 CONTENT = BUNDLED_MODEL.read_bytes()
 BUNDLED_META = json.loads(metadata_path(BUNDLED_MODEL).read_text())

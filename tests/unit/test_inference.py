@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.common.errors import ModelError
-from runtime.inference import TfliteModel, load_interpreter_class
+from edgeloop.errors import ModelError
+from edgeloop.edge.inference import TfliteModel, load_interpreter_class
 
 BUNDLED = Path(__file__).resolve().parents[2] / "runtime" / "models" / "vibration_ae.tflite"
 
@@ -98,8 +98,8 @@ def test_tampered_model_is_refused_before_the_interpreter_sees_it(tmp_path: Path
 
 def test_bundled_model_separates_faults_from_healthy_machines(model: TfliteModel):
     """Simulator -> edge pipeline -> model, on a fleet the model was not trained on."""
-    from cloud_bridge.training.build import DEFAULT_VIBRATION_PIPELINE, model_features, simulate_windows
-    from devices.simulator import FleetSimulator
+    from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE, model_features, simulate_windows
+    from edgeloop.devices.simulator import FleetSimulator
 
     windows, faulty = simulate_windows(
         FleetSimulator(12, seed=4242, anomaly_rate=0.01), 12.0, DEFAULT_VIBRATION_PIPELINE

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.inference import TfliteModel
+from edgeloop.edge.inference import TfliteModel
 
 # A 4-8-2 dense model, full-integer quantized (int8 input and output tensors), made with
 # TensorFlow 2.21 from a Keras model whose float outputs for ROWS are EXPECTED.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.inputacks import InputAcks
+from edgeloop.edge.inputacks import InputAcks
 
 
 def make(history: int, **kw) -> tuple[InputAcks, list[int]]:

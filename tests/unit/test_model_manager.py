@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.simulator import FleetSimulator
-from runtime.app import build_engine
-from runtime.common.rejects import Rejects
-from runtime.common.signing import SigningKey, generate_keypair
-from runtime.config import BUNDLED_MODEL, DeploySettings, EdgeConfig
-from runtime.contract import InferenceResult
-from runtime.deploy_contract import (
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.edge.app import build_engine
+from edgeloop.rejects import Rejects
+from edgeloop.signing import SigningKey, generate_keypair
+from edgeloop.edge.config import BUNDLED_MODEL, DeploySettings, EdgeConfig
+from edgeloop.contract import InferenceResult
+from edgeloop.deploy_contract import (
     ModelManifest,
     SelfTest,
     chunk_count,
@@ -26,9 +26,9 @@ from runtime.deploy_contract import (
     sign_manifest,
     split_chunks,
 )
-from runtime.inference import TfliteModel
-from runtime.model_manager import ModelManager, run_selftest
-from runtime.modelfile import load_model_files, sha256_bytes
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.model_manager import ModelManager, run_selftest
+from edgeloop.modelfile import load_model_files, sha256_bytes
 
 BASE_CONTENT, BASE_META = load_model_files(BUNDLED_MODEL)
 MODEL = BASE_META.name
@@ -44,7 +44,7 @@ def variant(version: str, threshold: float | None = None):
 
 
 def selftest_for(content, meta) -> SelfTest:
-    from cloud_bridge.training.selftest import make_selftest
+    from edgeloop.bridge.training.selftest import make_selftest
 
     return make_selftest(content, meta, rows=4)
 
@@ -228,8 +228,8 @@ def test_refusals_are_reported_with_the_manifests_version(node, key_pair):
 
 
 def test_deploy_config_errors_name_the_field(tmp_path):
-    from runtime.common.errors import ConfigError
-    from runtime.config import load_edge_config
+    from edgeloop.errors import ConfigError
+    from edgeloop.edge.config import load_edge_config
 
     cfg = tmp_path / "edge.yaml"
     cfg.write_text("deploy: {enabled: true}\n")

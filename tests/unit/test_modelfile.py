@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.common.errors import ModelError
-from runtime.modelfile import (
+from edgeloop.errors import ModelError
+from edgeloop.modelfile import (
     ModelMetadata,
     describe,
     load_metadata,
@@ -62,8 +62,8 @@ def test_bundled_model_metadata_is_valid_and_matches_its_bytes():
 
 
 def test_bundled_pipeline_is_the_edge_default():
-    from cloud_bridge.training.build import DEFAULT_VIBRATION_PIPELINE
-    from runtime.config import DEFAULT_VIBRATION_STAGES
+    from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE
+    from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
 
     _, meta = load_model_files(BUNDLED)
     assert meta.training.pipeline == DEFAULT_VIBRATION_PIPELINE == DEFAULT_VIBRATION_STAGES

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from cloud_bridge.app import Bridge
-from cloud_bridge.config import load_bridge_config
-from cloud_bridge.metrics import KNOWN as BRIDGE_KNOWN, BridgeCollector
-from runtime.app import EdgeApp
-from runtime.config import load_edge_config
-from runtime.metrics import KNOWN as EDGE_KNOWN, EdgeCollector
+from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.config import load_bridge_config
+from edgeloop.bridge.metrics import KNOWN as BRIDGE_KNOWN, BridgeCollector
+from edgeloop.edge.app import EdgeApp
+from edgeloop.edge.config import load_edge_config
+from edgeloop.edge.metrics import KNOWN as EDGE_KNOWN, EdgeCollector
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 sys.path.insert(0, str(DOCS))

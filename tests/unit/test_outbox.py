@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.outbox import Outbox, default_state_dir
+from edgeloop.edge.outbox import Outbox, default_state_dir
 
 
 def msgs(start: int, n: int, size: int = 10) -> list[tuple[str, bytes]]:
@@ -117,7 +117,7 @@ def test_what_append_returned_for_survives_kill_9(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from runtime.outbox import Outbox
+        from edgeloop.edge.outbox import Outbox
         box = Outbox({str(path)!r}, fsync="normal")
         i = 0
         while True:

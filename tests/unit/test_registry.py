@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from cloud_bridge.events import EventWriter, event_line
-from cloud_bridge.registry import Registry, RegistryError
-from runtime.config import BUNDLED_MODEL
-from runtime.deploy_contract import SelfTest
-from runtime.modelfile import load_model_files, sha256_bytes
+from edgeloop.bridge.events import EventWriter, event_line
+from edgeloop.bridge.registry import Registry, RegistryError
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.deploy_contract import SelfTest
+from edgeloop.modelfile import load_model_files, sha256_bytes
 
 CONTENT, META = load_model_files(BUNDLED_MODEL)
 NAME = META.name
@@ -130,7 +130,7 @@ def test_event_lines_escape_and_type_their_fields():
 
 
 def test_event_writer_logs_and_survives_a_failing_sink():
-    from cloud_bridge.errors import Unavailable
+    from edgeloop.bridge.errors import Unavailable
 
     class Down:
         def write(self, lines):

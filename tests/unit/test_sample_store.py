@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_bridge.loopconfig import SampleStoreSettings
-from cloud_bridge.samples import SampleStore
-from runtime.contract import SampleBatch, SampleRow
+from edgeloop.bridge.loopconfig import SampleStoreSettings
+from edgeloop.bridge.samples import SampleStore
+from edgeloop.contract import SampleBatch, SampleRow
 
 SHA = "cd" * 32
 DAY = 86_400.0

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from reference import reference_features
 
-from devices.simulator import FleetSimulator
-from runtime.app import build_engine
-from runtime.common.rejects import Rejects
-from runtime.config import load_edge_config
-from runtime.contract import (
+from edgeloop.devices.simulator import FleetSimulator
+from edgeloop.edge.app import build_engine
+from edgeloop.rejects import Rejects
+from edgeloop.edge.config import load_edge_config
+from edgeloop.contract import (
     ContractError,
     SampleBatch,
     decode_results,
@@ -25,7 +25,7 @@ from runtime.contract import (
     parse_sample_topic,
     sample_topic,
 )
-from runtime.sampling import HOUR_S, Sampler, SamplingSettings
+from edgeloop.edge.sampling import HOUR_S, Sampler, SamplingSettings
 
 SHA = "ab" * 32
 

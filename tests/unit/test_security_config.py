@@ -1,6 +1,6 @@
 """Secrets and TLS in configuration: where secrets may come from, what is refused, what is never shown.
 
-Policy (runtime/common/secrets.py, docs/security.md): secrets come from ${ENV} or *_file;
+Policy (edgeloop/secrets.py, docs/security.md): secrets come from ${ENV} or *_file;
 a secret spelled out in a config file every user can read is a ConfigError naming the file and
 the field; a world-readable secret *file* is used with a warning (container secret mounts are
 0444/0644); TLS files are loaded while the config is validated.
@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from certs import TestCA
 
-from cloud_bridge.config import load_bridge_config
-from runtime.common.configfile import redacted
-from runtime.common.errors import ConfigError
-from runtime.common.mqtt import MqttLink, MqttSettings, TlsSettings
-from runtime.common.secrets import MAX_SECRET_FILE_BYTES
-from runtime.config import load_edge_config
+from edgeloop.bridge.config import load_bridge_config
+from edgeloop.configfile import redacted
+from edgeloop.errors import ConfigError
+from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
+from edgeloop.secrets import MAX_SECRET_FILE_BYTES
+from edgeloop.edge.config import load_edge_config
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Zq8vLx-never-shown"
@@ -179,7 +179,7 @@ mqtt: {{url: 'mqtts://dev-1:{SECRET}-url@127.0.0.1', tls: {{ca_file: {ca.ca_file
 """, 0o600)
     stderr = {}
     for path, kind in ((bridge, "bridge"), (edge, "edge")):
-        run = subprocess.run([sys.executable, "-m", "runtime.cli", "--log-level", "DEBUG", "config", "check",
+        run = subprocess.run([sys.executable, "-m", "edgeloop.cli", "--log-level", "DEBUG", "config", "check",
                               str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert f"valid {kind} configuration" in run.stdout and "********" in run.stdout
@@ -187,6 +187,6 @@ mqtt: {{url: 'mqtts://dev-1:{SECRET}-url@127.0.0.1', tls: {{ca_file: {ca.ca_file
         stderr[kind] = run.stderr
     assert "readable by every user" in stderr["bridge"] and str(token_file) in stderr["bridge"]
     refused = write(tmp_path / "inline.yaml", f"influx: {{token: {SECRET}}}\n", 0o644)
-    run = subprocess.run([sys.executable, "-m", "runtime.cli", "config", "check", str(refused)], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "edgeloop.cli", "config", "check", str(refused)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "influx.token" in run.stderr and SECRET not in run.stdout + run.stderr

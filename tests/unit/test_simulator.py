@@ -9,14 +9,14 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from devices.simulator import (
+from edgeloop.devices.simulator import (
     DEFAULT_START_TS,
     FAULT_LABEL,
     TEMPERATURE,
     VIBRATION,
     FleetSimulator,
 )
-from runtime.contract import SensorReading, parse_sensor_topic
+from edgeloop.contract import SensorReading, parse_sensor_topic
 
 
 def _dump(sim: FleetSimulator, **kw) -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devices.publisher import SimulationReport, simulate
+from edgeloop.devices.publisher import SimulationReport, simulate
 
 # Nothing listens on port 9 (discard) on loopback: reaching the broker would fail differently.
 NO_BROKER = "mqtt://127.0.0.1:9"

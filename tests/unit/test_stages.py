@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from runtime.common.errors import PayloadError
-from runtime.stages import PipelineError, build_pipeline
+from edgeloop.errors import PayloadError
+from edgeloop.edge.stages import PipelineError, build_pipeline
 from reference import STATS, reference_features
 
 def vib_pipeline(size=128, hop=64, bands=4, stats=STATS, extra=()):

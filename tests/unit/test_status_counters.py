@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cloud_bridge.config import load_bridge_config
-from cloud_bridge.schema import STATUS_COUNTERS, status_line
-from runtime.contract import NodeStatus
+from edgeloop.bridge.config import load_bridge_config
+from edgeloop.bridge.schema import STATUS_COUNTERS, status_line
+from edgeloop.contract import NodeStatus
 
 CFG = load_bridge_config(None, {})
 

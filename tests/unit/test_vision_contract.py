@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.contract import (
+from edgeloop.contract import (
     FRAME_HEADER_MAGIC,
     ContractError,
     FrameMeta,
@@ -120,17 +120,17 @@ def test_results_carry_optional_topk():
 
 
 def test_contract_still_imports_without_numpy():
-    assert "runtime.contract" in sys.modules
+    assert "edgeloop.contract" in sys.modules
     import subprocess
 
-    code = "import sys, runtime.contract; assert 'numpy' not in sys.modules and 'cv2' not in sys.modules"
+    code = "import sys, edgeloop.contract; assert 'numpy' not in sys.modules and 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_frame_samples_are_told_apart_from_feature_samples():
     import base64
 
-    from runtime.contract import decode_frame_sample, decode_samples
+    from edgeloop.contract import decode_frame_sample, decode_samples
 
     sample = {
         "stage": "frame", "device": "cam-1", "sensor": "belt", "model": "parts_cnn_int8", "model_version": "1.0.0",

@@ -10,23 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.scenes import LABELS, SceneSimulator, encode_jpeg
-from runtime.common.errors import ConfigError
-from runtime.common.rejects import Rejects
-from runtime.config import load_edge_config
-from runtime.contract import (
+from edgeloop.devices.scenes import LABELS, SceneSimulator, encode_jpeg
+from edgeloop.errors import ConfigError
+from edgeloop.rejects import Rejects
+from edgeloop.edge.config import load_edge_config
+from edgeloop.contract import (
     FrameMeta,
     FrameSample,
     InferenceResult,
     encode_frame,
     frame_topic,
 )
-from runtime.inference import TfliteModel
-from runtime.vision.config import BUNDLED_VISION_MODEL, FrameSampleSettings, VisionSettings
-from runtime.vision.engine import VisionEngine
-from runtime.vision.pipeline import build_image_pipeline
-from runtime.vision.samples import FrameSampler
-from runtime.vision.slots import PendingFrame
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.vision.config import BUNDLED_VISION_MODEL, FrameSampleSettings, VisionSettings
+from edgeloop.edge.vision.engine import VisionEngine
+from edgeloop.edge.vision.pipeline import build_image_pipeline
+from edgeloop.edge.vision.samples import FrameSampler
+from edgeloop.edge.vision.slots import PendingFrame
 
 FLOAT_MODEL = BUNDLED_VISION_MODEL.with_name("parts_cnn.tflite")
 

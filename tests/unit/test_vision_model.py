@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from devices.scenes import LABELS, SceneSimulator, encode_jpeg
-from runtime.cli import main
-from runtime.inference import TfliteModel
-from runtime.modelfile import load_metadata, metadata_path, sha256_file
-from runtime.vision.config import BUNDLED_VISION_MODEL
-from runtime.vision.pipeline import build_image_pipeline
+from edgeloop.devices.scenes import LABELS, SceneSimulator, encode_jpeg
+from edgeloop.cli import main
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import load_metadata, metadata_path, sha256_file
+from edgeloop.edge.vision.config import BUNDLED_VISION_MODEL
+from edgeloop.edge.vision.pipeline import build_image_pipeline
 
 INT8 = BUNDLED_VISION_MODEL
 FLOAT = BUNDLED_VISION_MODEL.with_name("parts_cnn.tflite")

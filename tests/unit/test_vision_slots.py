@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from runtime.vision.slots import LatestFrames, PendingFrame
+from edgeloop.edge.vision.slots import LatestFrames, PendingFrame
 
 
 def frame(topic: str, n: int) -> PendingFrame:

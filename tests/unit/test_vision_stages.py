@@ -8,19 +8,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.common.errors import ModelError, PayloadError
-from runtime.inference import TfliteModel
-from runtime.modelfile import ImageInput
-from runtime.stages import PipelineError
-from runtime.vision.config import BUNDLED_VISION_MODEL
-from runtime.vision.frames import check_complete, jpeg_dimensions
-from runtime.vision.pipeline import (
+from edgeloop.errors import ModelError, PayloadError
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.modelfile import ImageInput
+from edgeloop.edge.stages import PipelineError
+from edgeloop.edge.vision.config import BUNDLED_VISION_MODEL
+from edgeloop.edge.vision.frames import check_complete, jpeg_dimensions
+from edgeloop.edge.vision.pipeline import (
     ImagePipeline,
     build_image_pipeline,
     default_image_stages,
     parse_image_stages,
 )
-from runtime.vision.stages import ModelInput
+from edgeloop.edge.vision.stages import ModelInput
 
 RNG = np.random.default_rng(3)
 IMAGE = RNG.integers(0, 256, (60, 80, 3), dtype=np.uint8)  # BGR, 80 wide, 60 high

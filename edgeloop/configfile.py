@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from runtime.common.errors import ConfigError
-from runtime.common.secrets import refuse_world_readable_inline_secrets
+from edgeloop.errors import ConfigError
+from edgeloop.secrets import refuse_world_readable_inline_secrets
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -118,7 +118,7 @@ def load_config(model: type[M], path: str | Path | None, overrides: dict[str, An
     except RecursionError:
         raise ConfigError(source, ["(top level): nested too deeply"]) from None
     if path:
-        # A token spelled out in a file anyone can read is refused (runtime.common.secrets).
+        # A token spelled out in a file anyone can read is refused (edgeloop.secrets).
         problems = refuse_world_readable_inline_secrets(config, raw, path)
         if problems:
             raise ConfigError(str(path), problems)

@@ -5,7 +5,7 @@
     │                    naming the file and the field
     ├── TransientError   a peer is unavailable: retry with jittered backoff
     ├── PayloadError     one message is bad: count it, log it (rate-limited),
-    │                    dead-letter it, carry on (see runtime.contract.ContractError)
+    │                    dead-letter it, carry on (see edgeloop.contract.ContractError)
     └── ModelError       a model cannot be used: refuse it, keep the old one
 
 Library exceptions (paho, urllib3, influxdb-client, LiteRT) are translated

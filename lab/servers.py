@@ -1,6 +1,6 @@
 """Real servers as subprocesses: mosquitto, influxd 1.x, VictoriaMetrics (no mocks).
 
-Used by the tests (through tests/servers.py), ``edgeloop demo`` and the
+Used by the tests, ``make demo`` and the
 benchmarks: one implementation of "start a real server, wait until it answers,
 stop it". Each server runs on a free 127.0.0.1 port with its files in a given workdir, is
 polled until it answers (bounded; on failure the AssertionError carries the tail

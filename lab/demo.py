@@ -1,4 +1,4 @@
-"""``edgeloop demo``: the whole path on one machine, then a scorecard.
+"""``make demo``: the whole path on one machine, then a scorecard.
 
 Starts its own mosquitto and InfluxDB 1.x on free loopback ports, the edge
 runtime as a separate process (exactly ``edgeloop edge run``), the bridge,
@@ -23,9 +23,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.common.errors import ConfigError
-from runtime.config import DEFAULT_VIBRATION_STAGES
-from runtime.contract import NodeStatus
+from edgeloop.errors import ConfigError
+from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
+from edgeloop.contract import NodeStatus
 
 NODE = "demo-edge"
 DB = "edgeloop"
@@ -96,10 +96,10 @@ def score_detection(faults: list[tuple[str, int]], rows: list[dict], span: int) 
 
 
 def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threading.Event) -> int:
-    from cloud_bridge.app import Bridge
-    from cloud_bridge.config import load_bridge_config
-    from devices.publisher import simulate
-    from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
+    from edgeloop.bridge.app import Bridge
+    from edgeloop.bridge.config import load_bridge_config
+    from edgeloop.devices.publisher import simulate
+    from lab.servers import InfluxDB1, Mosquitto, eventually
 
     _require_binaries()
     logging.getLogger().setLevel(logging.WARNING)  # the progress lines and the table are the output
@@ -122,7 +122,7 @@ def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threa
         bridge.start()
         edge_log = open(workdir / "edge.log", "w")  # noqa: SIM115 -- closed below
         edge = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "edge", "run", "--broker", broker.url, "--node-id", NODE],
+            [sys.executable, "-m", "edgeloop.cli", "edge", "run", "--broker", broker.url, "--node-id", NODE],
             stdout=edge_log,
             stderr=subprocess.STDOUT,
         )
@@ -200,3 +200,34 @@ def _print_table(report, rows, quality, lag, edge_rc, bridge_drained, port, work
         "'SELECT count(score) FROM inference WHERE anomaly = true GROUP BY device'\n"
         f"(remove {workdir} when done)"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make demo`` (``python -m lab.demo``): the closed-loop demo by default, ``--no-drift`` the ingest one."""
+    import argparse
+
+    from edgeloop.cli import stop_on_signals
+    from edgeloop.logsetup import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m lab.demo",
+                                     description="the whole loop on this machine, with its own broker and InfluxDB")
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=None, help="readings per second per device (default: real time)")
+    parser.add_argument("--drift", action=argparse.BooleanOptionalAction, default=True,
+                        help="the closed-loop demo: regime change, drift detection, retrain, signed redeploy "
+                        "(default); --no-drift: the short ingest demo (--duration)")
+    parser.add_argument("--drift-at", type=float, default=40.0, help="seconds after the start when every machine drifts")
+    args = parser.parse_args(argv)
+    configure_logging("INFO", "text")
+    stop = stop_on_signals()
+    if args.drift:  # the closed loop: drift -> retrain -> signed redeploy (lab/loopdemo.py)
+        from lab.loopdemo import run_drift_demo
+
+        result = run_drift_demo(devices=args.devices, rate_hz=args.rate, drift_at_s=args.drift_at, stop=stop)
+        return 0 if result["new_version"] and result["edge_exit_code"] == 0 else 1
+    return run_demo(duration_s=args.duration, devices=args.devices, rate_hz=args.rate, stop=stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

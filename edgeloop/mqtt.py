@@ -26,9 +26,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from runtime.common.errors import ConfigError, TransientError
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.common.secrets import read_secret_file
+from edgeloop.errors import ConfigError, TransientError
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.secrets import read_secret_file
 
 log = logging.getLogger(__name__)
 

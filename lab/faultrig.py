@@ -1,11 +1,11 @@
-"""One fault scenario end to end (``Rig``) and the faults it injects (helpers: runtime/common/faultkit.py)."""
+"""One fault scenario end to end (``Rig``) and the faults it injects (helpers: lab/faultkit.py)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from runtime.common.faultkit import (
+from lab.faultkit import (
     BROKER_CONF,
     CliProcess,
     Outcome,
@@ -19,8 +19,8 @@ from runtime.common.faultkit import (
     wait_stored,
     write_yaml,
 )
-from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
-from runtime.common.tcpproxy import TcpProxy
+from lab.servers import InfluxDB1, Mosquitto, eventually
+from lab.tcpproxy import TcpProxy
 
 __all__ = ["Outcome", "Rig", "cut_network", "kill_bridge", "kill_broker", "kill_edge", "kill_edge_offline", "stop_influx"]
 

@@ -10,7 +10,7 @@ import select
 import socket
 import threading
 
-from runtime.common.localservers import HOST
+from lab.servers import HOST
 
 
 class TcpProxy:

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runtime.common.errors import ConfigError
+from edgeloop.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

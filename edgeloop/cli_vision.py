@@ -1,6 +1,6 @@
 """``edgeloop devices camera`` and ``edgeloop model build --vision``: the camera pipeline's commands.
 
-Why apart from ``runtime/cli.py``: ``cli.py`` only calls
+Why apart from ``edgeloop/cli.py``: ``cli.py`` only calls
 :func:`add_camera_command` and :func:`build_vision`; OpenCV, the scenes
 renderer and TensorFlow are imported when a command runs.
 """
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.common.errors import ConfigError
+from edgeloop.errors import ConfigError
 
 
 def add_camera_command(devices: argparse._SubParsersAction, stop_event: Callable[[], threading.Event]) -> None:
@@ -44,8 +44,8 @@ def add_camera_command(devices: argparse._SubParsersAction, stop_event: Callable
 
 
 def cmd_devices_camera(args: argparse.Namespace, stop: threading.Event) -> int:
-    from devices.camera import is_file_source, run_camera
-    from devices.scenes import labels_path
+    from edgeloop.devices.camera import is_file_source, run_camera
+    from edgeloop.devices.scenes import labels_path
 
     if (args.width is None) != (args.height is None):
         raise ConfigError("command line", ["--width and --height go together"])
@@ -67,7 +67,7 @@ def cmd_devices_camera(args: argparse.Namespace, stop: threading.Event) -> int:
 
 def build_vision(args: argparse.Namespace) -> int:
     try:
-        from cloud_bridge.training.vision import build_vision_models
+        from edgeloop.bridge.training.vision import build_vision_models
     except ImportError as exc:  # tensorflow lives in the train extra
         raise ConfigError("command line", [f"model build needs the 'train' extra ({exc}); run: make model"]) from None
     paths, figures = build_vision_models(out_dir=Path(args.out), seed=args.seed)

@@ -12,9 +12,9 @@ holds against what the readings imply (one window per reading after the first
 of each device): lost = expected - stored, duplicates = points - distinct windows.
 
 Only the standard library, paho and the project's own modules are used; the
-"network outage" is an in-process TCP forwarder (runtime/common/tcpproxy.py)
+"network outage" is an in-process TCP forwarder (lab/tcpproxy.py)
 that can stop forwarding without closing anything, like a pulled cable. The
-scenario runner and the faults are in runtime/common/faultrig.py.
+scenario runner and the faults are in lab/faultrig.py.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.common.localservers import HOST, InfluxDB1, eventually
+from lab.servers import HOST, InfluxDB1, eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ BROKER_CONF = "max_queued_messages 1000000\nmax_queued_bytes 0\n"
 
 
 class CliProcess:
-    """``python -m runtime.cli <args>`` with its output appended to a log file; kill -9 or SIGTERM."""
+    """``python -m edgeloop.cli <args>`` with its output appended to a log file; kill -9 or SIGTERM."""
 
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.args = args
@@ -60,7 +60,7 @@ class CliProcess:
             log.flush()
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.cli", *self.args],
+                [sys.executable, "-m", "edgeloop.cli", *self.args],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             )
         self.starts += 1
@@ -137,7 +137,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def fleet_readings(devices: int, per_device: int, seed: int = 3) -> list[tuple[str, bytes, str, int]]:
     """(topic, payload, device, seq) for ``per_device`` vibration readings of each device, in time order."""
-    from devices.simulator import FleetSimulator
+    from edgeloop.devices.simulator import FleetSimulator
 
     sim = FleetSimulator(devices, seed=seed, anomaly_rate=0.01, sensors=("vibration",), start_ts=time.time() - 3600)
     out = []
@@ -280,8 +280,8 @@ def wait_stored(influx: InfluxDB1, db: str, node: str, want: set[tuple[str, int]
 
 
 
-# Scenarios (Rig) and the faults live in runtime/common/faultrig.py, the cuttable link in
-# runtime/common/tcpproxy.py.
+# Scenarios (Rig) and the faults live in lab/faultrig.py, the cuttable link in
+# lab/tcpproxy.py.
 
 __all__ = [
     "BROKER_CONF", "CliProcess", "Outcome", "Publisher", "StatusWatch", "bridge_config", "edge_config",

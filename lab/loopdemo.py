@@ -1,4 +1,4 @@
-"""The drift phase of ``edgeloop demo`` (and the run behind ``benchmarks/closed_loop.py``).
+"""The drift phase of ``make demo`` (and the run behind ``benchmarks/closed_loop.py``).
 
 What it shows, on one machine with its own mosquitto and InfluxDB: a fleet of
 simulated machines served by one edge process (signed deployment and
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.loopscenario import (
+from lab.loopscenario import (
     MODEL,
     EdgeProcess,
     FleetPublisher,
@@ -55,9 +55,9 @@ def run_drift_demo(
     workdir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the scenario; return the figures (timeline delays, quality before/during/after, versions)."""
-    from cloud_bridge.app import Bridge
-    from runtime.common.localservers import InfluxDB1, Mosquitto, eventually
-    from runtime.common.signing import generate_keypair
+    from edgeloop.bridge.app import Bridge
+    from lab.servers import InfluxDB1, Mosquitto, eventually
+    from edgeloop.signing import generate_keypair
 
     stop = stop or threading.Event()
     say = (lambda *_a, **_k: None) if quiet else print
@@ -169,7 +169,7 @@ def print_scorecard(result: dict[str, Any]) -> None:
     print(f"  (work dir {result['workdir']}: edge.log, samples/, registry/, retrain-jobs/)")
 
 
-def main() -> None:  # pragma: no cover -- python -m runtime.loopdemo
+def main() -> None:  # pragma: no cover -- python -m lab.loopdemo
     print(json.dumps(run_drift_demo(), indent=2, default=str))
 
 

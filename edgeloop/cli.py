@@ -19,16 +19,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runtime import __version__
-from runtime.cli_deploy import add_commands as add_deploy_commands
-from runtime.cli_loop import add_loop_commands
-from runtime.cli_vision import add_camera_command, build_vision
-from runtime.common.errors import ConfigError, ModelError, TransientError
+from edgeloop import __version__
+from edgeloop.cli_deploy import add_commands as add_deploy_commands
+from edgeloop.cli_loop import add_loop_commands
+from edgeloop.cli_vision import add_camera_command, build_vision
+from edgeloop.errors import ConfigError, ModelError, TransientError
 
 log = logging.getLogger("edgeloop")
 
 
-def _stop_event() -> threading.Event:
+def stop_on_signals() -> threading.Event:
     """An event set by SIGTERM or SIGINT, so services drain instead of dying mid-batch."""
     stop = threading.Event()
 
@@ -54,8 +54,8 @@ def _mqtt_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
-    from runtime.app import run_edge
-    from runtime.config import load_edge_config
+    from edgeloop.edge.app import run_edge
+    from edgeloop.edge.config import load_edge_config
 
     overrides = _mqtt_overrides(args)
     if args.node_id:
@@ -64,15 +64,15 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     if args.model:
         pipelines = [p.model_copy(update={"model": p.model.model_copy(update={"path": Path(args.model)})}) for p in cfg.pipelines[:1]]
         cfg = cfg.model_copy(update={"pipelines": pipelines + list(cfg.pipelines[1:])})
-    return run_edge(cfg, _stop_event(), source=args.config or "defaults")
+    return run_edge(cfg, stop_on_signals(), source=args.config or "defaults")
 
 
 # --------------------------------------------------------------------- bridge
 
 
 def cmd_bridge_run(args: argparse.Namespace) -> int:
-    from cloud_bridge.app import run_bridge
-    from cloud_bridge.config import load_bridge_config
+    from edgeloop.bridge.app import run_bridge
+    from edgeloop.bridge.config import load_bridge_config
 
     overrides = _mqtt_overrides(args)
     influx: dict[str, Any] = {}
@@ -90,14 +90,14 @@ def cmd_bridge_run(args: argparse.Namespace) -> int:
     if influx:
         overrides["influx"] = influx
     cfg = load_bridge_config(args.config, overrides)
-    return run_bridge(cfg, _stop_event())
+    return run_bridge(cfg, stop_on_signals())
 
 
 # -------------------------------------------------------------------- devices
 
 
 def cmd_devices_simulate(args: argparse.Namespace) -> int:
-    from devices.publisher import simulate
+    from edgeloop.devices.publisher import simulate
 
     report = simulate(
         broker_url=args.broker,
@@ -109,7 +109,7 @@ def cmd_devices_simulate(args: argparse.Namespace) -> int:
         anomaly_rate=args.anomaly_rate,
         drift_at_s=args.drift_at,
         truth_path=args.truth,
-        stop=_stop_event(),
+        stop=stop_on_signals(),
     )
     print(json.dumps(report.summary(), indent=2))
     return 0
@@ -119,17 +119,17 @@ def cmd_devices_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from runtime.common.configfile import read_yaml, redacted
+    from edgeloop.configfile import read_yaml, redacted
 
     kind = args.kind
     if kind == "auto":
         kind = "bridge" if "influx" in read_yaml(args.file) else "edge"
     if kind == "edge":
-        from runtime.config import load_edge_config
+        from edgeloop.edge.config import load_edge_config
 
         cfg = load_edge_config(args.file)
     else:
-        from cloud_bridge.config import load_bridge_config
+        from edgeloop.bridge.config import load_bridge_config
 
         cfg = load_bridge_config(args.file, {})
     print(f"# {args.file}: valid {kind} configuration (effective values, secrets masked)")
@@ -141,7 +141,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from runtime.modelfile import describe
+    from edgeloop.modelfile import describe
 
     print(json.dumps(describe(args.file), indent=2, default=str))
     return 0
@@ -149,27 +149,13 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_model_build(args: argparse.Namespace) -> int:
     if args.vision:
-        return build_vision(args)  # the camera classifier (runtime/cli_vision.py)
+        return build_vision(args)  # the camera classifier (edgeloop/cli_vision.py)
     try:
-        from cloud_bridge.training.build import build_model
+        from edgeloop.bridge.training.build import build_model
     except ImportError as exc:  # tensorflow lives in the train extra
         raise ConfigError("command line", [f"model build needs the 'train' extra ({exc}); run: make model"]) from None
     build_model(out_dir=Path(args.out), seed=args.seed)
     return 0
-
-
-# ----------------------------------------------------------------------- demo
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if args.drift:  # the closed loop: drift -> retrain -> signed redeploy (runtime/loopdemo.py)
-        from runtime.loopdemo import run_drift_demo
-
-        result = run_drift_demo(devices=args.devices, rate_hz=args.rate, drift_at_s=args.drift_at, stop=_stop_event())
-        return 0 if result["new_version"] and result["edge_exit_code"] == 0 else 1
-    from runtime.demo import run_demo
-
-    return run_demo(duration_s=args.duration, devices=args.devices, rate_hz=args.rate, stop=_stop_event())
 
 
 # ---------------------------------------------------------------------- parse
@@ -221,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-at", type=float, help="seconds after start when every device changes regime")
     p.add_argument("--truth", help="write injected faults (ground truth) as JSON lines to this file")
     p.set_defaults(func=cmd_devices_simulate)
-    add_camera_command(devices, _stop_event)  # devices camera (runtime/cli_vision.py)
+    add_camera_command(devices, stop_on_signals)  # devices camera (edgeloop/cli_vision.py)
 
     config = sub.add_parser("config", help="configuration files").add_subparsers(dest="action", required=True)
     p = config.add_parser("check", help="validate a config file and print the effective config, secrets masked")
@@ -241,21 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy_commands(sub, model)  # keys generate; model list|show|add|promote|rollback|deploy
     add_loop_commands(model)  # model retrain
 
-    p = sub.add_parser("demo", help="the whole loop on this machine, with its own broker and InfluxDB")
-    p.add_argument("--duration", type=float, default=30.0)
-    p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--rate", type=float, default=None, help="readings per second per device (default: real time)")
-    p.add_argument("--drift", action=argparse.BooleanOptionalAction, default=True,
-                   help="the closed-loop demo: regime change, drift detection, retrain, signed redeploy (default); "
-                   "--no-drift: the short ingest demo (--duration)")
-    p.add_argument("--drift-at", type=float, default=40.0, help="seconds after the start when every machine drifts")
-    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtime.common.logsetup import configure_logging
+    from edgeloop.logsetup import configure_logging
 
     configure_logging(args.log_level, args.log_format)
     try:

@@ -13,8 +13,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from runtime.common.ratelimit import RateLimitedLog
-from runtime.contract import DeadLetter, deadletter_topic
+from edgeloop.ratelimit import RateLimitedLog
+from edgeloop.contract import DeadLetter, deadletter_topic
 
 
 Publish = Callable[[str, bytes], object]

@@ -1,6 +1,6 @@
 """``edgeloop keys generate`` and ``edgeloop model list|show|add|promote|rollback|deploy``.
 
-Why apart from ``runtime/cli.py``: these commands belong to the registry and
+Why apart from ``edgeloop/cli.py``: these commands belong to the registry and
 the deployer (cloud side), and keeping them in one file keeps the shared CLI
 module small; ``cli.py`` only calls :func:`add_commands`. Heavy modules
 (cryptography, the registry, paho) are imported when a command runs.
@@ -29,13 +29,13 @@ DEFAULT_REGISTRY = Path("registry")
 def _bridge_retrain(args: argparse.Namespace) -> Any:
     if not getattr(args, "config", None):
         return None
-    from cloud_bridge.config import load_bridge_config
+    from edgeloop.bridge.config import load_bridge_config
 
     return getattr(load_bridge_config(args.config, {}), "retrain", None)
 
 
 def _registry(args: argparse.Namespace):
-    from cloud_bridge.registry import Registry
+    from edgeloop.bridge.registry import Registry
 
     root = args.registry
     if root is None:
@@ -45,8 +45,8 @@ def _registry(args: argparse.Namespace):
 
 
 def _signing_key(args: argparse.Namespace):
-    from runtime.common.errors import ConfigError
-    from runtime.common.signing import SigningKey
+    from edgeloop.errors import ConfigError
+    from edgeloop.signing import SigningKey
 
     path = args.key or getattr(_bridge_retrain(args), "signing_key_file", None)
     if path is None:
@@ -57,9 +57,9 @@ def _signing_key(args: argparse.Namespace):
 def _events(args: argparse.Namespace):  # an EventWriter to the bridge's InfluxDB with -c, else None
     if not getattr(args, "config", None):
         return None
-    from cloud_bridge.config import load_bridge_config
-    from cloud_bridge.events import EventWriter
-    from cloud_bridge.sinks import make_sink
+    from edgeloop.bridge.config import load_bridge_config
+    from edgeloop.bridge.events import EventWriter
+    from edgeloop.bridge.sinks import make_sink
 
     cfg = load_bridge_config(args.config, {})
     return EventWriter(make_sink(cfg), cfg.influx.tags)
@@ -74,7 +74,7 @@ def _fail(exc: Exception) -> int:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from runtime.common.signing import generate_keypair
+    from edgeloop.signing import generate_keypair
 
     private, public, key_id = generate_keypair(args.out, overwrite=args.force)
     print(f"private key {private} (mode 0600: keep it on the deploying host only)")
@@ -106,7 +106,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
-    from cloud_bridge.registry import RegistryError
+    from edgeloop.bridge.registry import RegistryError
 
     registry = _registry(args)
     try:
@@ -131,8 +131,8 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_model_add(args: argparse.Namespace) -> int:
-    from cloud_bridge.registry import RegistryError
-    from runtime.modelfile import load_model_files
+    from edgeloop.bridge.registry import RegistryError
+    from edgeloop.modelfile import load_model_files
 
     content, meta = load_model_files(args.file)
     registry = _registry(args)
@@ -147,7 +147,7 @@ def cmd_model_add(args: argparse.Namespace) -> int:
 
 
 def cmd_model_promote(args: argparse.Namespace) -> int:
-    from cloud_bridge.registry import RegistryError
+    from edgeloop.bridge.registry import RegistryError
 
     registry = _registry(args)
     try:
@@ -161,7 +161,7 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
-    from cloud_bridge.registry import RegistryError
+    from edgeloop.bridge.registry import RegistryError
 
     registry = _registry(args)
     try:
@@ -186,9 +186,9 @@ def cmd_model_deploy(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace, registry: Any, version: str) -> int:
-    from cloud_bridge.deployer import Deployer, DeployError
-    from cloud_bridge.registry import RegistryError
-    from runtime.common.mqtt import MqttSettings
+    from edgeloop.bridge.deployer import Deployer, DeployError
+    from edgeloop.bridge.registry import RegistryError
+    from edgeloop.mqtt import MqttSettings
 
     key = _signing_key(args)
     deployer = Deployer.connect(

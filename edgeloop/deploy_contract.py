@@ -1,8 +1,8 @@
 """The deployment contract: topics, the signed model manifest, chunking, refusal reasons.
 
-Why a module of its own, beside ``runtime.contract``: the cloud deployer and
+Why a module of its own, beside ``edgeloop.contract``: the cloud deployer and
 the edge model manager both import it, and it needs the model metadata schema
-(``runtime.modelfile``) and Ed25519 (``runtime.common.signing``), which the
+(``edgeloop.modelfile``) and Ed25519 (``edgeloop.signing``), which the
 basic wire contract does not. Like the contract it imports no numpy, no
 interpreter and no influxdb-client.
 
@@ -32,9 +32,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.common.errors import ModelError
-from runtime.contract import TOPIC_LEVEL_PATTERN, ContractError, TopicLevel, check_level
-from runtime.modelfile import ModelMetadata
+from edgeloop.errors import ModelError
+from edgeloop.contract import TOPIC_LEVEL_PATTERN, ContractError, TopicLevel, check_level
+from edgeloop.modelfile import ModelMetadata
 
 DEPLOY_SCHEMA_VERSION = 1
 DEPLOY_FILTER = "models/+/deploy"
@@ -206,7 +206,7 @@ def canonical_bytes(obj: Any) -> bytes:
 
 
 def sign_manifest(manifest: ModelManifest, key: Any) -> bytes:
-    """Sign with a :class:`runtime.common.signing.SigningKey`; return the payload to publish."""
+    """Sign with a :class:`edgeloop.signing.SigningKey`; return the payload to publish."""
     body = manifest.unsigned_dict()
     body["key_id"] = key.key_id
     body["signature"] = base64.b64encode(key.sign(canonical_bytes({k: v for k, v in body.items() if k != "signature"}))).decode()
@@ -214,7 +214,7 @@ def sign_manifest(manifest: ModelManifest, key: Any) -> bytes:
 
 
 def verify_manifest(payload: bytes, key: Any, max_bytes: int = MAX_MANIFEST_BYTES) -> ModelManifest:
-    """Check the signature with a :class:`runtime.common.signing.VerifyKey`, then the schema.
+    """Check the signature with a :class:`edgeloop.signing.VerifyKey`, then the schema.
 
     Raises :class:`DeployRefused` with one of the manifest reasons of
     :data:`REFUSAL_REASONS`; never anything else, whatever the payload.

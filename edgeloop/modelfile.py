@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.common.errors import ModelError
-from runtime.contract import TOPIC_LEVEL_PATTERN
+from edgeloop.errors import ModelError
+from edgeloop.contract import TOPIC_LEVEL_PATTERN
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -291,7 +291,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     else:
         info["sha256_ok"] = None
     try:
-        from runtime.inference import load_interpreter_class, tensor_details
+        from edgeloop.edge.inference import load_interpreter_class, tensor_details
 
         cls, name = load_interpreter_class()
         info["interpreter"] = name

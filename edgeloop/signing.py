@@ -21,7 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from runtime.common.errors import ConfigError
+from edgeloop.errors import ConfigError
 
 PRIVATE_KEY_FILE = "deploy.key"
 PUBLIC_KEY_FILE = "deploy.pub"

@@ -1,4 +1,4 @@
-"""A drift scenario for the whole closed loop, shared by the e2e test, ``edgeloop demo`` and the benchmark.
+"""A drift scenario for the whole closed loop, shared by the e2e test, ``make demo`` and the benchmark.
 
 Why one module: the three need the same moving parts and the same figures,
 measured the same way -- real edge processes with signed deployment on, the
@@ -31,7 +31,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from runtime.contract import InferenceResult, NodeStatus
+from edgeloop.contract import InferenceResult, NodeStatus
 
 MODEL = "vibration_ae"
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ class FleetPublisher(threading.Thread):
     def __init__(self, port: int, devices: int, rate_hz: float, drift_at_s: float | None, *, seed: int = 42,
                  anomaly_rate: float = 0.002, burst: Burst | None = None, max_s: float = 600.0) -> None:
         super().__init__(name="fleet-publisher", daemon=True)
-        from devices.simulator import FleetSimulator
+        from edgeloop.devices.simulator import FleetSimulator
 
         natural = 1000.0 / 64
         self.time_scale = natural / rate_hz
@@ -207,13 +207,13 @@ def edge_config(path: Path, node: str, topic: str, broker_url: str, public_key: 
 
 
 class EdgeProcess:
-    """``python -m runtime.cli edge run -c CONFIG``, output to a log file, stopped with SIGTERM."""
+    """``python -m edgeloop.cli edge run -c CONFIG``, output to a log file, stopped with SIGTERM."""
 
     def __init__(self, config: Path, log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "edge", "run", "-c", str(config)], cwd=REPO,
+            [sys.executable, "-m", "edgeloop.cli", "edge", "run", "-c", str(config)], cwd=REPO,
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -232,7 +232,7 @@ class EdgeProcess:
 def bridge_config(broker_url: str, influx_url: str, db: str, workdir: Path, signing_key: Path,
                   drift: dict | None = None, retrain: dict | None = None) -> Any:
     """A bridge config with the whole closed loop on (influx v1), tuned by ``drift`` / ``retrain`` overrides."""
-    from cloud_bridge.config import BridgeConfig
+    from edgeloop.bridge.config import BridgeConfig
 
     return BridgeConfig.model_validate({
         "mqtt": {"url": broker_url},
@@ -246,9 +246,9 @@ def bridge_config(broker_url: str, influx_url: str, db: str, workdir: Path, sign
 
 def seed_registry(root: Path) -> str:
     """A registry whose current version is the bundled model (what the edges start with)."""
-    from cloud_bridge.registry import Registry
-    from runtime.config import BUNDLED_MODEL
-    from runtime.modelfile import load_model_files
+    from edgeloop.bridge.registry import Registry
+    from edgeloop.edge.config import BUNDLED_MODEL
+    from edgeloop.modelfile import load_model_files
 
     registry = Registry(root, actor="scenario")
     content, meta = load_model_files(BUNDLED_MODEL)
@@ -261,8 +261,8 @@ def seed_registry(root: Path) -> str:
 
 
 def quality(rows: list[Row], faults: list[tuple[str, int]], span: int = 2) -> dict[str, Any]:
-    """False-positive rate on windows not overlapping a fault, recall of fault episodes (runtime.demo)."""
-    from runtime.demo import score_detection
+    """False-positive rate on windows not overlapping a fault, recall of fault episodes (lab.demo)."""
+    from lab.demo import score_detection
 
     seen = {(r.device, r.seq) for r in rows}
     in_phase = [f for f in faults if any((f[0], f[1] + k) in seen for k in range(span))]  # scored in this phase

@@ -1,6 +1,6 @@
 """``edgeloop model retrain NAME``: retrain a model on the field samples now, or ask the bridge to.
 
-Why apart from ``runtime/cli.py``: it belongs to the closed loop (cloud side);
+Why apart from ``edgeloop/cli.py``: it belongs to the closed loop (cloud side);
 ``cli.py`` only calls :func:`add_loop_commands`. Everything heavy (pyarrow,
 TensorFlow, the registry) is imported when the command runs.
 
@@ -24,24 +24,24 @@ from pathlib import Path
 
 
 def cmd_model_retrain(args: argparse.Namespace) -> int:
-    from cloud_bridge.config import load_bridge_config
+    from edgeloop.bridge.config import load_bridge_config
 
     overrides: dict = {}
     if args.broker:
         overrides["mqtt"] = {"url": args.broker}
     cfg = load_bridge_config(args.config, overrides)
     if args.request:
-        from cloud_bridge.loop import publish_retrain_request
+        from edgeloop.bridge.loop import publish_retrain_request
 
         publish_retrain_request(cfg.mqtt.url, args.name, args.since_s, cfg.retrain.command_topic)
         print(f"asked the bridge at {cfg.mqtt.url} to retrain {args.name} (topic {cfg.retrain.command_topic})")
         return 0
 
-    from cloud_bridge.events import EventWriter
-    from cloud_bridge.registry import Registry
-    from cloud_bridge.sinks import make_sink
-    from cloud_bridge.training.retrain import RetrainJob, retrain
-    from runtime.modelfile import load_model_files
+    from edgeloop.bridge.events import EventWriter
+    from edgeloop.bridge.registry import Registry
+    from edgeloop.bridge.sinks import make_sink
+    from edgeloop.bridge.training.retrain import RetrainJob, retrain
+    from edgeloop.modelfile import load_model_files
 
     settings = cfg.retrain
     registry_dir = args.registry or settings.registry
@@ -67,8 +67,8 @@ def cmd_model_retrain(args: argparse.Namespace) -> int:
               f"{'--no-deploy' if args.no_deploy else 'no retrain.signing_key_file'}); "
               f"`edgeloop model promote {args.name} {result.version} --deploy` rolls it out")
         return 0
-    from cloud_bridge.deployer import Deployer
-    from runtime.common.signing import SigningKey
+    from edgeloop.bridge.deployer import Deployer
+    from edgeloop.signing import SigningKey
 
     deployer = Deployer.connect(cfg.mqtt.model_copy(update={"client_id": "edgeloop-cli-deployer"}), registry,
                                 SigningKey.load(settings.signing_key_file), client_id="edgeloop-cli-deployer",

@@ -14,7 +14,7 @@ per-device broker ACL can pin them):
     status/{node}                 edge -> cloud    NodeStatus (retained; LWT "offline")
     samples/{device}/{model}      edge -> cloud    SampleBatch: feature vectors kept for retraining
     models/{model}/deploy         cloud -> edge    signed ModelManifest, and the artifact on
-    models/{model}/{version}/chunk/{i}             (both retained): runtime.deploy_contract
+    models/{model}/{version}/chunk/{i}             (both retained): edgeloop.deploy_contract
     deadletter/{component}        any              DeadLetter
 
 Every message carries ``v`` (schema version); receivers reject versions they
@@ -264,7 +264,7 @@ class DeployState(BaseModel):
     ``state``: ``receiving`` (chunks arriving), ``canary`` (swapped, counting
     its first windows), ``healthy`` (passed them), ``refused`` (never
     installed), ``rolled_back`` (installed, then replaced by the previous
-    model). ``reason`` is a code from ``runtime.deploy_contract.REFUSAL_REASONS``.
+    model). ``reason`` is a code from ``edgeloop.deploy_contract.REFUSAL_REASONS``.
     """
 
     model_config = _STRICT
