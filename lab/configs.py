@@ -1,0 +1,58 @@
+"""Edge and bridge configs for the rigs: a base, then overrides deep-merged in order.
+
+Every rig (tests, demos, fault rigs, benchmarks) builds the dict an
+``edge.yaml`` / ``bridge.yaml`` holds here, so a field renamed in the product
+is renamed once in the workshop. Presets are plain dicts to merge in;
+``write_config`` writes one for ``edgeloop ... -c FILE`` (JSON is YAML).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: Notice a lost broker within seconds and come back quickly (fault rigs, short tests).
+FAST_RECONNECT = {"mqtt": {"keepalive_s": 5, "reconnect_min_s": 0.5, "reconnect_max_s": 2}}
+
+
+def merge(base: dict, *overrides: dict) -> dict:
+    """``base`` with each override merged in: nested dicts key by key, anything else replaced."""
+    out = dict(base)
+    for over in overrides:
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def edge_config(node: str, broker_url: str, *overrides: dict) -> dict:
+    """An edge config: node id and broker, then ``overrides``."""
+    return merge({"node_id": node, "mqtt": {"url": broker_url}}, *overrides)
+
+
+def bridge_config(broker_url: str, influx_url: str, db: str, *overrides: dict) -> dict:
+    """A bridge config writing to an InfluxDB 1.x database (flushed every 200 ms), then ``overrides``."""
+    base = {"mqtt": {"url": broker_url},
+            "influx": {"api": "v1", "url": influx_url, "db": db, "flush_interval_ms": 200}}
+    return merge(base, *overrides)
+
+
+def signed_deploy(public_key: Path, state_dir: Path, **settings: Any) -> dict:
+    """Edge override: signed over-the-air deployment on, verified with ``public_key``."""
+    return {"deploy": {"enabled": True, "public_key_file": str(public_key), "state_dir": str(state_dir), **settings}}
+
+
+def closed_loop(workdir: Path, signing_key: Path, drift: dict | None = None, retrain: dict | None = None) -> dict:
+    """Bridge override: sample store, drift monitor and retrain worker on, their files under ``workdir``."""
+    return {
+        "samples": {"enabled": True, "dir": str(workdir / "samples"), "flush_interval_s": 0.5},
+        "drift": {"enabled": True, **(drift or {})},
+        "retrain": {"enabled": True, "registry": str(workdir / "registry"), "signing_key_file": str(signing_key),
+                    **(retrain or {})},
+    }
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    """Write ``cfg`` for ``-c path`` (JSON is YAML; paths become strings)."""
+    path.write_text(json.dumps(cfg, indent=2, default=str))
+    return path

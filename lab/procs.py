@@ -1,0 +1,136 @@
+"""One way to run a component as a real process: ``python -m edgeloop.cli ...`` with a log file.
+
+Used by the tests, the demos, the fault rigs and the benchmarks, so every rig
+starts, stops, kills and measures processes the same way:
+
+- ``start()`` appends a ``===== start N`` header to the log and can be called
+  again after ``kill()`` (the reliability rig restarts crashed processes);
+- ``terminate()`` is SIGTERM (the component drains), then SIGKILL after a
+  timeout; ``kill()`` is SIGKILL, as in a crash or a power cut;
+- ``final_stats()`` reads the counters the last run logged when it stopped;
+- ``cpu_seconds()`` and ``peak_rss_mb()`` read ``/proc`` (the benchmarks).
+
+Each process gets its own session, so a Ctrl-C meant for the rig does not
+reach it: the rig decides when its processes stop.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CliProcess:
+    """``python -m MODULE ARGS`` (the edgeloop CLI by default), output appended to ``log_path``.
+
+    ``env`` is added to the environment; ``pipe_stdout`` keeps stdout apart from
+    the log (readable through ``stdout``) for programs that answer on it.
+    """
+
+    def __init__(self, args: list[str], log_path: Path, *, env: dict[str, str] | None = None,
+                 module: str = "edgeloop.cli", pipe_stdout: bool = False) -> None:
+        self.args = list(args)
+        self.log_path = Path(log_path)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.module = module
+        self.pipe_stdout = pipe_stdout
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> CliProcess:
+        if self.alive():
+            raise RuntimeError(f"{self} already running (pid {self.proc.pid})")
+        with open(self.log_path, "a") as log:
+            log.write(f"\n===== start {self.starts + 1}: {self.module} {' '.join(self.args)}\n")
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args], cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.pipe_stdout else log, stderr=log if self.pipe_stdout else subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.starts += 1
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self._running().pid
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        """The process's stdout (``pipe_stdout=True`` only)."""
+        if self.proc is None or self.proc.stdout is None:
+            raise RuntimeError(f"{self}: stdout is not piped")
+        return self.proc.stdout
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye. Idempotent, for ``finally`` blocks."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (the component drains), SIGKILL after ``timeout``; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log()[-chars:]
+
+    def final_stats(self) -> dict:
+        """The counters the last run logged on SIGTERM (``bridge stopped: {...}``, ``edge <node> stopped:
+        {...}``) as a dict; {} if that run did not stop cleanly."""
+        last = self.log().rsplit("===== start", 1)[-1]
+        for line in reversed(last.splitlines()):
+            if " stopped: {" in line:
+                return ast.literal_eval(line.split(" stopped: ", 1)[1])
+        return {}
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the running process, from /proc/PID/stat."""
+        return cpu_seconds(self.pid)
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident set size of the running process (``VmHWM``), in MB."""
+        return peak_rss_mb(self.pid)
+
+    def _running(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise RuntimeError(f"{self} was never started")
+        return self.proc
+
+    def __repr__(self) -> str:
+        return f"CliProcess({self.module} {' '.join(self.args)!r})"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size of a live process (``VmHWM`` in /proc/PID/status), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmHWM for pid {pid}")
