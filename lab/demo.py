@@ -11,44 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
-from edgeloop.contract import NodeStatus
 
 NODE = "demo-edge"
 DB = "edgeloop"
-
-
-@dataclass
-class _Watch:
-    """Counts results and statuses seen on the broker, for the live progress line."""
-
-    results: int = 0
-    anomalies: int = 0
-    edge_online: threading.Event = field(default_factory=threading.Event)
-
-    def on_message(self, _client, _userdata, msg) -> None:  # noqa: ANN001
-        if msg.topic.startswith("results/"):
-            self.results += 1
-            self.anomalies += b'"anomaly":true' in msg.payload
-        elif msg.topic == f"status/{NODE}":
-            try:
-                if NodeStatus.model_validate_json(msg.payload).state == "online":
-                    self.edge_online.set()
-            except ValueError:
-                pass
 
 
 def _require_binaries() -> None:
@@ -99,6 +72,9 @@ def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threa
     from edgeloop.bridge.app import Bridge
     from edgeloop.bridge.config import load_bridge_config
     from edgeloop.devices.publisher import simulate
+    from lab.configs import bridge_config
+    from lab.mqtt import Watcher
+    from lab.procs import CliProcess
     from lab.servers import InfluxDB1, Mosquitto, eventually
 
     _require_binaries()
@@ -108,28 +84,13 @@ def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threa
     with Mosquitto(workdir / "mosquitto") as broker, InfluxDB1(workdir / "influxdb") as influx:
         influx.create_database(DB)
         print(f"  broker   {broker.url}\n  influxdb {influx.url} (database {DB})")
-        watch = _Watch()
-        watcher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="edgeloop-demo-watch")
-        watcher.on_message = watch.on_message
-        watcher.connect(broker.host, broker.port)
-        watcher.subscribe([("results/#", 0), (f"status/{NODE}", 1)])
-        watcher.loop_start()
-
-        bridge = Bridge(load_bridge_config(None, {
-            "mqtt": {"url": broker.url},
-            "influx": {"api": "v1", "url": influx.url, "db": DB, "flush_interval_ms": 200},
-        }))
+        watch = Watcher(broker.port, [("results/#", 0), (f"status/{NODE}", 1)])
+        bridge = Bridge(load_bridge_config(None, bridge_config(broker.url, influx.url, DB)))
         bridge.start()
-        edge_log = open(workdir / "edge.log", "w")  # noqa: SIM115 -- closed below
-        edge = subprocess.Popen(
-            [sys.executable, "-m", "edgeloop.cli", "edge", "run", "--broker", broker.url, "--node-id", NODE],
-            stdout=edge_log,
-            stderr=subprocess.STDOUT,
-        )
+        edge = CliProcess(["edge", "run", "--broker", broker.url, "--node-id", NODE], workdir / "edge.log").start()
         try:
-            if not watch.edge_online.wait(60):
-                raise RuntimeError(f"edge runtime did not come online; see {workdir / 'edge.log'}")
-            print(f"  edge     pid {edge.pid} online (log {workdir / 'edge.log'})\n")
+            watch.wait_online(NODE, edge, timeout=60)
+            print(f"  edge     pid {edge.pid} online (log {edge.log_path})\n")
             holder: dict = {}
             sim = threading.Thread(
                 target=lambda: holder.update(report=simulate(
@@ -142,10 +103,11 @@ def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threa
             sim.start()
             while sim.is_alive():
                 sim.join(3.0)
-                stats = bridge.stats()
+                stats, results = bridge.stats(), watch.on("results/")
+                flagged = sum(b'"anomaly":true' in r for r in results)
                 print(
-                    f"  t={time.monotonic() - started:5.1f}s  results {watch.results:6d}  "
-                    f"flagged {watch.anomalies:4d}  stored {stats['points_written']:6d}  "
+                    f"  t={time.monotonic() - started:5.1f}s  results {len(results):6d}  "
+                    f"flagged {flagged:4d}  stored {stats['points_written']:6d}  "
                     f"rejected {sum(stats['rejected'].values()):3d}",
                     flush=True,
                 )
@@ -153,20 +115,13 @@ def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threa
             vib_sent = report.sent_by_sensor().get("vibration", 0)
             expected = max(0, vib_sent - devices * (_window_span() - 1))
             try:
-                eventually(lambda: watch.results >= expected, timeout=15, message="waiting for results")
+                eventually(lambda: len(watch.on("results/")) >= expected, timeout=15, message="waiting for results")
             except AssertionError:
                 pass
         finally:
-            edge.send_signal(signal.SIGTERM)
-            try:
-                edge_rc = edge.wait(30)
-            except subprocess.TimeoutExpired:
-                edge.kill()
-                edge_rc = edge.wait()
-            edge_log.close()
+            edge_rc = edge.terminate(30)
             bridge_drained = bridge.stop()
-            watcher.loop_stop()
-            watcher.disconnect()
+            watch.close()
 
         rows = influx.points('SELECT "seq", "anomaly", "score", "latency_ms" FROM "inference" GROUP BY "device"', DB)
         quality = score_detection(report.faults, rows, _window_span())

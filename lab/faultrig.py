@@ -1,28 +1,100 @@
-"""One fault scenario end to end (``Rig``) and the faults it injects (helpers: lab/faultkit.py)."""
+"""Fault-injection rig: real edge and bridge processes, a known stream of readings, a pullable cable.
+
+Shared by the fault tests (tests/integration/test_reliability.py) and the
+reliability table (``make reliability`` -> benchmarks/reliability.py).
+
+One scenario (``Rig``) = mosquitto (persistence optional) + influxd + a bridge
+process (or several, on a ``$share`` group) + an edge process, all started
+through the real CLI with config files (``lab.procs``, ``lab.configs``), a
+paced QoS 1 publisher of simulated vibration readings (``lab.mqtt``), one
+fault in the middle of the stream, and at the end a count of what InfluxDB
+holds against what the readings imply (one window per reading after the first
+of each device): lost = expected - stored, duplicates = points - distinct windows.
+
+The "network outage" is an in-process TCP forwarder (lab/tcpproxy.py) that
+can stop forwarding without closing anything, like a pulled cable.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.faultkit import (
-    BROKER_CONF,
-    CliProcess,
-    Outcome,
-    Publisher,
-    StatusWatch,
-    bridge_config,
-    edge_config,
-    expected_windows,
-    fleet_readings,
-    stored_windows,
-    wait_stored,
-    write_yaml,
-)
+from lab.configs import FAST_RECONNECT, bridge_config, edge_config, write_config
+from lab.mqtt import Publisher, Watcher, paced
+from lab.procs import CliProcess
 from lab.servers import InfluxDB1, Mosquitto, eventually
 from lab.tcpproxy import TcpProxy
 
-__all__ = ["Outcome", "Rig", "cut_network", "kill_bridge", "kill_broker", "kill_edge", "kill_edge_offline", "stop_influx"]
+__all__ = ["BROKER_CONF", "Outcome", "Rig", "cut_network", "expected_windows", "fleet_readings", "kill_bridge",
+           "kill_broker", "kill_edge", "kill_edge_offline", "stop_influx", "stored_windows"]
+
+#: Broker settings the guarantees rely on (docs/reliability.md): mosquitto's default of 1000
+#: queued messages per client would drop readings for an edge that is down for long.
+BROKER_CONF = "max_queued_messages 1000000\nmax_queued_bytes 0\n"
+
+#: The rig's bridges: small batches flushed every 100 ms, a short write timeout (influxd is stopped).
+RIG_BRIDGE = {"influx": {"batch_size": 500, "flush_interval_ms": 100, "timeout_s": 2}}
+
+Reading = tuple[str, bytes, str, int]  # (topic, payload, device, seq)
+
+
+def fleet_readings(devices: int, per_device: int, seed: int = 3) -> list[Reading]:
+    """``per_device`` vibration readings of each device, in time order."""
+    from edgeloop.devices.simulator import FleetSimulator
+
+    sim = FleetSimulator(devices, seed=seed, anomaly_rate=0.01, sensors=("vibration",), start_ts=time.time() - 3600)
+    out = []
+    for topic, reading in sim.readings(count=devices * per_device):
+        out.append((topic, reading.model_dump_json(exclude_none=True).encode(), topic.split("/")[1], reading.seq))
+    return out
+
+
+def expected_windows(readings: list[Reading]) -> set[tuple[str, int]]:
+    """Windows (device, seq) the default pipeline cuts: size 128, hop 64, 64-sample readings -> one per
+    reading after a device's first."""
+    return {(device, seq) for _, _, device, seq in readings if seq >= 1}
+
+
+def stored_windows(influx: InfluxDB1, db: str, node: str) -> tuple[set[tuple[str, int]], int]:
+    """(distinct (device, seq) windows, number of points) the edge ``node`` has in ``db``."""
+    rows = influx.points(f"SELECT \"seq\" FROM \"inference\" WHERE \"node\" = '{node}' GROUP BY \"device\"", db)
+    return {(r["device"], int(r["seq"])) for r in rows}, len(rows)
+
+
+def wait_stored(influx: InfluxDB1, db: str, node: str, want: set[tuple[str, int]], timeout: float) -> float:
+    """Poll until every window in ``want`` is stored; the seconds it took."""
+    t0 = time.monotonic()
+    eventually(lambda: want <= stored_windows(influx, db, node)[0], timeout=timeout, interval=0.1,
+               message=f"{len(want)} windows stored")
+    return time.monotonic() - t0
+
+
+@dataclass
+class Outcome:
+    """One scenario's figures (a row of the reliability table)."""
+
+    scenario: str
+    sent: int  # readings published (and acknowledged by the broker)
+    expected: int  # windows those readings imply
+    stored: int  # of those, windows InfluxDB holds
+    distinct: int  # distinct (device, seq) windows InfluxDB holds for the edge (expected or not)
+    points: int  # points InfluxDB holds for the edge (more than distinct: duplicates)
+    recovery_s: float | None  # fault over -> every window published before then is stored
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.stored
+
+    @property
+    def duplicates(self) -> int:
+        return self.points - self.distinct
+
+    def row(self) -> dict:
+        return {"scenario": self.scenario, "sent": self.sent, "expected": self.expected, "stored": self.stored,
+                "lost": self.lost, "duplicates": self.duplicates, "recovery_s": self.recovery_s, **self.notes}
 
 
 class Rig:
@@ -56,7 +128,7 @@ class Rig:
         self.proxy: TcpProxy | None = None
         self.bridges: list[CliProcess] = []
         self.edge: CliProcess | None = None
-        self.watch: StatusWatch | None = None
+        self.watch: Watcher | None = None
         self.publisher: Publisher | None = None
 
     def bridge_node(self, i: int) -> str:
@@ -67,17 +139,18 @@ class Rig:
             self.influx.start()
         self.influx.create_database(self.db)
         self.broker.start()
-        self.watch = StatusWatch(self.broker.port)
+        self.watch = Watcher(self.broker.port, ["status/#"])
         for i in range(self.n_bridges):
-            over = {"share_group": self.share_group} if self.share_group else {}
-            cfg = write_yaml(self.workdir / f"bridge{i}.yaml",
-                             bridge_config(self.bridge_node(i), self.broker.url, self.influx, self.db, **over))
+            over = {"node_id": self.bridge_node(i), **({"share_group": self.share_group} if self.share_group else {})}
+            cfg = write_config(self.workdir / f"bridge{i}.yaml",
+                               bridge_config(self.broker.url, self.influx.url, self.db, FAST_RECONNECT, RIG_BRIDGE, over))
             self.bridges.append(CliProcess(["bridge", "run", "-c", str(cfg)], self.workdir / f"bridge{i}.log").start())
         url = self.broker.url
         if self.via_proxy:
             self.proxy = TcpProxy(self.broker.port)
             url = self.proxy.url
-        cfg = write_yaml(self.workdir / "edge.yaml", edge_config(self.workdir, self.node, url, **self.edge_over))
+        own = {"outbox": {"path": str(self.workdir / f"outbox-{self.node}.sqlite")}, "drain_timeout_s": 10}
+        cfg = write_config(self.workdir / "edge.yaml", edge_config(self.node, url, FAST_RECONNECT, own, self.edge_over))
         self.edge = CliProcess(["edge", "run", "-c", str(cfg)], self.workdir / "edge.log").start()
         for i, bridge in enumerate(self.bridges):
             self.watch.wait_online(self.bridge_node(i), bridge)
@@ -92,11 +165,11 @@ class Rig:
     def run(self, fault, fault_at: float = 0.35, timeout: float = 120.0) -> Outcome:
         """Stream every reading; at ``fault_at`` of the stream call ``fault(self)`` (it returns when
         the fault is over); wait until everything is stored; stop the processes (SIGTERM); count."""
-        self.publisher = Publisher(self.broker.port, self.readings, self.rate).start()
+        self.publisher = Publisher(self.broker.port, paced(((t, p) for t, p, _, _ in self.readings), self.rate)).start()
         eventually(lambda: self.publisher.published >= fault_at * len(self.readings), timeout=timeout,
                    interval=0.02, message="stream reached the fault point")
         notes = fault(self) or {}
-        before_end = expected_windows(self.publisher.sent_so_far())
+        before_end = expected_windows(self.readings[: self.publisher.published])
         try:
             recovery = wait_stored(self.influx, self.db, self.node, before_end, timeout)
         except AssertionError:

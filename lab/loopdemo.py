@@ -24,13 +24,12 @@ from typing import Any
 
 from lab.loopscenario import (
     MODEL,
-    EdgeProcess,
     FleetPublisher,
     FleetWatch,
     Timeline,
-    bridge_config,
-    edge_config,
+    edge_process,
     figures,
+    loop_bridge_config,
     seed_registry,
 )
 
@@ -71,9 +70,8 @@ def run_drift_demo(
         private, public, _ = generate_keypair(workdir / "keys")
         base = seed_registry(workdir / "registry")
         watch = FleetWatch(broker.port)
-        edge = EdgeProcess(edge_config(workdir / "edge.yaml", NODE, "sensors/+/vibration", broker.url, public,
-                                       workdir / "edge-state", FRACTION, seed=1), workdir / "edge.log")
-        bridge = Bridge(bridge_config(broker.url, influx.url, DB, workdir, private, DRIFT, RETRAIN))
+        edge = edge_process(workdir, NODE, "sensors/+/vibration", broker.url, public, FRACTION, seed=1)
+        bridge = Bridge(loop_bridge_config(broker.url, influx.url, DB, workdir, private, DRIFT, RETRAIN))
         publisher = None
         timeline = Timeline()
         try:
@@ -99,10 +97,10 @@ def run_drift_demo(
                 new = job.get("version") if job.get("state") == "deployed" else None
                 timeline.new_version = new
                 if new and timeline.fleet_on_new is None and watch.node_version(NODE) == new:
-                    timeline.fleet_on_new = watch.versions[NODE][new]
+                    timeline.fleet_on_new = watch.first_on(NODE, new)
                     done_at = now + after_s
                 if now - last_print >= 5.0:
-                    rows = watch.snapshot()
+                    rows = watch.results()
                     recent = rows[seen:]
                     seen, last_print = len(rows), now
                     rate_now = sum(r.anomaly for r in recent) / len(recent) if recent else 0.0
@@ -116,9 +114,9 @@ def run_drift_demo(
             if publisher is not None:
                 publisher.close()
             bridge.stop(timeout_s=15)
-            edge_rc = edge.stop()
+            edge_rc = edge.terminate(30)
             watch.close()
-        rows = watch.snapshot()
+        rows = watch.results()
         events = influx.points(f"SELECT * FROM events WHERE model = '{MODEL}'", DB)
     quality = figures(rows, publisher.faults, timeline.drift_onset, timeline.new_version, base)
     result = {
@@ -166,7 +164,7 @@ def print_scorecard(result: dict[str, Any]) -> None:
     for key, value in lines:
         print(f"  {key:<{width}}  {value}")
     print("  " + "-" * (width + 40))
-    print(f"  (work dir {result['workdir']}: edge.log, samples/, registry/, retrain-jobs/)")
+    print(f"  (work dir {result['workdir']}: {NODE}.log, samples/, registry/, retrain-jobs/)")
 
 
 def main() -> None:  # pragma: no cover -- python -m lab.loopdemo

@@ -17,24 +17,18 @@ demo and the benchmark start their own. Nothing here is a mock.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
-from edgeloop.contract import InferenceResult, NodeStatus
+from edgeloop.contract import InferenceResult
+from lab.configs import bridge_config, closed_loop, edge_config, signed_deploy, write_config
+from lab.mqtt import Publisher, Watcher
+from lab.procs import CliProcess
 
 MODEL = "vibration_ae"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -50,19 +44,18 @@ class Burst:
 # --------------------------------------------------------------------------- fleet
 
 
-class FleetPublisher(threading.Thread):
-    """Publishes a simulated fleet (vibration only) paced at ``rate_hz`` readings/s per device.
+class FleetPublisher(Publisher):
+    """Publishes a simulated fleet (vibration only, QoS 0) paced at ``rate_hz`` readings/s per device.
 
     Reading ``ts`` follows the wall clock (``start + time_scale * t``); the
     regime changes ``drift_at_s`` wall seconds after the start; with a
     ``burst``, that device's readings come from the same machine with a high
     fault rate during the burst. Ground truth: ``faults`` lists the
-    (device, seq) of every reading labelled fault.
+    (device, seq) of every published reading labelled fault.
     """
 
     def __init__(self, port: int, devices: int, rate_hz: float, drift_at_s: float | None, *, seed: int = 42,
                  anomaly_rate: float = 0.002, burst: Burst | None = None, max_s: float = 600.0) -> None:
-        super().__init__(name="fleet-publisher", daemon=True)
         from edgeloop.devices.simulator import FleetSimulator
 
         natural = 1000.0 / 64
@@ -73,175 +66,92 @@ class FleetPublisher(threading.Thread):
         if burst is not None:
             self.sims.append(FleetSimulator(devices, anomaly_rate=burst.anomaly_rate, **kw))
         self.devices, self.drift_at_s, self.burst, self.max_s = devices, drift_at_s, burst, max_s
-        self.stop_event = threading.Event()
-        self.faults: list[tuple[str, int]] = []
-        self.burst_faults: list[tuple[str, int]] = []
-        self.sent = 0
-        self.start_wall = 0.0
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
-                                  client_id=f"fleet-publisher-{os.getpid()}")
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
+        self._faults: list[tuple[int, str, int, bool]] = []  # (index in the schedule, device, seq, in the burst)
+        super().__init__(port, self._schedule(), qos=0)
+
+    @property
+    def faults(self) -> list[tuple[str, int]]:
+        """(device, seq) of every published reading labelled fault."""
+        published = self.published
+        return [(d, s) for i, d, s, _b in self._faults if i < published]
+
+    @property
+    def burst_faults(self) -> list[tuple[str, int]]:
+        published = self.published
+        return [(d, s) for i, d, s, burst in self._faults if burst and i < published]
+
+    @property
+    def start_wall(self) -> float:
+        return self.started_at
 
     @property
     def drift_wall(self) -> float | None:
         return None if self.drift_at_s is None else self.start_wall + self.drift_at_s
 
-    def run(self) -> None:
-        self.start_wall = time.time()
-        start_mono = time.monotonic()
+    def _schedule(self) -> Iterator[tuple[float, str, str]]:
+        """Read in the publishing thread, so the fleet's clock starts when publishing does."""
+        start = self.started_at
         for sim in self.sims:
-            sim.start_ts = self.start_wall
+            sim.start_ts = start
         normal = self.sims[0].readings()
         faulty = self.sims[1].readings() if self.burst else None
         burst_topic = f"sensors/dev-{self.burst.device:03d}/vibration" if self.burst else None
-        for topic, reading in normal:
+        for index, (topic, reading) in enumerate(normal):
+            in_burst = False
             if faulty is not None:
                 _, f_reading = next(faulty)  # the same order: the fleets differ only in faults
-                offset = reading.ts - self.start_wall
-                if topic == burst_topic and self.burst.start_s <= offset < self.burst.end_s:
+                in_burst = topic == burst_topic and self.burst.start_s <= reading.ts - start < self.burst.end_s
+                if in_burst:
                     reading = f_reading
-            offset = reading.ts - self.start_wall
-            if offset >= self.max_s or self.stop_event.is_set():
-                break
-            lag = offset - (time.monotonic() - start_mono)
-            if lag > 0 and self.stop_event.wait(lag):
-                break
-            self.client.publish(topic, reading.model_dump_json(exclude_none=True), qos=0)
-            self.sent += 1
+            offset = reading.ts - start
+            if offset >= self.max_s:
+                return
             if reading.label == "fault":
-                device = topic.split("/")[1]
-                self.faults.append((device, reading.seq))
-                if topic == burst_topic and self.burst.start_s <= offset < self.burst.end_s:
-                    self.burst_faults.append((device, reading.seq))
-
-    def close(self) -> None:
-        self.stop_event.set()
-        self.join(10)
-        self.client.loop_stop()
-        self.client.disconnect()
+                self._faults.append((index, topic.split("/")[1], reading.seq, in_burst))
+            yield offset, topic, reading.model_dump_json(exclude_none=True)
 
 
 # --------------------------------------------------------------------------- watching
 
 
-@dataclass
-class Row:
-    received: float
-    node: str
-    device: str
-    seq: int
-    ts: float
-    version: str
-    anomaly: bool
-    score: float
-
-
-class FleetWatch:
-    """Every result (compact) and, per node, when it first reported each model version in its status."""
+class FleetWatch(Watcher):
+    """Every result and node status; which model version each node runs, and since when."""
 
     def __init__(self, port: int) -> None:
-        self.rows: list[Row] = []
-        self.versions: dict[str, dict[str, float]] = {}
-        self.status: dict[str, NodeStatus] = {}
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
-                                  client_id=f"fleet-watch-{os.getpid()}-{id(self) % 10000}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("results/#", 0), ("status/+", 1)])
-        self.client.loop_start()
-        if not subscribed.wait(10):
-            raise RuntimeError("watcher did not get its SUBACK")
-
-    def _on_message(self, _c, _u, msg) -> None:
-        now = time.time()
-        try:
-            if msg.topic.startswith("results/"):
-                r = InferenceResult.model_validate_json(msg.payload)
-                row = Row(now, r.node or "", r.device, r.seq, r.ts, r.model_version, r.anomaly, r.score)
-                with self._lock:
-                    self.rows.append(row)
-            elif msg.topic.startswith("status/") and msg.payload:
-                s = NodeStatus.model_validate_json(msg.payload)
-                with self._lock:
-                    self.status[s.node] = s
-                    if s.state == "online" and MODEL in s.models:
-                        self.versions.setdefault(s.node, {}).setdefault(s.models[MODEL].version, now)
-        except ValueError:
-            pass
+        super().__init__(port, [("results/#", 0), ("status/+", 1)])
 
     def node_version(self, node: str) -> str | None:
-        with self._lock:
-            s = self.status.get(node)
+        s = self.status(node)
         return s.models[MODEL].version if s and s.state == "online" and MODEL in s.models else None
 
-    def snapshot(self) -> list[Row]:
-        with self._lock:
-            return list(self.rows)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+    def first_on(self, node: str, version: str) -> float | None:
+        """When ``node`` first reported ``version`` in an online status."""
+        return next((t for t, s in self.statuses(node)
+                     if s.state == "online" and MODEL in s.models and s.models[MODEL].version == version), None)
 
 
 # --------------------------------------------------------------------------- processes and config
 
 
-def edge_config(path: Path, node: str, topic: str, broker_url: str, public_key: Path, state_dir: Path,
-                fraction: float, seed: int, canary_windows: int = 20) -> Path:
-    """An edge.yaml (JSON is YAML) with deployment and sampling on."""
-    cfg = {
-        "node_id": node,
-        "mqtt": {"url": broker_url},
+def edge_process(workdir: Path, node: str, topic: str, broker_url: str, public_key: Path, fraction: float,
+                 seed: int, canary_windows: int = 20) -> CliProcess:
+    """``edgeloop edge run`` with signed deployment and sampling on; config, state and log under ``workdir``."""
+    cfg = edge_config(node, broker_url, {
         "pipelines": [{"sensor": "vibration", "topic": topic}],
-        "deploy": {"enabled": True, "public_key_file": str(public_key), "state_dir": str(state_dir),
-                   "canary_windows": canary_windows, "chunk_timeout_s": 10.0},
         "sampling": {"fraction": fraction, "budget_per_hour_per_device": 1_000_000, "seed": seed},
         "status_interval_s": 5,
-    }
-    path.write_text(json.dumps(cfg, indent=2))
-    return path
+    }, signed_deploy(public_key, workdir / f"state-{node}", canary_windows=canary_windows, chunk_timeout_s=10.0))
+    path = write_config(workdir / f"{node}.yaml", cfg)
+    return CliProcess(["edge", "run", "-c", str(path)], workdir / f"{node}.log").start()
 
 
-class EdgeProcess:
-    """``python -m edgeloop.cli edge run -c CONFIG``, output to a log file, stopped with SIGTERM."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 -- closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeloop.cli", "edge", "run", "-c", str(config)], cwd=REPO,
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self._log.close()
-
-
-def bridge_config(broker_url: str, influx_url: str, db: str, workdir: Path, signing_key: Path,
-                  drift: dict | None = None, retrain: dict | None = None) -> Any:
+def loop_bridge_config(broker_url: str, influx_url: str, db: str, workdir: Path, signing_key: Path,
+                       drift: dict | None = None, retrain: dict | None = None) -> Any:
     """A bridge config with the whole closed loop on (influx v1), tuned by ``drift`` / ``retrain`` overrides."""
     from edgeloop.bridge.config import BridgeConfig
 
-    return BridgeConfig.model_validate({
-        "mqtt": {"url": broker_url},
-        "influx": {"api": "v1", "url": influx_url, "db": db, "flush_interval_ms": 200},
-        "samples": {"enabled": True, "dir": str(workdir / "samples"), "flush_interval_s": 0.5},
-        "drift": {"enabled": True, **(drift or {})},
-        "retrain": {"enabled": True, "registry": str(workdir / "registry"), "signing_key_file": str(signing_key),
-                    **(retrain or {})},
-    })
+    return BridgeConfig.model_validate(
+        bridge_config(broker_url, influx_url, db, closed_loop(workdir, signing_key, drift, retrain)))
 
 
 def seed_registry(root: Path) -> str:
@@ -260,7 +170,7 @@ def seed_registry(root: Path) -> str:
 # --------------------------------------------------------------------------- figures
 
 
-def quality(rows: list[Row], faults: list[tuple[str, int]], span: int = 2) -> dict[str, Any]:
+def quality(rows: list[InferenceResult], faults: list[tuple[str, int]], span: int = 2) -> dict[str, Any]:
     """False-positive rate on windows not overlapping a fault, recall of fault episodes (lab.demo)."""
     from lab.demo import score_detection
 
@@ -270,15 +180,15 @@ def quality(rows: list[Row], faults: list[tuple[str, int]], span: int = 2) -> di
     return {"windows": len(rows), **scored}
 
 
-def figures(rows: list[Row], faults: list[tuple[str, int]], drift_wall: float, new_version: str | None,
+def figures(rows: list[InferenceResult], faults: list[tuple[str, int]], drift_wall: float, new_version: str | None,
             old_version: str, excluded: set[tuple[str, int]] | None = None) -> dict[str, Any]:
     """Quality before drift (old model), during drift (old model) and after the redeploy (new model)."""
     excluded = excluded or set()
     keep = [r for r in rows if (r.device, r.seq) not in excluded]
     fault_set = [f for f in faults if f not in excluded]
-    before = [r for r in keep if r.ts < drift_wall and r.version == old_version]
-    during = [r for r in keep if r.ts >= drift_wall and r.version == old_version]
-    after = [r for r in keep if new_version is not None and r.version == new_version]
+    before = [r for r in keep if r.ts < drift_wall and r.model_version == old_version]
+    during = [r for r in keep if r.ts >= drift_wall and r.model_version == old_version]
+    after = [r for r in keep if new_version is not None and r.model_version == new_version]
     return {
         "before": quality(before, fault_set),
         "during": quality(during, fault_set),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/: mqttkit, certs, ...
+sys.path.insert(0, str(Path(__file__).parent))  # tests/: certs, deploy_fixtures, ...
 sys.path.insert(0, str(Path(__file__).parents[1]))  # the checkout: lab/ (not installed)
 
 from lab.servers import InfluxDB1, Mosquitto, VictoriaMetrics  # noqa: E402

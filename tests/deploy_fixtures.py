@@ -8,22 +8,17 @@ same with threshold 0, so every window is an anomaly.
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop.bridge.registry import Registry
 from edgeloop.devices.simulator import FleetSimulator
 from edgeloop.edge.app import EdgeApp
-from edgeloop.mqtt import MqttSettings
 from edgeloop.signing import SigningKey, generate_keypair
-from edgeloop.edge.config import BUNDLED_MODEL, DeploySettings, EdgeConfig, InputSettings
-from edgeloop.contract import InferenceResult, NodeStatus
+from edgeloop.edge.config import BUNDLED_MODEL, EdgeConfig
 from edgeloop.modelfile import ModelMetadata, load_model_files, sha256_bytes
+from lab import configs
+from lab.mqtt import Publisher, Watcher, close, connect, paced, publish_all
 
 MODEL = "vibration_ae"
 BASE_VERSION = "1.0.0"
@@ -65,15 +60,11 @@ def seeded_registry(root: Path) -> Registry:
 
 
 def edge_config(broker_url: str, node: str, keys: Keys, tmp: Path, **deploy) -> EdgeConfig:
-    settings = {"enabled": True, "public_key_file": keys.public_file, "canary_windows": 10,
-                "chunk_timeout_s": 2.0, "state_dir": tmp / f"state-{node}", **deploy}
-    return EdgeConfig(
-        node_id=node,
-        mqtt=MqttSettings(url=broker_url),
-        input=InputSettings(qos=1),
-        deploy=DeploySettings(**settings),
-        status_interval_s=30,
-    )
+    """An in-process edge with signed deployment on (short canary, fast chunk timeout) and QoS 1 input."""
+    settings = {"canary_windows": 10, "chunk_timeout_s": 2.0, **deploy}
+    cfg = configs.edge_config(node, broker_url, {"input": {"qos": 1}, "status_interval_s": 30},
+                              configs.signed_deploy(keys.public_file, tmp / f"state-{node}", **settings))
+    return EdgeConfig.model_validate(cfg)
 
 
 def start_edge(cfg: EdgeConfig) -> EdgeApp:
@@ -82,97 +73,66 @@ def start_edge(cfg: EdgeConfig) -> EdgeApp:
     return app
 
 
-class Watcher:
-    """Keeps every result and the latest status per node."""
-
-    def __init__(self, port: int) -> None:
-        self.results: list[InferenceResult] = []
-        self.status: dict[str, NodeStatus] = {}
-        self.deadletters: list[bytes] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_a: self._subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("results/#", 1), ("status/+", 1), ("deadletter/#", 1)])
-        self.client.loop_start()
-        assert self._subscribed.wait(10)
-
-    def _on_message(self, _c, _u, msg) -> None:
-        with self._lock:
-            if msg.topic.startswith("results/"):
-                self.results.append(InferenceResult.model_validate_json(msg.payload))
-            elif msg.topic.startswith("status/") and msg.payload:
-                status = NodeStatus.model_validate_json(msg.payload)
-                self.status[status.node] = status
-            elif msg.topic.startswith("deadletter/"):
-                self.deadletters.append(msg.payload)
-
-    def results_of(self, node: str) -> list[InferenceResult]:
-        with self._lock:
-            return [r for r in self.results if r.node == node]
-
-    def deploy_state(self, node: str):
-        with self._lock:
-            status = self.status.get(node)
-        return status.last_deploy.get(MODEL) if status else None
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def watch_fleet(port: int) -> Watcher:
+    """Results, statuses and dead letters of every node."""
+    return Watcher(port, ["results/#", "status/+", "deadletter/#"])
 
 
-@dataclass
+def deploy_state(watch: Watcher, node: str):  # noqa: ANN201 -- DeployState | None
+    """What ``node`` last reported about deployments of MODEL."""
+    status = watch.status(node)
+    return status.last_deploy.get(MODEL) if status else None
+
+
 class Stream:
-    """Publishes simulated vibration readings (QoS 1) for ``devices`` devices, in a thread or all at once."""
+    """Simulated vibration readings (QoS 1) of ``devices`` devices: ``publish(n)`` at once, or ``run()`` paced."""
 
-    port: int
-    devices: int = 2
-    seed: int = 5
-    readings: list = field(default_factory=list)
-    published: int = 0
-
-    def __post_init__(self) -> None:
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.connect("127.0.0.1", self.port)
-        self.client.loop_start()
-        sim = FleetSimulator(self.devices, seed=self.seed, anomaly_rate=0.0, sensors=("vibration",))
+    def __init__(self, port: int, devices: int = 2, seed: int = 5) -> None:
+        self.port = port
+        sim = FleetSimulator(devices, seed=seed, anomaly_rate=0.0, sensors=("vibration",))
         self._iter = sim.readings(count=10**9)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sent: list = []  # published by publish()
+        self._drawn: list = []  # read by the background publisher (its first `published` went out)
+        self.client = connect(port)
+        self.background: Publisher | None = None
+
+    @property
+    def readings(self) -> list:
+        """(topic, reading) of every reading published, in order."""
+        return self._sent + self._drawn[: self.background.published if self.background else 0]
+
+    @property
+    def published(self) -> int:
+        return len(self.readings)
+
+    def _next(self) -> tuple[str, bytes, object]:
+        topic, reading = next(self._iter)
+        return topic, reading.model_dump_json(exclude_none=True).encode(), reading
 
     def publish(self, n: int) -> None:
         """Publish the next ``n`` readings and wait for the broker's acks."""
-        infos = []
-        for _ in range(n):
-            topic, reading = next(self._iter)
-            self.readings.append((topic, reading))
-            infos.append(self.client.publish(topic, reading.model_dump_json(exclude_none=True).encode(), qos=1))
-            self.published += 1
-        for info in infos:
-            info.wait_for_publish(10)
+        batch = [self._next() for _ in range(n)]
+        publish_all(self.client, [(topic, payload) for topic, payload, _ in batch])
+        self._sent += [(topic, reading) for topic, _, reading in batch]
 
     def run(self, per_s: float = 200.0, limit: int = 5000) -> None:
-        """Keep publishing in the background (bounded by ``limit`` readings) until ``stop()``."""
+        """Keep publishing in the background (bounded by ``limit`` readings in all) until ``stop()``."""
+        def schedule():
+            for _ in range(limit - len(self._sent)):
+                topic, payload, reading = self._next()
+                self._drawn.append((topic, reading))
+                yield topic, payload
 
-        def loop() -> None:
-            while not self._stop.is_set() and self.published < limit:
-                self.publish(1)
-                self._stop.wait(1.0 / per_s)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
+        self.background = Publisher(self.port, paced(schedule(), per_s)).start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        if self.background is not None:
+            self.background.stop()
 
     def close(self) -> None:
-        self.stop()
-        self.client.loop_stop()
-        self.client.disconnect()
+        if self.background is not None:
+            self.background.close()
+        close(self.client)
 
 
 def expected_windows(readings: list) -> int:
@@ -181,18 +141,6 @@ def expected_windows(readings: list) -> int:
     for topic, _ in readings:
         per_device[topic] = per_device.get(topic, 0) + 1
     return sum(n - 1 for n in per_device.values())
-
-
-def wait_quiet(watcher: Watcher, settle_s: float = 0.5, timeout_s: float = 30.0) -> None:
-    """Until no result has arrived for ``settle_s`` (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    last = -1
-    while time.monotonic() < deadline:
-        n = len(watcher.results)
-        if n == last:
-            return
-        last = n
-        time.sleep(settle_s)
 
 
 def tiny_variant(version: str = "9.9.9") -> tuple[bytes, ModelMetadata]:

@@ -28,12 +28,11 @@ from edgeloop.signing import generate_keypair
 from lab.loopscenario import (
     MODEL,
     Burst,
-    EdgeProcess,
     FleetPublisher,
     FleetWatch,
-    bridge_config,
-    edge_config,
+    edge_process,
     figures,
+    loop_bridge_config,
     seed_registry,
 )
 
@@ -58,10 +57,9 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
         watch = FleetWatch(mosquitto.port)
         for i in range(DEVICES):
             node = f"edge-{i}"
-            cfg = edge_config(tmp_path / f"{node}.yaml", node, f"sensors/dev-{i:03d}/vibration", mosquitto.url,
-                              public, tmp_path / f"state-{node}", fraction=0.3, seed=i)
-            edges.append(EdgeProcess(cfg, tmp_path / f"{node}.log"))
-        bridge = Bridge(bridge_config(mosquitto.url, server.url, db, tmp_path, private, DRIFT, RETRAIN))
+            edges.append(edge_process(tmp_path, node, f"sensors/dev-{i:03d}/vibration", mosquitto.url, public,
+                                      fraction=0.3, seed=i))
+        bridge = Bridge(loop_bridge_config(mosquitto.url, server.url, db, tmp_path, private, DRIFT, RETRAIN))
         bridge.start(10)
         loop = bridge.loop
         eventually(lambda: all(watch.node_version(f"edge-{i}") == base for i in range(DEVICES)), timeout=60,
@@ -101,13 +99,13 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
 
         # 3. Enough windows scored by the new model, including some injected faults.
         def after_redeploy() -> bool:
-            rows = [r for r in watch.snapshot() if r.version == new]
+            rows = [r for r in watch.results() if r.model_version == new]
             return len(rows) > 3000 and figures(rows, publisher.faults, publisher.drift_wall, new, base)["after"][
                 "episodes"] >= 5
 
         eventually(after_redeploy, timeout=60, message="too few windows or faults after the redeploy")
         publisher.close()
-        q = figures(watch.snapshot(), publisher.faults, publisher.drift_wall, new, base,
+        q = figures(watch.results(), publisher.faults, publisher.drift_wall, new, base,
                     excluded=set(publisher.burst_faults) | burst_windows(publisher))
         before, during, after = q["before"], q["during"], q["after"]
         assert before["normal_windows"] > 2000 and during["normal_windows"] > 500, q
@@ -128,10 +126,10 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
             publisher.close()
         if bridge is not None:
             bridge.stop(timeout_s=15)
-        codes = [edge.stop() for edge in edges]
+        codes = [edge.terminate(30) for edge in edges]
         if watch is not None:
             watch.close()
-    assert codes == [0] * DEVICES, [e.log_path.read_text()[-2000:] for e in edges]
+    assert codes == [0] * DEVICES, [e.log_tail(2000) for e in edges]
 
 
 def burst_windows(publisher: FleetPublisher) -> set[tuple[str, int]]:

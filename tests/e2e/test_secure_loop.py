@@ -15,16 +15,12 @@ secret appears in either process's log.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from certs import TestCA
-from securebroker import OBSERVER, REPO, secure_broker
+from securebroker import OBSERVER, secure_broker
+from lab.procs import CliProcess
 from lab.servers import eventually
 
 from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
@@ -33,28 +29,6 @@ from edgeloop.contract import DeadLetter
 SECRET = "kP4-e2e-secret-never-logged"
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
 SHA = "ab" * 32
-
-
-class Proc:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeloop.cli", "--log-level", "DEBUG", *args], cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text()
 
 
 def peer(port: int, ca: TestCA, cn: str, subscriptions=(), on_message=None) -> MqttLink:
@@ -130,8 +104,9 @@ influx:
 
         observer = peer(broker.port, ca, OBSERVER, [("deadletter/#", 1), ("status/#", 1)], on_message=observe)
         env = {"EDGELOOP_STATE_DIR": str(tmp_path / "state"), "E2E_INFLUX_PASSWORD": SECRET + "-influx"}
-        edge = Proc(["edge", "run", "-c", str(edge_cfg)], tmp_path / "edge.log", env)
-        bridge = Proc(["bridge", "run", "-c", str(bridge_cfg)], tmp_path / "bridge.log", env)
+        debug = ["--log-level", "DEBUG"]
+        edge = CliProcess([*debug, "edge", "run", "-c", str(edge_cfg)], tmp_path / "edge.log", env=env).start()
+        bridge = CliProcess([*debug, "bridge", "run", "-c", str(bridge_cfg)], tmp_path / "bridge.log", env=env).start()
         device = forger = evil = None
         try:
             # Both services are up when their retained "online" status is on the broker.

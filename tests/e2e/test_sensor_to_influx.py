@@ -19,7 +19,8 @@ from reference import reference_features
 from edgeloop.edge.config import BUNDLED_MODEL
 from edgeloop.contract import DeadLetter, NodeStatus, sensor_topic
 from edgeloop.edge.inference import TfliteModel
-from mqttkit import Collector, Proc, publish_all, publisher
+from lab.mqtt import Watcher, connect, publish_all
+from lab.procs import CliProcess
 from lab.servers import eventually
 
 BRIDGE = "edgeloop-bridge"  # the bridge's default node id: its retained birth says it has subscribed
@@ -38,13 +39,8 @@ def fleet_readings(seed: int = 11) -> list[tuple[str, object]]:
     return readings
 
 
-def start_edge(broker, tmp_path: Path, node: str) -> Proc:
-    edge = Proc(["edge", "run", "--broker", broker.url, "--node-id", node], tmp_path / "edge.log")
-    return edge
-
-
-def wait_online(collector: Collector, node: str, proc: Proc) -> None:
-    collector.online(node, proc)
+def start_edge(broker, tmp_path: Path, node: str) -> CliProcess:
+    return CliProcess(["edge", "run", "--broker", broker.url, "--node-id", node], tmp_path / "edge.log").start()
 
 
 def expected_scores(readings, device: str, seqs: list[int]) -> dict[int, float]:
@@ -64,7 +60,7 @@ def expected_scores(readings, device: str, seqs: list[int]) -> dict[int, float]:
 def test_every_window_is_stored_once_with_the_right_tags_and_scores(api, mosquitto, influx_db, victoria, tmp_path, unique_id):
     influx, db = influx_db
     node = f"e2e-{unique_id}"
-    collector = Collector(mosquitto.port, ["status/#", "deadletter/#"])
+    collector = Watcher(mosquitto.port, ["status/#", "deadletter/#"])
     if api == "v1":
         sink_args = ["--influx-api", "v1", "--influx-url", influx.url, "--influx-db", db]
     else:
@@ -75,13 +71,13 @@ def test_every_window_is_stored_once_with_the_right_tags_and_scores(api, mosquit
             "--influx-api", "v2", "--influx-url", victoria.url, "--influx-bucket", f"b{unique_id}",
             "--influx-org", "edgeloop", "--influx-token-file", str(token),
         ]
-    bridge = Proc(["bridge", "run", "--broker", mosquitto.url, *sink_args], tmp_path / "bridge.log")
+    bridge = CliProcess(["bridge", "run", "--broker", mosquitto.url, *sink_args], tmp_path / "bridge.log").start()
     edge = start_edge(mosquitto, tmp_path, node)
     try:
-        wait_online(collector, node, edge)
-        wait_online(collector, BRIDGE, bridge)
+        collector.wait_online(node, edge)
+        collector.wait_online(BRIDGE, bridge)
         readings = fleet_readings()
-        pub = publisher(mosquitto.port)
+        pub = connect(mosquitto.port)
         publish_all(pub, [(t, r.model_dump_json(exclude_none=True).encode()) for t, r in readings])
         windows = DEVICES * (READINGS - 1)
 
@@ -143,11 +139,11 @@ def test_every_window_is_stored_once_with_the_right_tags_and_scores(api, mosquit
 def test_bad_input_is_dead_lettered_and_good_input_around_it_is_processed(mosquitto, influx_db, tmp_path, unique_id):
     influx, db = influx_db
     node = f"bad-{unique_id}"
-    collector = Collector(mosquitto.port, ["status/#", "deadletter/#", "results/#"])
-    bridge = Proc(
+    collector = Watcher(mosquitto.port, ["status/#", "deadletter/#", "results/#"])
+    bridge = CliProcess(
         ["bridge", "run", "--broker", mosquitto.url, "--influx-api", "v1", "--influx-url", influx.url, "--influx-db", db],
         tmp_path / "bridge.log",
-    )
+    ).start()
     edge = start_edge(mosquitto, tmp_path, node)
     good = fleet_readings(seed=5)
     good_msgs = [(t, r.model_dump_json(exclude_none=True).encode()) for t, r in good]
@@ -172,9 +168,9 @@ def test_bad_input_is_dead_lettered_and_good_input_around_it_is_processed(mosqui
         ("status/" + "n" * 100, b'{"v":1}'),
     ]
     try:
-        wait_online(collector, node, edge)
-        wait_online(collector, BRIDGE, bridge)
-        pub = publisher(mosquitto.port)
+        collector.wait_online(node, edge)
+        collector.wait_online(BRIDGE, bridge)
+        pub = connect(mosquitto.port)
         # Interleave junk with the good stream so that good messages sit on both sides of each bad one.
         step = len(good_msgs) // (len(edge_junk) + 1)
         stream: list[tuple[str, bytes]] = []
@@ -212,9 +208,8 @@ def test_bad_input_is_dead_lettered_and_good_input_around_it_is_processed(mosqui
     assert len(edge_letters) == len(edge_junk)
     assert len(bridge_letters) == len(bridge_junk)
     assert len(rows) == windows
-    with collector._lock:
-        from_edge = [p for t, p in collector.messages
-                     if t.startswith("results/") and "dev-999" not in t and f'"node":"{node}"'.encode() in p]
+    from_edge = [m.payload for m in collector.messages("results/")
+                 if "dev-999" not in m.topic and f'"node":"{node}"'.encode() in m.payload]
     assert len(from_edge) == windows  # (the test's own junk on results/ is not counted)
     reasons = {d.reason for d in edge_letters}
     assert {"malformed_json", "non_finite", "wrong_shape", "invalid_schema", "bad_topic", "oversized"} <= reasons
@@ -224,12 +219,12 @@ def test_bad_input_is_dead_lettered_and_good_input_around_it_is_processed(mosqui
 
 def test_sigterm_drains_every_received_reading(mosquitto, tmp_path, unique_id):
     node = f"drain-{unique_id}"
-    collector = Collector(mosquitto.port, ["status/#", "results/#"])
+    collector = Watcher(mosquitto.port, ["status/#", "results/#"])
     edge = start_edge(mosquitto, tmp_path, node)
     try:
-        wait_online(collector, node, edge)
+        collector.wait_online(node, edge)
         readings = fleet_readings(seed=9)
-        publish_all(publisher(mosquitto.port), [(t, r.model_dump_json(exclude_none=True).encode()) for t, r in readings])
+        publish_all(connect(mosquitto.port), [(t, r.model_dump_json(exclude_none=True).encode()) for t, r in readings])
     finally:
         rc = edge.terminate()  # immediately after the broker acked the last reading
     time.sleep(0.5)

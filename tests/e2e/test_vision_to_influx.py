@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from mqttkit import REPO, Collector, Proc
+from lab.mqtt import Watcher
+from lab.procs import REPO, CliProcess
 from lab.servers import eventually
 
 from edgeloop.devices.scenes import write_video
@@ -58,13 +59,14 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
     assert len(known) >= FRAMES * 3 // 4, (truth, offline)  # the bundled model knows most of these frames
 
     (tmp_path / "edge.yaml").write_text(f"node_id: {node}\nvision:\n  cameras:\n    - camera: belt\n")
-    watcher = Collector(mosquitto.port, ["status/#", "results/#", "deadletter/#"])
-    bridge = Proc(["bridge", "run", "--broker", mosquitto.url, "--influx-api", "v1", "--influx-url", influx.url,
-                   "--influx-db", db], tmp_path / "bridge.log")
-    edge = Proc(["edge", "run", "-c", str(tmp_path / "edge.yaml"), "--broker", mosquitto.url], tmp_path / "edge.log")
+    watcher = Watcher(mosquitto.port, ["status/#", "results/#", "deadletter/#"])
+    bridge = CliProcess(["bridge", "run", "--broker", mosquitto.url, "--influx-api", "v1", "--influx-url", influx.url,
+                         "--influx-db", db], tmp_path / "bridge.log").start()
+    edge = CliProcess(["edge", "run", "-c", str(tmp_path / "edge.yaml"), "--broker", mosquitto.url],
+                      tmp_path / "edge.log").start()
     try:
-        watcher.online(node, edge)
-        watcher.online("edgeloop-bridge", bridge)
+        watcher.wait_online(node, edge)
+        watcher.wait_online("edgeloop-bridge", bridge)
         camera = subprocess.run(
             [sys.executable, "-m", "edgeloop.cli", "devices", "camera", "--source", str(video), "--broker", mosquitto.url,
              "--device", f"line-{unique_id}", "--camera", "belt", "--fps", "8", "--qos", "1"],

@@ -15,7 +15,7 @@ from deploy_fixtures import (
     BASE_VERSION,
     MODEL,
     Stream,
-    Watcher,
+    deploy_state,
     edge_config,
     expected_windows,
     make_keys,
@@ -23,7 +23,9 @@ from deploy_fixtures import (
     start_edge,
     tiny_variant,
     variant,
+    watch_fleet,
 )
+from lab.mqtt import Watcher, publish_all
 from lab.servers import eventually
 
 from edgeloop.bridge.deployer import Deployer
@@ -61,7 +63,7 @@ def setup(mosquitto, tmp_path, keys):
         MqttSettings(url=mosquitto.url), registry, keys.signing, canary_timeout_s=30, rollout_timeout_s=30,
         chunk_size=1024, events=EventWriter(events),
     )
-    watcher = Watcher(mosquitto.port)
+    watcher = watch_fleet(mosquitto.port)
     edges = []
     yield registry, deployer, watcher, events, edges
     for edge in edges:
@@ -85,22 +87,22 @@ def test_good_deploy_swaps_between_batches_without_losing_a_window(setup, mosqui
     try:
         stream.publish(20)
         stream.run(per_s=150, limit=400)
-        eventually(lambda: len(watcher.results) >= 20, timeout=15, message="no results before the deploy")
+        eventually(lambda: len(watcher.results()) >= 20, timeout=15, message="no results before the deploy")
         report = deployer.deploy(MODEL, "1.1.0", targets="*")
         assert report.outcome == "deployed", report
-        eventually(lambda: (s := watcher.deploy_state("edge-a")) is not None and s.state == "healthy", timeout=30,
+        eventually(lambda: (s := deploy_state(watcher, "edge-a")) is not None and s.state == "healthy", timeout=30,
                    message="edge-a never reported 1.1.0 healthy")
         stream.stop()
         assert stream.published > 40
         windows = expected_windows(stream.readings)
-        eventually(lambda: len(watcher.results) >= windows, timeout=30,
+        eventually(lambda: len(watcher.results()) >= windows, timeout=30,
                    message=f"fewer than {windows} results")
         assert edges[0].stop()  # drain: nothing more can arrive after this
     finally:
         stream.close()
     edges.clear()
 
-    results = watcher.results_of("edge-a")
+    results = watcher.results("edge-a")
     keys_seen = Counter((r.device, r.seq, r.ts) for r in results)
     assert len(results) == windows and set(keys_seen.values()) == {1}, "every window exactly one result"
     by_device: dict[str, list] = {}
@@ -183,21 +185,21 @@ def test_refused_deployments_keep_the_old_model_serving(case, act, reason, deplo
 
     act(deployer, registry, keys)
     state = eventually(
-        lambda: (s := watcher.deploy_state("edge-r")) is not None and s.state == "refused" and s,
+        lambda: (s := deploy_state(watcher, "edge-r")) is not None and s.state == "refused" and s,
         timeout=20, message=f"{case}: edge-r never reported a refusal",
     )
     assert state.reason == reason, state
     assert state.detail
-    assert any(json.loads(d)["reason"] == reason for d in watcher.deadletters), "refusal dead-lettered"
+    assert any(json.loads(d)["reason"] == reason for d in watcher.on("deadletter/")), "refusal dead-lettered"
 
     stream = Stream(mosquitto.port, devices=1)
     try:
         stream.publish(6)
-        eventually(lambda: len(watcher.results_of("edge-r")) >= 5, timeout=15, message="old model stopped serving")
+        eventually(lambda: len(watcher.results("edge-r")) >= 5, timeout=15, message="old model stopped serving")
     finally:
         stream.close()
-    assert {r.model_version for r in watcher.results_of("edge-r")} == {BASE_VERSION}
-    assert watcher.status["edge-r"].models[MODEL].version == BASE_VERSION
+    assert {r.model_version for r in watcher.results("edge-r")} == {BASE_VERSION}
+    assert watcher.status("edge-r").models[MODEL].version == BASE_VERSION
     assert edges[0].engine.runners["vibration"].model.version == BASE_VERSION
 
 
@@ -216,22 +218,22 @@ def test_canary_failure_rolls_back_on_the_canary_and_leaves_the_fleet_alone(setu
         report = deployer.deploy(MODEL, "2.0.0", targets="*", canary=["edge-c"])
         assert report.outcome == "canary_failed", report
         assert report.nodes["edge-c"] == "rolled_back:unhealthy"
-        before = len(watcher.results_of("edge-c"))
-        eventually(lambda: len(watcher.results_of("edge-c")) >= before + 10, timeout=15,
+        before = len(watcher.results("edge-c"))
+        eventually(lambda: len(watcher.results("edge-c")) >= before + 10, timeout=15,
                    message="edge-c stopped producing results after the rollback")
     finally:
         stream.close()
 
-    state = watcher.deploy_state("edge-c")
+    state = deploy_state(watcher, "edge-c")
     assert state.state == "rolled_back" and state.reason == "unhealthy" and "anomaly rate" in state.detail
-    canary = sorted(watcher.results_of("edge-c"), key=lambda r: r.ts)
+    canary = sorted(watcher.results("edge-c"), key=lambda r: r.ts)
     versions = [r.model_version for r in canary]
     assert "2.0.0" in versions and versions[-1] == BASE_VERSION
     assert all(r.anomaly for r in canary if r.model_version == "2.0.0")
     for node in ("edge-f1", "edge-f2"):
-        assert {r.model_version for r in watcher.results_of(node)} == {BASE_VERSION}, node
-        assert watcher.deploy_state(node) is None, node
-        assert watcher.status[node].models[MODEL].version == BASE_VERSION
+        assert {r.model_version for r in watcher.results(node)} == {BASE_VERSION}, node
+        assert deploy_state(watcher, node) is None, node
+        assert watcher.status(node).models[MODEL].version == BASE_VERSION
     assert "2.0.0" in registry.refused(MODEL)
     assert registry.current(MODEL) == BASE_VERSION
     assert any(",kind=refused," in line and 'version="2.0.0"' in line for line in events.lines)
@@ -243,20 +245,9 @@ def test_canary_failure_rolls_back_on_the_canary_and_leaves_the_fleet_alone(setu
 
 
 def watcher_retained(port: int, topic: str) -> bytes:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    got: list[bytes] = []
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.on_message = lambda _c, _u, msg: got.append(msg.payload)
-    client.connect("127.0.0.1", port)
-    client.subscribe(topic, qos=1)
-    client.loop_start()
-    try:
-        return eventually(lambda: got and got[0], timeout=10, message=f"no retained message on {topic}")
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    with Watcher(port, [topic]) as watch:
+        return eventually(lambda: watch.on(topic) and watch.on(topic)[0], timeout=10,
+                          message=f"no retained message on {topic}")
 
 
 def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, influx_db, tmp_path, capsys):
@@ -276,10 +267,10 @@ def test_cli_generates_keys_and_deploys_and_rolls_back_the_fleet(mosquitto, infl
     assert main(["model", "add", str(new), "--parent", BASE_VERSION, *reg]) == 0
 
     edge = start_edge(edge_config(mosquitto.url, "edge-cli", keys, tmp_path))
-    watcher = Watcher(mosquitto.port)
+    watcher = watch_fleet(mosquitto.port)
     deploy = ["--broker", mosquitto.url, "--key", str(tmp_path / "keys" / "deploy.key"), "--timeout", "20"]
     try:
-        eventually(lambda: "edge-cli" in watcher.status, timeout=10, message="edge-cli not online")
+        eventually(lambda: watcher.status("edge-cli"), timeout=10, message="edge-cli not online")
         capsys.readouterr()
         assert main(["model", "deploy", MODEL, "1.1.0", *reg, *deploy]) == 0
         report = json.loads(capsys.readouterr().out)
@@ -331,36 +322,13 @@ def test_a_node_that_connects_later_installs_the_retained_deployment(setup, mosq
 
 def retained_under(port: int, topic_filter: str) -> list[tuple[str, bytes]]:
     """Every retained message under a filter: a marker published after the SUBACK arrives after all of them."""
-    import threading
     import uuid
 
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
     marker = f"test/marker/{uuid.uuid4().hex}"
-    got: list[tuple[str, bytes]] = []
-    done, subscribed = threading.Event(), threading.Event()
-
-    def on_message(_c, _u, msg) -> None:
-        if msg.topic == marker:
-            done.set()
-        else:
-            got.append((msg.topic, msg.payload))
-
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.on_message = on_message
-    client.on_subscribe = lambda *_a: subscribed.set()
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.subscribe([(topic_filter, 1), (marker, 1)])
-        assert subscribed.wait(10)
-        client.publish(marker, b"x", qos=1)
-        assert done.wait(10), "marker never came back"
-        return got
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    with Watcher(port, [topic_filter, marker]) as watch:
+        publish_all(watch.client, [(marker, b"x")])
+        eventually(lambda: watch.on(marker), timeout=10, message="marker never came back")
+        return [(m.topic, m.payload) for m in watch.messages() if m.topic != marker]
 
 
 def test_a_silent_canary_fails_the_rollout(mosquitto, tmp_path, keys):
@@ -395,4 +363,4 @@ def test_a_canary_already_running_the_version_passes_and_refused_versions_are_no
     registry.mark_refused(MODEL, "3.0.0", "canary failed earlier")
     with pytest.raises(DeployError, match="refused"):
         deployer.deploy(MODEL, "3.0.0")
-    assert watcher.status["edge-same"].models[MODEL].version == BASE_VERSION
+    assert watcher.status("edge-same").models[MODEL].version == BASE_VERSION

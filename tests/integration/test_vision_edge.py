@@ -12,12 +12,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from mqttkit import Collector
+from lab.mqtt import Watcher, close, connect, properties
 from lab.servers import eventually
 
 from edgeloop.devices.scenes import SceneSimulator, encode_jpeg
@@ -28,15 +24,14 @@ from edgeloop.contract import FrameMeta, InferenceResult, NodeStatus, encode_fra
 MAX_FRAME = 64 * 1024
 
 
-def publish_frame(client: paho.Client, device: str, jpeg: bytes, meta: FrameMeta | None, header: bool = False,
+def publish_frame(client, device: str, jpeg: bytes, meta: FrameMeta | None, header: bool = False,
                   camera: str = "belt") -> None:
     props = None
     payload = jpeg
     if meta is not None and header:
         payload = encode_frame(meta, jpeg, header=True)
     elif meta is not None:
-        props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = meta.user_properties()
+        props = properties(meta.user_properties())
     client.publish(frame_topic(device, camera), payload, qos=1, properties=props).wait_for_publish(10)
 
 
@@ -51,10 +46,8 @@ def edge(mosquitto, tmp_path, unique_id):
                        {"type": "resize"}, {"type": "normalize", "from_model": True}],
         }]},
     })
-    watcher = Collector(mosquitto.port, ["results/#", "deadletter/#", f"status/{cfg.node_id}"])
-    device = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    device.connect("127.0.0.1", mosquitto.port)
-    device.loop_start()
+    watcher = Watcher(mosquitto.port, ["results/#", "deadletter/#", f"status/{cfg.node_id}"])
+    device = connect(mosquitto.port)
     # A retained junk frame: its dead-letter proves the edge has subscribed.
     device.publish(frame_topic(f"probe-{unique_id}", "belt"), b"probe", qos=1, retain=True).wait_for_publish(10)
     app = EdgeApp(cfg)
@@ -64,8 +57,7 @@ def edge(mosquitto, tmp_path, unique_id):
         yield app, device, watcher
     finally:
         stopped = app.stop()
-        device.loop_stop()
-        device.disconnect()
+        close(device)
         watcher.close()
     assert stopped
 
@@ -108,8 +100,7 @@ def test_a_burst_is_shed_newest_first_and_status_reports_it(edge):
     before = app.counters()  # the retained probe frame was received (and rejected) already
     infos = []
     for seq in range(burst):  # as fast as paho can send (QoS 1, so the broker loses none of them)
-        p = Properties(PacketTypes.PUBLISH)
-        p.UserProperty = FrameMeta(ts=1.76e9 + seq / 1000, seq=seq).user_properties()
+        p = properties(FrameMeta(ts=1.76e9 + seq / 1000, seq=seq).user_properties())
         infos.append(device.publish(frame_topic("fast", "belt"), jpeg, qos=1, properties=p))
     for info in infos:
         info.wait_for_publish(10)
