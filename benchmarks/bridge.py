@@ -26,7 +26,8 @@ import paho.mqtt.client as paho
 import urllib3
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.harness import bench_broker, publisher
+from benchmarks.harness import bench_broker
+from lab.mqtt import close, connect, publish_all
 from lab.servers import InfluxDB1, VictoriaMetrics, eventually
 
 SHA = "ab" * 32
@@ -60,22 +61,52 @@ def messages(n_points: int, per_msg: int, base_ts: float) -> list[tuple[str, byt
 
 def prefill(broker, msgs: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait for every PUBACK: then the broker has queued all of it for the session."""
-    client = publisher(broker, f"bench-prefill-{time.monotonic_ns()}")
+    client = connect(broker.port, host=broker.host, client_id=f"bench-prefill-{time.monotonic_ns()}")
     try:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in msgs]
-        for info in infos:
-            info.wait_for_publish(60)
+        publish_all(client, msgs, timeout=60)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        close(client)
 
 
 # ------------------------------------------------------------------ limits
 
 
+def _session(broker, cid: str, on_message) -> paho.Client:  # noqa: ANN001
+    """Bare paho on persistent session ``cid``, subscribed to results/+/+ at QoS 1, ready to receive."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = on_message
+    client.on_connect = lambda c, _u, flags, *_a: (c.subscribe("results/+/+", qos=1) if not flags.session_present
+                                                    else subscribed.set())
+    client.connect(broker.host, broker.port, clean_start=False, properties=props)
+    client.loop_start()
+    subscribed.wait(10)
+    return client
+
+
+def timed_drain(broker, prefix: str, on_message, msgs: list[tuple[str, bytes]], done: threading.Event,  # noqa: ANN001
+                timeout_s: float) -> float:
+    """Seconds from reconnecting a persistent session, for which the broker queued ``msgs`` while it was
+    away, until ``done`` is set (by ``on_message``)."""
+    cid = f"{prefix}-{time.monotonic_ns()}"
+    close(_session(broker, cid, on_message))  # creates the session the broker queues for
+    prefill(broker, msgs)
+    t0 = time.perf_counter()
+    client = _session(broker, cid, on_message)
+    done.wait(timeout_s)
+    elapsed = time.perf_counter() - t0
+    close(client)
+    return elapsed
+
+
 def bare_receive(broker, msgs: list[tuple[str, bytes]]) -> float:
     """Messages/s of a paho QoS 1 subscriber that only counts, draining a pre-filled persistent session."""
-    cid = f"bare-bridge-{time.monotonic_ns()}"
     n = len(msgs)
     state = {"n": 0}
     done = threading.Event()
@@ -85,33 +116,7 @@ def bare_receive(broker, msgs: list[tuple[str, bytes]]) -> float:
         if state["n"] >= n:
             done.set()
 
-    def session() -> paho.Client:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5)
-        subscribed = threading.Event()
-        client.on_subscribe = lambda *_a: subscribed.set()
-        client.on_message = on_message
-        client.on_connect = lambda c, _u, flags, *_a: (c.subscribe("results/+/+", qos=1) if not flags.session_present
-                                                        else subscribed.set())
-        client.connect(broker.host, broker.port, clean_start=False, properties=props)
-        client.loop_start()
-        subscribed.wait(10)
-        return client
-
-    first = session()
-    first.disconnect()
-    first.loop_stop()
-    prefill(broker, msgs)
-    t0 = time.perf_counter()
-    client = session()
-    done.wait(300)
-    elapsed = time.perf_counter() - t0
-    client.disconnect()
-    client.loop_stop()
+    elapsed = timed_drain(broker, "bare-bridge", on_message, msgs, done, 300)
     return state["n"] / elapsed
 
 
@@ -191,34 +196,7 @@ def naive_bridge(broker, api: str, url: str, msgs: list[tuple[str, bytes]], n_po
             if state["written"] >= n_points:
                 done.set()
 
-    cid = f"naive-bridge-{time.monotonic_ns()}"
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    def connect() -> paho.Client:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5)
-        ready = threading.Event()
-        client.on_subscribe = lambda *_a: ready.set()
-        client.on_message = on_message
-        client.on_connect = lambda c, _u, flags, *_a: (c.subscribe("results/+/+", qos=1) if not flags.session_present
-                                                        else ready.set())
-        client.connect(broker.host, broker.port, clean_start=False, properties=props)
-        client.loop_start()
-        ready.wait(10)
-        return client
-
-    first = connect()
-    first.disconnect()
-    first.loop_stop()
-    prefill(broker, msgs)
-    t0 = time.perf_counter()
-    client = connect()
-    done.wait(600)
-    elapsed = time.perf_counter() - t0
-    client.disconnect()
-    client.loop_stop()
+    elapsed = timed_drain(broker, "naive-bridge", on_message, msgs, done, 600)
     writer.close()
     return state["written"] / elapsed
 

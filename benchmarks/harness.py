@@ -12,8 +12,12 @@ between a product figure and its limit/baseline would compare different things.
 - ``ResultRecorder``: a C subscriber (``mosquitto_sub -F '%U %t %p'``) that
   timestamps every arrival with the wall clock and costs the measured process
   no CPU of its own.
-- ``EdgeProcess``: ``python -m edgeloop.cli edge run`` as a subprocess, its
-  retained status (counters) and its peak RSS (``VmHWM``).
+- ``EdgeProcess`` / ``ScriptProcess``: the consumer under test as a
+  subprocess (``lab.procs.CliProcess``): online wait, CPU seconds and peak RSS
+  from /proc, the counters it reports when it stops.
+
+Connected clients, watchers and config files come from the workshop
+(``lab.mqtt``, ``lab.configs``), as for the tests and the demos.
 """
 
 from __future__ import annotations
@@ -24,10 +28,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
+from lab.configs import write_config
+from lab.mqtt import Watcher, close, connect
+from lab.procs import CliProcess
 from lab.servers import Mosquitto, eventually
 
 #: Broker settings for every benchmark (mosquitto 2.x): no Nagle delay on small
@@ -259,7 +261,7 @@ class ResultRecorder:
         self.proc = subprocess.Popen(([stdbuf, "-oL"] if stdbuf else []) + cmd, stdout=self._out,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            probe = publisher(self.broker, "bench-probe")
+            probe = connect(self.broker.port, host=self.broker.host, client_id="bench-probe")
         except Exception:
             self.kill()
             raise
@@ -272,8 +274,7 @@ class ResultRecorder:
             self.kill()
             raise
         finally:
-            probe.disconnect()
-            probe.loop_stop()
+            close(probe)
         time.sleep(0.2)  # let late probe copies land before counting starts
         self._offset = self.path.stat().st_size
         self._results = 0
@@ -349,157 +350,80 @@ def wait_quiet(count, quiet_s: float = 1.0, timeout_s: float = 300.0) -> int:
     return last
 
 
-def publisher(broker: Mosquitto, client_id: str, *, v5: bool = True) -> paho.Client:
-    """A connected paho client with its network loop running."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    connected = threading.Event()
-    client.on_connect = lambda *_a: connected.set()
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    if not connected.wait(10):
-        raise RuntimeError("benchmark client could not connect")
-    return client
-
-
 # ------------------------------------------------------------------------ measured processes
 
 
-class _MeasuredProcess:
-    """A consumer under test in its own process: start, peak RSS, CPU time, stop with counters."""
+class _Measured:
+    """A consumer under test in its own process (``lab.procs.CliProcess``): CPU time, peak RSS, stop."""
 
-    name = "process"
-
-    def __init__(self, workdir: Path, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.cmd = cmd
-        self.env = {**os.environ, **(env or {})}
-        self.log_path = workdir / f"{self.name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def _spawn(self, stdout=None) -> None:  # noqa: ANN001 -- None: into the log too
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log if stdout is None else stdout, stderr=self._log, stdin=subprocess.DEVNULL,
-                                     cwd=Path(__file__).resolve().parent.parent, env=self.env, start_new_session=True)
-
-    def peak_rss_mb(self) -> float:
-        return vm_hwm_mb(self.proc.pid)
+    proc: CliProcess
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        return self.proc.cpu_seconds()
 
-    def _terminate(self, timeout_s: float) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise RuntimeError(f"{self.name} did not exit on SIGTERM within {timeout_s}s") from None
-        finally:
-            self._log.close()
-        if self.proc.returncode != 0:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+    def peak_rss_mb(self) -> float:
+        return self.proc.peak_rss_mb()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.proc.kill()
+
+    def _terminate(self, timeout_s: float) -> None:
+        """SIGTERM; a process that does not drain within ``timeout_s`` or exits non-zero fails the run."""
+        code = self.proc.terminate(timeout_s)
+        if code != 0:
+            raise RuntimeError(f"{self.proc} exited with {code}; log:\n{self.proc.log_tail()}")
 
 
-class EdgeProcess(_MeasuredProcess):
+class EdgeProcess(_Measured):
     """``python -m edgeloop.cli edge run --broker URL --node-id NODE [-c CONFIG]``, as users run it.
 
-    Its state (the disk outbox) lives in the run's workdir; its counters come
-    from its own retained ``status/{node}`` message, the last one being the
-    "offline" status it publishes after draining on SIGTERM.
+    Its state (the disk outbox) lives in the run's workdir; ``stop()`` returns
+    the counters it logs once it has drained on SIGTERM.
     """
 
-    name = "edge"
-
     def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None) -> None:
-        cmd = [sys.executable, "-m", "edgeloop.cli", "edge", "run", "--broker", broker.url, "--node-id", node_id]
+        args = ["edge", "run", "--broker", broker.url, "--node-id", node_id]
         if config:
-            path = workdir / f"edge-{node_id}.yaml"
-            path.write_text(json.dumps(config))  # YAML is a superset of JSON
-            cmd += ["-c", str(path)]
-        super().__init__(workdir, cmd, env={"EDGELOOP_STATE_DIR": str(workdir / "edge-state")})
+            args += ["-c", str(write_config(workdir / f"edge-{node_id}.yaml", config))]
+        self.proc = CliProcess(args, workdir / "edge.log", env={"EDGELOOP_STATE_DIR": str(workdir / "edge-state")})
         self.broker = broker
         self.node_id = node_id
-        self.status: dict = {}
-        self._online = threading.Event()
-        self._offline = threading.Event()
-
-    def _on_status(self, _c, _u, msg) -> None:  # noqa: ANN001
-        try:
-            status = json.loads(msg.payload)
-        except ValueError:
-            return
-        self.status = status
-        (self._online if status.get("state") == "online" else self._offline).set()
 
     def start(self, timeout_s: float = 60.0) -> "EdgeProcess":
-        self._watch = publisher(self.broker, f"bench-watch-{self.node_id}")
-        self._watch.on_message = self._on_status
-        self._watch.subscribe(f"status/{self.node_id}", qos=1)
-        self._spawn()
-        deadline = time.monotonic() + timeout_s
-        while not self._online.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+        with Watcher(self.broker.port, [f"status/{self.node_id}"], host=self.broker.host) as watch:
+            self.proc.start()
+            try:
+                watch.wait_online(self.node_id, self.proc, timeout=timeout_s)
+            except AssertionError as exc:
                 self.kill()
-                raise RuntimeError(f"edge did not come online; log:\n{self.log_tail()}")
+                raise RuntimeError(f"edge did not come online: {exc}") from None
         return self
 
     def stop(self, timeout_s: float = 120.0) -> dict:
-        """SIGTERM (drain), wait for exit and the final retained status; return its counters."""
-        self._offline.clear()
-        try:
-            self._terminate(timeout_s)
-            self._offline.wait(5.0)
-        finally:
-            self._watch.disconnect()
-            self._watch.loop_stop()
-        return dict(self.status.get("counters", {}))
+        """SIGTERM (drain), wait for the exit; the counters it logged."""
+        self._terminate(timeout_s)
+        return self.proc.final_stats()
 
 
-class ScriptProcess(_MeasuredProcess):
+class ScriptProcess(_Measured):
     """``python -m benchmarks.naive --mode naive|echo``: prints ``ready``, and its counters on SIGTERM."""
 
     def __init__(self, broker: Mosquitto, workdir: Path, mode: str, qos: int) -> None:
         self.name = mode
-        super().__init__(workdir, [sys.executable, "-m", "benchmarks.naive", "--host", broker.host,
-                                   "--port", str(broker.port), "--mode", mode, "--qos", str(qos)])
+        self.proc = CliProcess(["--host", broker.host, "--port", str(broker.port), "--mode", mode, "--qos", str(qos)],
+                               workdir / f"{mode}.log", module="benchmarks.naive", pipe_stdout=True)
 
     def start(self, timeout_s: float = 60.0) -> "ScriptProcess":
-        self._spawn(subprocess.PIPE)
+        self.proc.start()
         line = self.proc.stdout.readline().decode().strip()
         if line != "ready":
             self.kill()
-            raise RuntimeError(f"{self.name} did not start ({line!r}); log:\n{self.log_tail()}")
+            raise RuntimeError(f"{self.name} did not start ({line!r}); log:\n{self.proc.log_tail()}")
         return self
 
     def stop(self, timeout_s: float = 60.0) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        out = self.proc.stdout.read().decode()
         self._terminate(timeout_s)
-        return json.loads(out.strip().splitlines()[-1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """Peak resident set size of a live process (``VmHWM`` in /proc/PID/status), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+        return json.loads(self.proc.stdout.read().decode().strip().splitlines()[-1])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -19,9 +19,10 @@ Every consumer gets the same treatment, so their figures compare:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -63,6 +64,35 @@ def script(mode: str) -> Consumer:
                     result_per_reading=mode == "echo")
 
 
+@dataclass
+class Measured:
+    """One consumer run: the results to wait for (set by the caller), then its CPU seconds, peak RSS,
+    counters and the results recorded."""
+
+    expected: int = 0
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+    counters: dict = field(default_factory=dict)
+    arrivals: list = field(default_factory=list)
+
+
+@contextmanager
+def measuring(consumer: Consumer, broker, workdir: Path, recorder: ResultRecorder) -> Iterator[Measured]:  # noqa: ANN001
+    """Start the consumer; the body offers the load and sets ``expected``; then wait for the results, stop."""
+    proc = consumer.make(broker, workdir).start()
+    run = Measured()
+    try:
+        cpu0 = proc.cpu_seconds()
+        yield run
+        recorder.wait_for(run.expected)
+        run.cpu_s = proc.cpu_seconds() - cpu0
+        run.rss_mb = proc.peak_rss_mb()
+        run.counters = proc.stop()
+        run.arrivals = list(results_of(recorder.stop()))
+    finally:
+        proc.kill()
+
+
 def _busy_rate(count: int, times: list[float]) -> tuple[float, float]:
     span = max(times) - min(times) if len(times) > 1 else 0.0
     return (count / span if span > 0 else 0.0), span
@@ -76,21 +106,14 @@ def flat_out(workdir: Path, quick: bool, consumer: Consumer, tag: str, devices: 
     expected = consumer.expected(feed.total, devices)
     with bench_broker(workdir) as broker:
         recorder = ResultRecorder(broker, workdir / "results.txt").start()
-        proc = None
         try:
-            proc = consumer.make(broker, workdir).start()
-            cpu0 = proc.cpu_seconds()
-            feed.start(broker, qos=READING_QOS)
-            recorder.wait_for(expected)
-            cpu = proc.cpu_seconds() - cpu0
-            rss = proc.peak_rss_mb()
-            counters = proc.stop()
-            arrivals = list(results_of(recorder.stop()))
+            with measuring(consumer, broker, workdir, recorder) as run:
+                feed.start(broker, qos=READING_QOS)
+                run.expected = expected
         finally:
-            if proc is not None:
-                proc.kill()
             feed.close()
             recorder.kill()
+    cpu, rss, counters, arrivals = run.cpu_s, run.rss_mb, run.counters, run.arrivals
     processed = counters.get("readings_in", 0)
     readings_per_s, span = _busy_rate(processed, [t for t, _d, _s in arrivals])
     return {
@@ -115,27 +138,20 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
     source = ReadingSource(devices)
     with bench_broker(workdir) as broker:
         recorder = ResultRecorder(broker, workdir / "results.txt").start()
-        feed = proc = None
+        feed = None
         try:
             feed = PacedFeed(broker, source, devices, READING_QOS)
-            proc = consumer.make(broker, workdir).start()
-            cpu0 = proc.cpu_seconds()
-            t_start = time.time()
-            sent = feed.run(rate, duration)
-            elapsed = time.time() - t_start
-            n_sent = int(np.count_nonzero(~np.isnan(sent)))
-            expected = consumer.expected(n_sent, devices)
-            recorder.wait_for(expected)
-            cpu = proc.cpu_seconds() - cpu0
-            rss = proc.peak_rss_mb()
-            counters = proc.stop()
-            arrivals = list(results_of(recorder.stop()))
+            with measuring(consumer, broker, workdir, recorder) as run:
+                t_start = time.time()
+                sent = feed.run(rate, duration)
+                elapsed = time.time() - t_start
+                n_sent = int(np.count_nonzero(~np.isnan(sent)))
+                run.expected = consumer.expected(n_sent, devices)
         finally:
-            if proc is not None:
-                proc.kill()
             if feed is not None:
                 feed.close()
             recorder.kill()
+    cpu, rss, counters, arrivals, expected = run.cpu_s, run.rss_mb, run.counters, run.arrivals, run.expected
     index = {d: i for i, d in enumerate(source.devices)}
     lat = [(t - sent[index[d], s]) * 1000.0 for t, d, s in arrivals if sent[index[d], s] - t_start >= warmup]
     return {

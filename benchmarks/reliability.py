@@ -3,7 +3,7 @@
 Each scenario of tests/integration/test_reliability.py again, at a larger scale
 (10 devices, thousands of readings, the outages the issue names: InfluxDB down
 30 s, a network outage of 20 s against a 5 s keepalive), with real processes
-(``lab.faultkit``). For each: readings sent, windows expected,
+(``lab.faultrig``). For each: readings sent, windows expected,
 stored, lost, duplicated, and the recovery time -- from the end of the fault
 (process started again, broker back, link back) until InfluxDB holds every
 window whose reading was published before that moment.

@@ -46,18 +46,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from benchmarks.harness import (
-    EdgeProcess,
-    ResultRecorder,
-    bench_broker,
-    cpu_seconds,
-    percentile,
-    publisher,
-    vm_hwm_mb,
-)
+from benchmarks.harness import EdgeProcess, ResultRecorder, bench_broker, percentile
+from lab.mqtt import close, connect, properties
 from lab.servers import Mosquitto
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "runtime" / "models"
@@ -159,7 +150,7 @@ class FramePublisher:
     """Publishes pool frames with v5 user-property metadata on ``frames/{cam}/belt`` from a thread."""
 
     def __init__(self, broker: Mosquitto, frames: list[bytes], tag: str) -> None:
-        self.client = publisher(broker, f"bench-frames-{tag}")
+        self.client = connect(broker.port, host=broker.host, client_id=f"bench-frames-{tag}")
         self.frames = frames
         self.sent = 0
         self.skipped = 0
@@ -168,8 +159,7 @@ class FramePublisher:
         self._thread: threading.Thread | None = None
 
     def _send(self, camera: str, seq: int) -> object:
-        props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = [("v", "1"), ("ts", repr(time.time())), ("seq", str(seq))]
+        props = properties([("v", "1"), ("ts", repr(time.time())), ("seq", str(seq))])
         info = self.client.publish(f"frames/{camera}/belt", self.frames[seq % len(self.frames)], qos=0, properties=props)
         self.sent += 1
         return info
@@ -262,8 +252,7 @@ class FramePublisher:
     def close(self) -> None:
         self._stop.set()
         self.join()
-        self.client.disconnect()
-        self.client.loop_stop()
+        close(self.client)
 
 
 # ------------------------------------------------------------------------ end to end
@@ -297,12 +286,12 @@ def _measure(broker: Mosquitto, workdir: Path, model: Path, tag: str, drive) -> 
     recorder = ResultRecorder(broker, workdir / tag / "results.txt").start()
     pub = FramePublisher(broker, FRAMES, tag)
     try:
-        cpu0 = cpu_seconds(edge.proc.pid)
+        cpu0 = edge.cpu_seconds()
         t0 = time.monotonic()
         offered_s = drive(pub)
         recorder.wait_for(10**9, stall_s=1.0, timeout_s=60)
-        cpu = cpu_seconds(edge.proc.pid) - cpu0
-        rss = vm_hwm_mb(edge.proc.pid)
+        cpu = edge.cpu_seconds() - cpu0
+        rss = edge.peak_rss_mb()
         wall = time.monotonic() - t0
     finally:
         pub.close()
