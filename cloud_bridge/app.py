@@ -39,6 +39,7 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from edgeloop import __version__
 from edgeloop.mqtt import MqttLink, Will
@@ -58,6 +59,10 @@ from edgeloop.bridge.batching import Batch, BatchWriter, Delivery
 from edgeloop.bridge.config import DEFAULT_CLIENT_ID, BridgeConfig
 from edgeloop.bridge.schema import LineEncoder
 from edgeloop.bridge.sinks import Sink, make_sink
+
+if TYPE_CHECKING:
+    from edgeloop.bridge.metrics import BridgeSnapshot
+    from edgeloop.metrics import MetricsServer
 
 log = logging.getLogger("cloud_bridge")
 
@@ -118,6 +123,24 @@ class Bridge:
             self.loop = ClosedLoop(cfg, EventWriter(make_sink(cfg), cfg.influx.tags))
 
     # ------------------------------------------------------------------ lifecycle
+
+    def metrics_snapshot(self) -> BridgeSnapshot:
+        """What a Prometheus scrape reports (cloud_bridge/metrics.py)."""
+        from edgeloop.bridge.metrics import BridgeSnapshot
+
+        return BridgeSnapshot(self.stats(), self._link.connected.is_set())
+
+    def serve_metrics(self, source: str = "bridge config") -> MetricsServer | None:
+        """``/metrics`` if the config enables it (None otherwise). Call before ``start()``: the sink it
+        wraps times every database write."""
+        from edgeloop.bridge.metrics import serve_bridge_metrics  # prometheus_client only when asked for
+
+        served = serve_bridge_metrics(self.cfg.metrics, self.cfg.node_id, self.metrics_snapshot, source)
+        if served is None:
+            return None
+        server, collector = served
+        self._sink = collector.timed(self._sink or make_sink(self.cfg))
+        return server
 
     def start(self, wait_s: float | None = 10.0) -> None:
         """Start the writer and connect; raises TransientError if no broker by ``wait_s``."""
@@ -367,10 +390,8 @@ class Bridge:
 
 def run_bridge(cfg: BridgeConfig, stop_event: threading.Event) -> int:
     """Run until ``stop_event`` is set, logging stats every 10 s; 0 if the drain completed, else 1."""
-    from edgeloop.bridge.metrics import serve_bridge_metrics
-
     bridge = Bridge(cfg)
-    metrics = serve_bridge_metrics(bridge)  # None unless metrics.enabled
+    metrics = bridge.serve_metrics()  # None unless metrics.enabled
     bridge.start()
     last, last_t = bridge.stats(), time.monotonic()
     while not stop_event.wait(STATS_EVERY_S):

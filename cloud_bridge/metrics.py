@@ -1,10 +1,11 @@
 """Prometheus metrics of the bridge (``metrics.enabled`` in bridge.yaml).
 
-Counters are read from ``Bridge.stats()`` when Prometheus scrapes. The write
-latency and batch-size histograms are fed by a thin wrapper around the sink
-(``TimedSink``), so the writer and its retry policy stay untouched: every
-attempt is timed, including the ones that fail and are retried, with the
-outcome as a label.
+Counters are read from a ``BridgeSnapshot`` (the bridge's stats and link
+state) when Prometheus scrapes. The write latency and batch-size histograms
+are fed by a thin wrapper around the sink (``TimedSink``), so the writer and
+its retry policy stay untouched: every attempt is timed, including the ones
+that fail and are retried, with the outcome as a label. The bridge wires
+both (``Bridge.serve_metrics``): this module knows nothing of the app.
 
     edgeloop_bridge_write_seconds{outcome}   one sink.write() call (one HTTP request)
     edgeloop_bridge_write_points              lines per write attempt
@@ -15,19 +16,16 @@ The full list with help texts is in docs/operations.md.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.core import GaugeMetricFamily
 
-from edgeloop import __version__
-from edgeloop.metrics import MetricsServer, counters_as_metrics, gauge, labelled_counter
+from edgeloop.metrics import ComponentCollector, MetricsServer, MetricsSettings, counters_as_metrics, labelled_counter
 
-from edgeloop.bridge.sinks import Sink, make_sink
-
-if TYPE_CHECKING:
-    from edgeloop.bridge.app import Bridge
+from edgeloop.bridge.sinks import Sink
 
 PREFIX = "edgeloop_bridge"
 
@@ -81,9 +79,22 @@ class TimedSink:
         return getattr(self.sink, name)
 
 
-class BridgeCollector(Collector):
-    def __init__(self, bridge: Bridge, registry: CollectorRegistry) -> None:
-        self.bridge = bridge
+@dataclass(frozen=True)
+class BridgeSnapshot:
+    """What one scrape reports, read from the running bridge."""
+
+    stats: Mapping[str, Any]  # Bridge.stats()
+    connected: bool
+
+
+class BridgeCollector(ComponentCollector):
+    """Reads a ``BridgeSnapshot`` at scrape time; owns the write histograms its ``TimedSink`` feeds."""
+
+    component = "bridge"
+    prefix = PREFIX
+
+    def __init__(self, snapshot: Callable[[], BridgeSnapshot], node_id: str, registry: CollectorRegistry) -> None:
+        super().__init__(snapshot, node_id)
         self.write_seconds = Histogram(
             f"{PREFIX}_write_seconds", "one database write request, by outcome", ["outcome"],
             buckets=WRITE_BUCKETS, registry=registry,
@@ -93,8 +104,12 @@ class BridgeCollector(Collector):
         )
         registry.register(self)
 
-    def collect(self):
-        stats = self.bridge.stats()
+    def timed(self, sink: Sink) -> TimedSink:
+        """``sink`` with every write timed into this collector's histograms."""
+        return TimedSink(sink, self.write_seconds, self.write_points)
+
+    def families(self, now: BridgeSnapshot):
+        stats = now.stats
         yield from counters_as_metrics(PREFIX, stats, KNOWN)
         yield labelled_counter(f"{PREFIX}_write_errors", "failed write attempts, by kind", "kind", stats["write_errors"])
         yield labelled_counter(f"{PREFIX}_rejected", "messages rejected (and dead-lettered), by reason", "reason",
@@ -106,22 +121,14 @@ class BridgeCollector(Collector):
             if key in stats["stored_lag_ms"]:
                 lag.add_metric([quantile], stats["stored_lag_ms"][key] / 1000.0)
         yield lag
-        yield gauge(f"{PREFIX}_mqtt_connected", "1 while connected to the broker",
-                    int(self.bridge._link.connected.is_set()))
-        info = InfoMetricFamily("edgeloop", "edgeloop build and node")
-        info.add_metric([], {"version": __version__, "component": "bridge", "node": self.bridge.cfg.node_id})
-        yield info
 
 
-def serve_bridge_metrics(bridge: Bridge, source: str = "bridge config") -> MetricsServer | None:
-    """Start ``/metrics`` for ``bridge`` if its config enables it; call before ``bridge.start()``.
-
-    Wraps the bridge's sink in a TimedSink (the sink seam of ``Bridge``), so write latency is measured.
-    """
-    settings = bridge.cfg.metrics
+def serve_bridge_metrics(settings: MetricsSettings, node_id: str, snapshot: Callable[[], BridgeSnapshot],
+                         source: str = "bridge config") -> tuple[MetricsServer, BridgeCollector] | None:
+    """Start ``/metrics`` if ``settings`` enable it (None otherwise); the caller times its sink with
+    ``collector.timed``."""
     if not settings.enabled:
         return None
     registry = CollectorRegistry(auto_describe=False)
-    collector = BridgeCollector(bridge, registry)
-    bridge._sink = TimedSink(bridge._sink or make_sink(bridge.cfg), collector.write_seconds, collector.write_points)
-    return MetricsServer(registry, settings, source)
+    collector = BridgeCollector(snapshot, node_id, registry)
+    return MetricsServer(registry, settings, source), collector

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
-from typing import Annotated
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgeloop import __version__
 from edgeloop.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,3 +125,31 @@ def counters_as_metrics(
         out.append(counter(metric, doc, value) if kind == "counter" else gauge(metric, doc, value))
     return out
 
+
+
+class ComponentCollector(Collector):
+    """A component's metrics, read from its ``snapshot()`` at scrape time.
+
+    Why a snapshot callable: the collector depends on a small value the
+    component hands it, never on the component (no import circle). Subclasses
+    yield their own families from ``families(snapshot)``; this adds what every
+    component reports: the link state (``snapshot.connected``) and build info.
+    """
+
+    component = "component"
+    prefix = "edgeloop"
+
+    def __init__(self, snapshot: Callable[[], Any], node_id: str) -> None:
+        self.snapshot = snapshot
+        self.node_id = node_id
+
+    def families(self, snapshot: Any) -> Iterable:
+        raise NotImplementedError
+
+    def collect(self):
+        now = self.snapshot()
+        yield from self.families(now)
+        yield gauge(f"{self.prefix}_mqtt_connected", "1 while connected to the broker", int(now.connected))
+        info = InfoMetricFamily("edgeloop", "edgeloop build and node")
+        info.add_metric([], {"version": __version__, "component": self.component, "node": self.node_id})
+        yield info

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from edgeloop import __version__
 from edgeloop.errors import ConfigError
@@ -34,6 +35,10 @@ from edgeloop.edge.model_manager import ModelManager
 from edgeloop.edge.sampling import Sampler
 from edgeloop.edge.stages import PipelineError
 from edgeloop.edge.stages.features import limit_blas_threads
+
+if TYPE_CHECKING:
+    from edgeloop.edge.metrics import EdgeSnapshot
+    from edgeloop.metrics import MetricsServer
 
 log = logging.getLogger("edgeloop.edge")
 
@@ -235,6 +240,24 @@ class EdgeApp:
             out.update(self.delivery.counters())  # outbox_depth, outbox_dropped_overflow, input_held, ...
         return out
 
+    def metrics_snapshot(self) -> EdgeSnapshot:
+        """What a Prometheus scrape reports (runtime/metrics.py)."""
+        from edgeloop.edge.metrics import EdgeSnapshot
+
+        return EdgeSnapshot(self.counters(), dict(self.rejects.by_reason), self.rejects.dead_lettered,
+                            self.engine.models(), self.link.connected.is_set())
+
+    def serve_metrics(self, source: str = "edge config") -> MetricsServer | None:
+        """``/metrics`` if the config enables it (None otherwise), its histograms fed by the engine."""
+        from edgeloop.edge.metrics import serve_edge_metrics  # prometheus_client only when asked for
+
+        served = serve_edge_metrics(self.cfg.metrics, self.cfg.node_id, self.metrics_snapshot, source)
+        if served is None:
+            return None
+        server, collector = served
+        self.engine.on_batch = collector.observe_batch
+        return server
+
     def start(self, connect_timeout_s: float | None = 30.0) -> None:
         log.info(
             "edge %s starting: broker %s, pipelines %s",
@@ -284,10 +307,8 @@ def run_edge(cfg: EdgeConfig, stop: threading.Event, source: str = "edge config"
     An unreachable broker is not fatal: the runtime keeps retrying with backoff
     (a device often boots before its network), logging each failed attempt.
     """
-    from edgeloop.edge.metrics import serve_edge_metrics
-
     app = EdgeApp(cfg, source)
-    metrics = serve_edge_metrics(app, source)  # None unless metrics.enabled
+    metrics = app.serve_metrics(source)  # None unless metrics.enabled
     app.start(connect_timeout_s=None)
     app.systemd.ready(f"node {cfg.node_id}")
     while not stop.wait(stats_every_s):

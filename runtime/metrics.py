@@ -1,9 +1,10 @@
 """Prometheus metrics of the edge runtime (``metrics.enabled`` in edge.yaml).
 
-Counters and levels are read from ``EdgeApp.counters()``, the reject
-counters and the engine's loaded models when Prometheus scrapes; three
+Counters and levels are read from an ``EdgeSnapshot`` (the app's counters,
+rejects by reason, loaded models, link state) when Prometheus scrapes; three
 histograms are fed by the engine after each interpreter call through its
-``on_batch`` hook (None, and so free, when metrics are off):
+``on_batch`` hook (None, and so free, when metrics are off). The runtime
+wires both (``EdgeApp.serve_metrics``): this module knows nothing of the app.
 
     edgeloop_edge_inference_seconds{model}     one interpreter call (a whole micro-batch)
     edgeloop_edge_batch_size{model}            windows per interpreter call
@@ -14,22 +15,21 @@ The full list with help texts is in docs/operations.md (a test keeps it in step)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.core import GaugeMetricFamily
 
-from edgeloop import __version__
+from edgeloop.contract import ModelRef
 from edgeloop.metrics import (
+    ComponentCollector,
     MetricsServer,
+    MetricsSettings,
     counter,
     counters_as_metrics,
     labelled_counter,
 )
-
-if TYPE_CHECKING:
-    from edgeloop.edge.app import EdgeApp
 
 PREFIX = "edgeloop_edge"
 
@@ -71,11 +71,25 @@ E2E_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
-class EdgeCollector(Collector):
-    """Reads the app's counters at scrape time; owns the histograms the engine feeds."""
+@dataclass(frozen=True)
+class EdgeSnapshot:
+    """What one scrape reports, read from the running edge."""
 
-    def __init__(self, app: EdgeApp, registry: CollectorRegistry) -> None:
-        self.app = app
+    counters: Mapping[str, int]
+    rejected: Mapping[str, int]  # by reason
+    dead_lettered: int
+    models: Mapping[str, ModelRef]
+    connected: bool
+
+
+class EdgeCollector(ComponentCollector):
+    """Reads an ``EdgeSnapshot`` at scrape time; owns the histograms the engine feeds."""
+
+    component = "edge"
+    prefix = PREFIX
+
+    def __init__(self, snapshot: Callable[[], EdgeSnapshot], node_id: str, registry: CollectorRegistry) -> None:
+        super().__init__(snapshot, node_id)
         self.inference = Histogram(
             f"{PREFIX}_inference_seconds", "interpreter call time per micro-batch", ["model"],
             buckets=LATENCY_BUCKETS, registry=registry,
@@ -97,31 +111,22 @@ class EdgeCollector(Collector):
         for value in latencies_s:
             observe(value)
 
-    def collect(self):
-        app = self.app
-        yield from counters_as_metrics(PREFIX, app.counters(), KNOWN, SKIP)
-        rejects = app.rejects
+    def families(self, now: EdgeSnapshot):
+        yield from counters_as_metrics(PREFIX, now.counters, KNOWN, SKIP)
         yield labelled_counter(f"{PREFIX}_rejected", "input rejected (and dead-lettered), by reason", "reason",
-                               dict(rejects.by_reason))
-        yield counter(f"{PREFIX}_dead_lettered", "rejects published on deadletter/edge", rejects.dead_lettered)
+                               dict(now.rejected))
+        yield counter(f"{PREFIX}_dead_lettered", "rejects published on deadletter/edge", now.dead_lettered)
         models = GaugeMetricFamily(f"{PREFIX}_model_info", "loaded models (value 1)", labels=["model", "version", "sha256"])
-        for name, ref in sorted(app.engine.models().items()):
+        for name, ref in sorted(now.models.items()):
             models.add_metric([name, ref.version, ref.sha256], 1)
         yield models
-        connected = app.link.connected.is_set() if hasattr(app, "link") else False
-        yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker", value=int(connected))
-        info = InfoMetricFamily("edgeloop", "edgeloop build and node")
-        info.add_metric([], {"version": __version__, "component": "edge", "node": app.cfg.node_id})
-        yield info
 
 
-def serve_edge_metrics(app: EdgeApp, source: str = "edge config") -> MetricsServer | None:
-    """Start ``/metrics`` for ``app`` if its config enables it; None otherwise."""
-    settings = app.cfg.metrics
+def serve_edge_metrics(settings: MetricsSettings, node_id: str, snapshot: Callable[[], EdgeSnapshot],
+                       source: str = "edge config") -> tuple[MetricsServer, EdgeCollector] | None:
+    """Start ``/metrics`` if ``settings`` enable it (None otherwise); the caller feeds ``observe_batch``."""
     if not settings.enabled:
         return None
     registry = CollectorRegistry(auto_describe=False)
-    collector = EdgeCollector(app, registry)
-    server = MetricsServer(registry, settings, source)
-    app.engine.on_batch = collector.observe_batch
-    return server
+    collector = EdgeCollector(snapshot, node_id, registry)
+    return MetricsServer(registry, settings, source), collector

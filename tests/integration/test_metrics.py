@@ -16,13 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import edgeloop
 from edgeloop.bridge.app import Bridge
 from edgeloop.bridge.config import load_bridge_config
-from edgeloop.bridge.metrics import serve_bridge_metrics
 from edgeloop.devices.simulator import FleetSimulator
 from edgeloop.edge.app import EdgeApp
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import load_edge_config
-from edgeloop.edge.metrics import serve_edge_metrics
-from mqttkit import publish_all, publisher
+from lab.mqtt import close, connect, publish_all
 from lab.servers import eventually, free_port, http
 
 READINGS = 12  # per device: 11 windows each with the default window (size 128, hop 64, 64-sample chunks)
@@ -51,10 +49,10 @@ def test_edge_metrics_scraped_over_http(mosquitto):
         "metrics": {"enabled": True, "port": port},
     })
     app = EdgeApp(cfg)
-    server = serve_edge_metrics(app)
+    server = app.serve_metrics()
     assert server is not None and server.url == f"http://127.0.0.1:{port}/metrics"
     app.start()
-    client = publisher(mosquitto.port)
+    client = connect(mosquitto.port)
     try:
         sim = FleetSimulator(DEVICES, seed=5, sensors=("vibration",))
         readings = [(t, r.model_dump_json().encode()) for t, r in sim.readings(count=READINGS * DEVICES)]
@@ -64,8 +62,7 @@ def test_edge_metrics_scraped_over_http(mosquitto):
         samples = eventually(lambda: (s := scrape(server.url)) and
                              value(s, "edgeloop_edge_results_total") >= expected and s, timeout=10)
     finally:
-        client.loop_stop()
-        client.disconnect()
+        close(client)
         app.stop()
         server.close()
 
@@ -101,9 +98,9 @@ def test_bridge_metrics_scraped_over_http(mosquitto, influx_db, unique_id):
         "metrics": {"enabled": True, "port": port},
     })
     bridge = Bridge(cfg)
-    server = serve_bridge_metrics(bridge)
+    server = bridge.serve_metrics()
     bridge.start()
-    client = publisher(mosquitto.port)
+    client = connect(mosquitto.port)
     sha = "ab" * 32
     results = [
         (f"results/dev-{i}/m1", (
@@ -118,8 +115,7 @@ def test_bridge_metrics_scraped_over_http(mosquitto, influx_db, unique_id):
         samples = eventually(lambda: (s := scrape(server.url)) and
                              value(s, "edgeloop_bridge_points_written_total") >= 5 and s, timeout=10)
     finally:
-        client.loop_stop()
-        client.disconnect()
+        close(client)
         bridge.stop()
         server.close()
 
@@ -139,7 +135,7 @@ def test_metrics_are_off_by_default_and_a_taken_port_is_a_config_error(mosquitto
     cfg = load_edge_config(None, {"mqtt": {"url": mosquitto.url}})
     assert cfg.metrics.enabled is False and cfg.metrics.bind == "127.0.0.1"
     assert load_bridge_config(None, {}).metrics.enabled is False
-    assert serve_edge_metrics(EdgeApp(cfg)) is None
+    assert EdgeApp(cfg).serve_metrics() is None
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -147,7 +143,7 @@ def test_metrics_are_off_by_default_and_a_taken_port_is_a_config_error(mosquitto
         port = taken.getsockname()[1]
         busy = load_edge_config(None, {"mqtt": {"url": mosquitto.url}, "metrics": {"enabled": True, "port": port}})
         with pytest.raises(ConfigError, match=rf"metrics.port: cannot listen on 127.0.0.1:{port}"):
-            serve_edge_metrics(EdgeApp(busy), "edge.yaml")
+            EdgeApp(busy).serve_metrics("edge.yaml")
 
 
 def test_metrics_bind_must_be_an_ip_address():

@@ -38,7 +38,7 @@ def test_configuration_md_names_every_leaf_key():
 
 def exposition_names(collector_cls, component, known) -> set[str]:
     registry = CollectorRegistry()
-    collector_cls(component, registry)
+    collector_cls(component.metrics_snapshot, component.cfg.node_id, registry)
     names = set()
     fixed = {name for name, _kind, _doc in known.values()}
     for family in registry.collect():
