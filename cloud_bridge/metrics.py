@@ -90,19 +90,12 @@ class BridgeSnapshot:
 class BridgeCollector(ComponentCollector):
     """Reads a ``BridgeSnapshot`` at scrape time; owns the write histograms its ``TimedSink`` feeds."""
 
-    component = "bridge"
-    prefix = PREFIX
-
     def __init__(self, snapshot: Callable[[], BridgeSnapshot], node_id: str, registry: CollectorRegistry) -> None:
-        super().__init__(snapshot, node_id)
-        self.write_seconds = Histogram(
-            f"{PREFIX}_write_seconds", "one database write request, by outcome", ["outcome"],
-            buckets=WRITE_BUCKETS, registry=registry,
-        )
-        self.write_points = Histogram(
-            f"{PREFIX}_write_points", "lines per database write request", buckets=POINTS_BUCKETS, registry=registry
-        )
-        registry.register(self)
+        self.write_seconds = Histogram(f"{PREFIX}_write_seconds", "one database write request, by outcome",
+                                       ["outcome"], buckets=WRITE_BUCKETS, registry=registry)
+        self.write_points = Histogram(f"{PREFIX}_write_points", "lines per database write request",
+                                      buckets=POINTS_BUCKETS, registry=registry)
+        super().__init__(snapshot, node_id, "bridge", PREFIX, registry)
 
     def timed(self, sink: Sink) -> TimedSink:
         """``sink`` with every write timed into this collector's histograms."""

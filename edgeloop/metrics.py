@@ -134,14 +134,16 @@ class ComponentCollector(Collector):
     component hands it, never on the component (no import circle). Subclasses
     yield their own families from ``families(snapshot)``; this adds what every
     component reports: the link state (``snapshot.connected``) and build info.
+    It registers itself with ``registry``: subclasses make their histograms first.
     """
 
-    component = "component"
-    prefix = "edgeloop"
-
-    def __init__(self, snapshot: Callable[[], Any], node_id: str) -> None:
+    def __init__(self, snapshot: Callable[[], Any], node_id: str, component: str, prefix: str,
+                 registry: CollectorRegistry) -> None:
         self.snapshot = snapshot
         self.node_id = node_id
+        self.component = component
+        self.prefix = prefix
+        registry.register(self)
 
     def families(self, snapshot: Any) -> Iterable:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -85,23 +86,14 @@ class EdgeSnapshot:
 class EdgeCollector(ComponentCollector):
     """Reads an ``EdgeSnapshot`` at scrape time; owns the histograms the engine feeds."""
 
-    component = "edge"
-    prefix = PREFIX
-
     def __init__(self, snapshot: Callable[[], EdgeSnapshot], node_id: str, registry: CollectorRegistry) -> None:
-        super().__init__(snapshot, node_id)
-        self.inference = Histogram(
-            f"{PREFIX}_inference_seconds", "interpreter call time per micro-batch", ["model"],
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.batch_size = Histogram(
-            f"{PREFIX}_batch_size", "windows per interpreter call", ["model"], buckets=BATCH_BUCKETS, registry=registry
-        )
-        self.latency = Histogram(
-            f"{PREFIX}_result_latency_seconds", "reading received -> result ready, per result", ["model"],
-            buckets=E2E_BUCKETS, registry=registry,
-        )
-        registry.register(self)
+        per_model = partial(Histogram, labelnames=["model"], registry=registry)
+        self.inference = per_model(f"{PREFIX}_inference_seconds", "interpreter call time per micro-batch",
+                                   buckets=LATENCY_BUCKETS)
+        self.batch_size = per_model(f"{PREFIX}_batch_size", "windows per interpreter call", buckets=BATCH_BUCKETS)
+        self.latency = per_model(f"{PREFIX}_result_latency_seconds", "reading received -> result ready, per result",
+                                 buckets=E2E_BUCKETS)
+        super().__init__(snapshot, node_id, "edge", PREFIX, registry)
 
     def observe_batch(self, model: str, size: int, infer_s: float, latencies_s: list[float]) -> None:
         """The engine's ``on_batch`` hook (worker thread)."""
