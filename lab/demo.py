@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
+from lab.scorecard import print_card, score_detection
 
 NODE = "demo-edge"
 DB = "edgeloop"
@@ -36,36 +37,6 @@ def _window_span() -> int:
     """How many consecutive readings one window covers with the default pipeline (64-sample readings)."""
     size = next(s["size"] for s in DEFAULT_VIBRATION_STAGES if s["type"] == "window")
     return math.ceil(size / 64)
-
-
-def score_detection(faults: list[tuple[str, int]], rows: list[dict], span: int) -> dict:
-    """Compare flagged windows with injected faults.
-
-    A fault episode is a run of consecutive fault readings on one device; it is
-    detected if any window overlapping it was flagged. A window (device, seq)
-    overlaps readings seq-span+1..seq.
-    """
-    fault_set = set(faults)
-    episodes: list[tuple[str, int, int]] = []
-    for device, seq in sorted(fault_set):
-        if episodes and episodes[-1][0] == device and episodes[-1][2] == seq - 1:
-            episodes[-1] = (device, episodes[-1][1], seq)
-        else:
-            episodes.append((device, seq, seq))
-    flagged = {(r["device"], int(r["seq"])) for r in rows if r["anomaly"]}
-    detected = sum(
-        any((dev, s) in flagged for s in range(first, last + span)) for dev, first, last in episodes
-    )
-    normal = [r for r in rows if not any((r["device"], int(r["seq"]) - k) in fault_set for k in range(span))]
-    false_pos = sum(1 for r in normal if r["anomaly"])
-    return {
-        "episodes": len(episodes),
-        "detected": detected,
-        "recall": detected / len(episodes) if episodes else None,
-        "normal_windows": len(normal),
-        "false_positives": false_pos,
-        "fpr": false_pos / len(normal) if normal else None,
-    }
 
 
 def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threading.Event) -> int:
@@ -143,11 +114,7 @@ def _print_table(report, rows, quality, lag, edge_rc, bridge_drained, port, work
         ("edge exit code", f"{edge_rc} (SIGTERM, drained)" if edge_rc == 0 else str(edge_rc)),
         ("bridge drained", str(bridge_drained)),
     ]
-    width = max(len(k) for k, _ in lines)
-    print("\n  " + "-" * (width + 40))
-    for key, value in lines:
-        print(f"  {key:<{width}}  {value}")
-    print("  " + "-" * (width + 40))
+    print_card(lines)
     print(
         "\nEverything the demo started has stopped. Its InfluxDB data is kept; to explore it:\n"
         f"  influxd -config {workdir}/influxdb/influxdb.conf &\n"

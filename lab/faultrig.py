@@ -222,44 +222,35 @@ class Rig:
 # ---------------------------------------------------------------------- the faults
 
 
-def kill_broker(down_s: float):
+def _outage(down_s: float, stop, start):  # noqa: ANN001, ANN202 -- stop/start(rig)
+    """A fault: ``stop(rig)``, ``down_s`` seconds of nothing, ``start(rig)``."""
+    def fault(rig: Rig) -> dict:
+        stop(rig)
+        time.sleep(down_s)
+        start(rig)
+        return {}
+    return fault
+
+
+def kill_broker(down_s: float):  # noqa: ANN201
     """mosquitto SIGKILLed mid-stream, started again on the same port and persistence file."""
-    def fault(rig: Rig) -> dict:
-        rig.broker.kill()
-        time.sleep(down_s)
-        rig.broker.restart()
-        return {}
-    return fault
+    return _outage(down_s, lambda rig: rig.broker.kill(), lambda rig: rig.broker.restart())
 
 
-def kill_bridge(down_s: float, index: int = 0):
+def kill_bridge(down_s: float, index: int = 0):  # noqa: ANN201
     """A bridge process SIGKILLed mid-stream, restarted (same node id, so the same session)."""
-    def fault(rig: Rig) -> dict:
-        rig.bridges[index].kill()
-        time.sleep(down_s)
-        rig.restart(rig.bridges[index], rig.bridge_node(index))
-        return {}
-    return fault
+    return _outage(down_s, lambda rig: rig.bridges[index].kill(),
+                   lambda rig: rig.restart(rig.bridges[index], rig.bridge_node(index)))
 
 
-def stop_influx(down_s: float):
+def stop_influx(down_s: float):  # noqa: ANN201
     """influxd stopped mid-stream for ``down_s``, then started on the same port and data."""
-    def fault(rig: Rig) -> dict:
-        rig.influx.stop()
-        time.sleep(down_s)
-        rig.influx.restart()
-        return {}
-    return fault
+    return _outage(down_s, lambda rig: rig.influx.stop(), lambda rig: rig.influx.restart())
 
 
-def kill_edge(down_s: float):
+def kill_edge(down_s: float):  # noqa: ANN201
     """The edge SIGKILLed mid-stream, restarted: outbox replay plus readings the session queued."""
-    def fault(rig: Rig) -> dict:
-        rig.edge.kill()
-        time.sleep(down_s)
-        rig.restart(rig.edge, rig.node)
-        return {}
-    return fault
+    return _outage(down_s, lambda rig: rig.edge.kill(), lambda rig: rig.restart(rig.edge, rig.node))
 
 
 def kill_edge_offline(down_s: float):

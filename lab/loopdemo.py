@@ -32,6 +32,7 @@ from lab.loopscenario import (
     loop_bridge_config,
     seed_registry,
 )
+from lab.scorecard import print_card
 
 NODE = "demo-edge"
 DB = "edgeloop"
@@ -159,11 +160,7 @@ def print_scorecard(result: dict[str, Any]) -> None:
         ("fault recall after redeploy", f"{_pct(q['after']['recall'])} of {q['after']['episodes']} episodes"),
         ("events written to InfluxDB", ", ".join(result["events"]) or "-"),
     ]
-    width = max(len(k) for k, _ in lines)
-    print("\n  " + "-" * (width + 40))
-    for key, value in lines:
-        print(f"  {key:<{width}}  {value}")
-    print("  " + "-" * (width + 40))
+    print_card(lines)
     print(f"  (work dir {result['workdir']}: {NODE}.log, samples/, registry/, retrain-jobs/)")
 
 

@@ -27,6 +27,7 @@ from edgeloop.contract import InferenceResult
 from lab.configs import bridge_config, closed_loop, edge_config, signed_deploy, write_config
 from lab.mqtt import Publisher, Watcher
 from lab.procs import CliProcess
+from lab.scorecard import score_detection
 
 MODEL = "vibration_ae"
 
@@ -171,9 +172,7 @@ def seed_registry(root: Path) -> str:
 
 
 def quality(rows: list[InferenceResult], faults: list[tuple[str, int]], span: int = 2) -> dict[str, Any]:
-    """False-positive rate on windows not overlapping a fault, recall of fault episodes (lab.demo)."""
-    from lab.demo import score_detection
-
+    """False-positive rate on windows not overlapping a fault, recall of fault episodes (lab.scorecard)."""
     seen = {(r.device, r.seq) for r in rows}
     in_phase = [f for f in faults if any((f[0], f[1] + k) in seen for k in range(span))]  # scored in this phase
     scored = score_detection(in_phase, [{"device": r.device, "seq": r.seq, "anomaly": r.anomaly} for r in rows], span)

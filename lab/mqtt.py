@@ -100,6 +100,8 @@ class Message:
     payload: bytes
     received: float
     user_properties: tuple[tuple[str, str], ...] = ()
+    qos: int = 0
+    retain: bool = False
 
 
 class Watcher:
@@ -129,7 +131,7 @@ class Watcher:
 
     def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001 -- paho's callback
         props = getattr(msg.properties, "UserProperty", None) if msg.properties is not None else None
-        message = Message(msg.topic, msg.payload, time.time(), tuple(props) if props else ())
+        message = Message(msg.topic, msg.payload, time.time(), tuple(props) if props else (), msg.qos, bool(msg.retain))
         status = None
         if msg.topic.startswith("status/") and msg.payload:
             try:

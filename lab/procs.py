@@ -122,6 +122,16 @@ class CliProcess:
         return f"CliProcess({self.module} {' '.join(self.args)!r})"
 
 
+def terminate_all(*procs: CliProcess, timeout: float = 60.0) -> list[int | None]:
+    """SIGTERM each in turn (each drains before the next is asked); their exit codes."""
+    return [proc.terminate(timeout) for proc in procs]
+
+
+def logs(*procs: CliProcess, chars: int = 3000) -> str:
+    """The tail of each process's log under its command line, for assertion messages."""
+    return "\n".join(f"--- {proc!r}\n{proc.log_tail(chars)}" for proc in procs)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a live process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

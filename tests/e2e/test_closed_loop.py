@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 
+from lab.procs import logs, terminate_all
 from lab.servers import eventually
 
 from edgeloop.bridge.app import Bridge
@@ -126,10 +127,10 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
             publisher.close()
         if bridge is not None:
             bridge.stop(timeout_s=15)
-        codes = [edge.terminate(30) for edge in edges]
+        codes = terminate_all(*edges, timeout=30)
         if watch is not None:
             watch.close()
-    assert codes == [0] * DEVICES, [e.log_tail(2000) for e in edges]
+    assert codes == [0] * DEVICES, logs(*edges)
 
 
 def burst_windows(publisher: FleetPublisher) -> set[tuple[str, int]]:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from certs import TestCA
 from securebroker import OBSERVER, secure_broker
-from lab.procs import CliProcess
+from lab.procs import CliProcess, logs, terminate_all
 from lab.servers import eventually
 
 from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
@@ -133,11 +133,11 @@ influx:
             eventually(lambda: len(stored()) >= READINGS - 1, timeout=60, message="results not stored")
             eventually(lambda: [m for m in letters if m.topic == "deadletter/bridge"], timeout=30)
         finally:
-            codes = (edge.terminate(), bridge.terminate())
+            codes = terminate_all(edge, bridge)
             for link in (observer, device, forger, evil):
                 if link is not None:
                     link.stop()
-        assert codes == (0, 0), edge.log()[-2000:] + bridge.log()[-2000:]
+        assert codes == [0, 0], logs(edge, bridge)
 
         rows = influx.points('SELECT * FROM "inference"', db)
         assert len(rows) == READINGS - 1

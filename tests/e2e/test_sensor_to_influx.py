@@ -20,7 +20,7 @@ from edgeloop.edge.config import BUNDLED_MODEL
 from edgeloop.contract import DeadLetter, NodeStatus, sensor_topic
 from edgeloop.edge.inference import TfliteModel
 from lab.mqtt import Watcher, connect, publish_all
-from lab.procs import CliProcess
+from lab.procs import CliProcess, logs, terminate_all
 from lab.servers import eventually
 
 BRIDGE = "edgeloop-bridge"  # the bridge's default node id: its retained birth says it has subscribed
@@ -105,11 +105,9 @@ def test_every_window_is_stored_once_with_the_right_tags_and_scores(api, mosquit
         time.sleep(1.0)  # nothing more may arrive: a duplicate would show up now
         assert edge.alive() and bridge.alive()
     finally:
-        edge_rc = edge.terminate()
-        bridge_rc = bridge.terminate()
+        codes = terminate_all(edge, bridge)
         collector.close()
-    assert edge_rc == 0, edge.log()
-    assert bridge_rc == 0, bridge.log()
+    assert codes == [0, 0], logs(edge, bridge)
 
     if api == "v1":
         rows = influx.points('SELECT "score", "seq", "anomaly", "model_sha256" FROM "inference" GROUP BY "device", "sensor", "model", "model_version", "node"', db)
@@ -201,10 +199,9 @@ def test_bad_input_is_dead_lettered_and_good_input_around_it_is_processed(mosqui
         assert edge.alive(), edge.log()
         assert bridge.alive(), bridge.log()
     finally:
-        edge_rc = edge.terminate()
-        bridge_rc = bridge.terminate()
+        codes = terminate_all(edge, bridge)
         collector.close()
-    assert edge_rc == 0 and bridge_rc == 0
+    assert codes == [0, 0], logs(edge, bridge)
     assert len(edge_letters) == len(edge_junk)
     assert len(bridge_letters) == len(bridge_junk)
     assert len(rows) == windows

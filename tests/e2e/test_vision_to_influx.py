@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from lab.mqtt import Watcher
-from lab.procs import REPO, CliProcess
+from lab.procs import REPO, CliProcess, logs, terminate_all
 from lab.servers import eventually
 
 from edgeloop.devices.scenes import write_video
@@ -82,11 +82,9 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
                           and len(p) >= len(watcher.on("results/")) and p, timeout=60, message="points in influxd")
         assert edge.alive() and bridge.alive()
     finally:
-        edge_rc = edge.terminate()
-        bridge_rc = bridge.terminate()
+        codes = terminate_all(edge, bridge)
         watcher.close()
-    assert edge_rc == 0, edge.log()
-    assert bridge_rc == 0, bridge.log()
+    assert codes == [0, 0], logs(edge, bridge)
     results = [InferenceResult.model_validate_json(p) for p in watcher.on("results/")]
     rows = influx.points(query + ' GROUP BY "device", "model", "node"', db)
     assert watcher.on("deadletter/") == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from lab import faultrig as fk
+from lab.procs import logs
 
 DEVICES = 3
 PER_DEVICE = 40  # readings per device: 39 windows each
@@ -25,12 +26,12 @@ def rig(tmp_path, name: str, influx=None, **kw) -> fk.Rig:
 
 
 def assert_nothing_lost(out: fk.Outcome, r: fk.Rig) -> None:
-    logs = "\n".join(p.log()[-4000:] for p in [r.edge, *r.bridges])
+    tails = logs(r.edge, *r.bridges, chars=4000)
     assert out.sent == DEVICES * PER_DEVICE
     assert out.expected == DEVICES * (PER_DEVICE - 1)
     missing = sorted(set(out.notes.get("missing", [])))[:20]
-    assert (out.lost, out.duplicates) == (0, 0), (out.row(), missing, logs)
-    assert set(out.notes["exit_codes"].values()) == {0}, (out.notes, logs)  # every drain completed
+    assert (out.lost, out.duplicates) == (0, 0), (out.row(), missing, tails)
+    assert set(out.notes["exit_codes"].values()) == {0}, (out.notes, tails)  # every drain completed
 
 
 def test_mosquitto_killed_and_restarted_mid_stream(tmp_path, influxdb, unique_id):
