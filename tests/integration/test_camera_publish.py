@@ -14,9 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from lab.mqtt import Watcher
 from lab.servers import eventually, free_port
 
 from edgeloop.devices.scenes import SceneSimulator, encode_jpeg, write_video
@@ -25,37 +24,16 @@ from edgeloop.contract import FRAME_HEADER_MAGIC, decode_frame
 REPO = Path(__file__).resolve().parents[2]
 
 
-class FrameCollector:
-    """Keeps every frame message with its v5 user properties."""
-
-    def __init__(self, port: int) -> None:
-        self.messages: list[tuple[str, bytes, list | None]] = []
-        self._lock = threading.Lock()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("frames/#", qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c, _u, msg) -> None:
-        props = getattr(msg.properties, "UserProperty", None)
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload, list(props) if props else None))
-
-    def frames(self):
-        with self._lock:
-            return [(t, *decode_frame(p, props, 1 << 24)) for t, p, props in self.messages]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def decoded_frames(watcher: Watcher) -> list:
+    """(topic, FrameMeta, jpeg) of every frame message, decoded with its v5 user properties."""
+    return [(m.topic, *decode_frame(m.payload, list(m.user_properties) or None, 1 << 24))
+            for m in watcher.messages("frames/")]
 
 
 @pytest.fixture
 def collector(mosquitto):
-    c = FrameCollector(mosquitto.port)
-    yield c
-    c.close()
+    with Watcher(mosquitto.port, ["frames/#"]) as watcher:
+        yield watcher
 
 
 def camera(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -72,7 +50,7 @@ def test_a_video_file_is_published_frame_by_frame_with_metadata(mosquitto, colle
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["published"] == 15 and report["loops"] == 0 and report["dropped_offline"] == 0
-    frames = eventually(lambda: (f := collector.frames()) and len(f) >= 15 and f, message="15 frames")
+    frames = eventually(lambda: (f := decoded_frames(collector)) and len(f) >= 15 and f, message="15 frames")
     assert len(frames) == 15
     assert {t for t, _, _ in frames} == {"frames/line-1/belt"}
     metas = [m for _, m, _ in frames]
@@ -82,8 +60,8 @@ def test_a_video_file_is_published_frame_by_frame_with_metadata(mosquitto, colle
     assert all(b.ts > a.ts for a, b in itertools.pairwise(metas))
     image = cv2.imdecode(np.frombuffer(frames[0][2], np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (120, 160, 3)
-    assert all(props for _, _, props in collector.messages)  # v5: metadata in user properties
-    assert not any(p.startswith(FRAME_HEADER_MAGIC) for _, p, _ in collector.messages)
+    assert all(m.user_properties for m in collector.messages())  # v5: metadata in user properties
+    assert not any(m.payload.startswith(FRAME_HEADER_MAGIC) for m in collector.messages())
 
 
 def test_mqtt_311_puts_metadata_in_a_header_and_loop_wraps_the_file(mosquitto, collector, tmp_path):
@@ -93,8 +71,8 @@ def test_mqtt_311_puts_metadata_in_a_header_and_loop_wraps_the_file(mosquitto, c
                  "--loop", "--count", "10", "--qos", "1")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["loops"] == 2
-    frames = eventually(lambda: (f := collector.frames()) and len(f) >= 10 and f, message="10 frames")
-    assert all(p.startswith(FRAME_HEADER_MAGIC) and props is None for _, p, props in collector.messages)
+    frames = eventually(lambda: (f := decoded_frames(collector)) and len(f) >= 10 and f, message="10 frames")
+    assert all(m.payload.startswith(FRAME_HEADER_MAGIC) and not m.user_properties for m in collector.messages())
     assert [m.seq for _, m, _ in frames] == list(range(10))
     assert [m.label for _, m, _ in frames] == [labels[i % 4] for i in range(10)]
 
@@ -163,12 +141,12 @@ def test_a_network_camera_that_goes_away_is_reopened(mosquitto, collector, tmp_p
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        eventually(lambda: len(collector.messages) >= 5, timeout=30, message="frames from the stream")
+        eventually(lambda: len(collector.messages()) >= 5, timeout=30, message="frames from the stream")
         cam.stop()
         time.sleep(1.5)  # the camera is away: reopen attempts fail (connection refused)
-        before = len(collector.messages)
+        before = len(collector.messages())
         cam.start()
-        eventually(lambda: len(collector.messages) >= before + 5, timeout=30, message="frames after the camera came back")
+        eventually(lambda: len(collector.messages()) >= before + 5, timeout=30, message="frames after the camera came back")
     finally:
         cam.stop()
         proc.send_signal(2)  # SIGINT: stop like a user would
@@ -177,5 +155,5 @@ def test_a_network_camera_that_goes_away_is_reopened(mosquitto, collector, tmp_p
     report = json.loads(out)
     assert report["read_failures"] >= 1 and report["reopens"] >= 1, report
     assert cam.requests >= 2
-    seqs = [m.seq for _, m, _ in collector.frames()]
+    seqs = [m.seq for _, m, _ in decoded_frames(collector)]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # one seq counter across the outage

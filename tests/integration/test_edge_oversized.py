@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from lab.mqtt import Watcher, close, connect
 from lab.servers import eventually
 
 from edgeloop.edge.app import EdgeApp
@@ -23,22 +22,19 @@ def test_oversized_readings_are_refused_at_the_door_and_acknowledged(mosquitto, 
         "mqtt": {"url": mosquitto.url}, "node_id": f"edge-{unique_id}", "input": {"qos": 1, "max_payload_bytes": LIMIT},
         "outbox": {"path": str(tmp_path / "outbox.sqlite")}, "sampling": {"enabled": False},
     })
-    letters: list[dict] = []
-    watcher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    watcher.on_message = lambda _c, _u, m: letters.append(json.loads(m.payload))
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.subscribe("deadletter/edge", qos=1)
-    watcher.loop_start()
-    device = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    device.connect("127.0.0.1", mosquitto.port)
-    device.loop_start()
+    watcher = Watcher(mosquitto.port, ["deadletter/edge"])
+    device = connect(mosquitto.port)
+
+    def letters() -> list[dict]:
+        return [json.loads(p) for p in watcher.on("deadletter/edge")]
+
     topic = f"sensors/{unique_id}/vibration"
     # A retained junk reading: the edge gets it on every SUBSCRIBE, so its dead-letter says "subscribed".
     device.publish(f"sensors/{unique_id}-probe/vibration", b"{probe", qos=1, retain=True).wait_for_publish(10)
     try:
         app = EdgeApp(cfg)
         app.start()
-        eventually(lambda: len(letters) == 1)
+        eventually(lambda: len(letters()) == 1)
         device.publish(topic, b"[" + b" " * (LIMIT + 10) + b"]", qos=1).wait_for_publish(10)
         device.publish(topic, b"{not json", qos=1).wait_for_publish(10)  # small: goes through the queue
         eventually(lambda: app.rejects.by_reason.get("malformed_json") == 2)
@@ -49,16 +45,16 @@ def test_oversized_readings_are_refused_at_the_door_and_acknowledged(mosquitto, 
         # Same node id, persistent session: the oversized message is not delivered again (it was acked).
         again = EdgeApp(cfg)
         again.start()
-        eventually(lambda: len(letters) == 4)
+        eventually(lambda: len(letters()) == 4)
         device.publish(topic, b"{not json either", qos=1).wait_for_publish(10)
         eventually(lambda: again.rejects.by_reason.get("malformed_json") == 2)
         assert again.rejects.by_reason == {"malformed_json": 2}
         assert again.stop()
-        eventually(lambda: len(letters) == 5)
-        reasons = [letter["reason"] for letter in letters]
-        assert reasons == ["malformed_json", "oversized", "malformed_json", "malformed_json", "malformed_json"]
-        assert letters[1]["payload_bytes"] == LIMIT + 12 and letters[1]["truncated"] is True
+        eventually(lambda: len(letters()) == 5)
+        seen = letters()
+        assert [letter["reason"] for letter in seen] == ["malformed_json", "oversized", "malformed_json",
+                                                         "malformed_json", "malformed_json"]
+        assert seen[1]["payload_bytes"] == LIMIT + 12 and seen[1]["truncated"] is True
     finally:
-        for client in (watcher, device):
-            client.loop_stop()
-            client.disconnect()
+        watcher.close()
+        close(device)

@@ -2,56 +2,30 @@
 
 from __future__ import annotations
 
-import queue
 import time
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from lab.mqtt import Watcher, close, connect, publish_all
 from lab.servers import InfluxDB1, Mosquitto, VictoriaMetrics, eventually, http
-
-
-def _client(broker: Mosquitto, name: str) -> tuple[mqtt.Client, "queue.Queue[mqtt.MQTTMessage]"]:
-    """A connected MQTT v5 client whose received messages land in the returned queue."""
-    received: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=name,
-                         protocol=mqtt.MQTTv5)
-    client.on_message = lambda _c, _u, msg: received.put(msg)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    eventually(client.is_connected, timeout=5, message=f"{name} did not connect to {broker}")
-    return client, received
-
-
-def _subscribe(client: mqtt.Client, topic: str, qos: int = 1) -> None:
-    done: queue.Queue = queue.Queue()
-    client.on_subscribe = lambda _c, _u, mid, reason_codes, _p: done.put(reason_codes)
-    client.subscribe(topic, qos=qos)
-    codes = done.get(timeout=5)
-    assert all(not rc.is_failure for rc in codes), codes
 
 
 def test_mosquitto_delivers_published_message(mosquitto: Mosquitto, unique_id: str) -> None:
     topic = f"sensors/dev-{unique_id}/temp"
-    sub, received = _client(mosquitto, f"sub-{unique_id}")
-    pub, _ = _client(mosquitto, f"pub-{unique_id}")
-    try:
-        _subscribe(sub, topic)
-        pub.publish(topic, b'{"v": 21.5}', qos=1).wait_for_publish(5)
-        msg = received.get(timeout=5)
-        assert (msg.topic, msg.payload, msg.qos) == (topic, b'{"v": 21.5}', 1)
-    finally:
-        for c in (sub, pub):
-            c.disconnect()
-            c.loop_stop()
+    with Watcher(mosquitto.port, [topic]) as sub:
+        pub = connect(mosquitto.port, client_id=f"pub-{unique_id}")
+        try:
+            publish_all(pub, [(topic, b'{"v": 21.5}')], timeout=5)
+            msg = eventually(lambda: sub.messages(topic) and sub.messages(topic)[0], timeout=5)
+        finally:
+            close(pub)
+    assert (msg.topic, msg.payload, msg.qos) == (topic, b'{"v": 21.5}', 1)
 
 
 def test_mosquitto_retained_message_survives_kill_with_persistence(tmp_path, unique_id: str) -> None:
     topic = f"status/dev-{unique_id}"
     with Mosquitto(tmp_path / "broker", persistence=True) as broker:
-        pub, _ = _client(broker, f"pub-{unique_id}")
-        pub.publish(topic, b"online", qos=1, retain=True).wait_for_publish(5)
-        pub.disconnect()
-        pub.loop_stop()
+        pub = connect(broker.port, client_id=f"pub-{unique_id}")
+        publish_all(pub, [(topic, b"online")], timeout=5, retain=True)
+        close(pub)
         # Autosave runs in mosquitto's main loop after the change; wait until it reached the disk.
         eventually(lambda: broker.db_path.exists() and b"online" in broker.db_path.read_bytes(),
                    timeout=5, message="retained message never saved to mosquitto.db")
@@ -60,14 +34,9 @@ def test_mosquitto_retained_message_survives_kill_with_persistence(tmp_path, uni
         assert not broker.running
         broker.restart()
         assert broker.port == port
-        sub, received = _client(broker, f"sub-{unique_id}")
-        try:
-            _subscribe(sub, topic)
-            msg = received.get(timeout=5)
-            assert (msg.topic, msg.payload, msg.retain) == (topic, b"online", True)
-        finally:
-            sub.disconnect()
-            sub.loop_stop()
+        with Watcher(broker.port, [topic]) as sub:
+            msg = eventually(lambda: sub.messages(topic) and sub.messages(topic)[0], timeout=5)
+    assert (msg.topic, msg.payload, msg.retain) == (topic, b"online", True)
 
 
 def test_influxdb_write_and_read_back(influx_db: tuple[InfluxDB1, str], unique_id: str) -> None:

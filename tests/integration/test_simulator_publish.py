@@ -3,49 +3,28 @@
 from __future__ import annotations
 
 import json
-import queue
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from lab.servers import Mosquitto, eventually
+from lab.mqtt import Watcher
+from lab.servers import Mosquitto
 
 from edgeloop.devices.publisher import simulate
 from edgeloop.contract import SensorReading, parse_sensor_topic
 
 
 @pytest.fixture
-def subscriber(mosquitto: Mosquitto, unique_id: str):
-    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscribed: queue.Queue = queue.Queue()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{unique_id}", protocol=mqtt.MQTTv5
-    )
-    client.on_message = lambda _c, _u, msg: received.put((msg.topic, msg.payload))
-    client.on_subscribe = lambda _c, _u, _mid, codes, _p: subscribed.put(codes)
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    eventually(client.is_connected, timeout=5, message="subscriber did not connect")
-    client.subscribe("sensors/#", qos=1)
-    assert not any(rc.is_failure for rc in subscribed.get(timeout=5))
-    yield received
-    client.disconnect()
-    client.loop_stop()
+def subscriber(mosquitto: Mosquitto):
+    with Watcher(mosquitto.port, ["sensors/#"]) as watcher:
+        yield watcher
 
 
-def _drain(received: queue.Queue, expected: int, timeout: float = 10.0) -> list[tuple[str, bytes]]:
-    got: list[tuple[str, bytes]] = []
+def _drain(watcher: Watcher, expected: int, timeout: float = 10.0) -> list[tuple[str, bytes]]:
     deadline = time.monotonic() + timeout
-    while len(got) < expected and time.monotonic() < deadline:
-        try:
-            got.append(received.get(timeout=0.1))
-        except queue.Empty:
-            pass
+    while len(watcher.messages()) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(0.2)  # anything beyond the expected count would show up now
-    while not received.empty():
-        got.append(received.get_nowait())
-    return got
+    return [(m.topic, m.payload) for m in watcher.messages()]
 
 
 @pytest.mark.parametrize("qos", [0, 1])
