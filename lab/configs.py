@@ -8,6 +8,7 @@ is renamed once in the workshop. Presets are plain dicts to merge in;
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,15 @@ FAST_RECONNECT = {"mqtt": {"keepalive_s": 5, "reconnect_min_s": 0.5, "reconnect_
 
 
 def merge(base: dict, *overrides: dict) -> dict:
-    """``base`` with each override merged in: nested dicts key by key, anything else replaced."""
-    out = dict(base)
+    """A new dict: ``base`` with each override merged in, nested dicts key by key, anything else replaced
+    (the arguments, presets included, are never modified nor shared with the result)."""
+    out = copy.deepcopy(base)
     for over in overrides:
         for key, value in over.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
     return out
 
 

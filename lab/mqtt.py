@@ -184,15 +184,17 @@ class Watcher:
     def wait_online(self, node: str, proc=None, timeout: float = 60.0, after: int = 0) -> None:  # noqa: ANN001
         """Until ``node`` published an ``online`` status (after its first ``after`` statuses).
 
-        With ``proc`` (anything with ``alive()`` and ``log_tail()``, e.g. a
-        ``lab.procs.CliProcess``), fails at once with its log if it exited.
+        With ``proc`` (anything with ``alive()``, ``returncode`` and ``log_tail()``,
+        e.g. a ``lab.procs.CliProcess``), fails at once, with its log, if it exits first.
         """
-        def online() -> bool:
-            if proc is not None:
-                assert proc.alive(), f"{node} exited:\n{proc.log_tail()}"
-            return "online" in self.states(node)[after:]
-
-        eventually(online, timeout=timeout, interval=0.05, message=f"{node} never published an online status")
+        deadline = time.monotonic() + timeout
+        while "online" not in self.states(node)[after:]:
+            if proc is not None and not proc.alive():
+                raise AssertionError(f"{node} exited with code {proc.returncode} before it came online:\n"
+                                     f"{proc.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{node} never published an online status within {timeout}s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         close(self.client)

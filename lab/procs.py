@@ -72,6 +72,11 @@ class CliProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of the last run; None while it runs (or before it started)."""
+        return None if self.proc is None else self.proc.poll()
+
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye. Idempotent, for ``finally`` blocks."""
         if self.alive():
