@@ -226,6 +226,25 @@ def test_the_graph_sees_lazy_relative_and_from_package_imports(tmp_path, monkeyp
         imports.cache_clear()
 
 
+#: Outside the product, paho is used directly only where MQTT itself is measured (docs/benchmarks.md);
+#: everything else watches and feeds the broker through the workshop's lab/mqtt.py.
+BARE_PAHO = {"lab/mqtt.py", "benchmarks/mqtt_limit.py", "benchmarks/naive.py", "benchmarks/bridge.py",
+             "benchmarks/vision.py", "benchmarks/reliability.py"}
+
+
+def test_the_workshop_tests_and_benchmarks_reach_paho_only_through_lab_mqtt():
+    users = set()
+    for folder in ("lab", "benchmarks", "tests/integration", "tests/e2e"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(n.split(".")[0] == "paho" for n in names):
+                    users.add(str(path.relative_to(REPO)))
+    assert users - BARE_PAHO == set()
+    assert "lab/mqtt.py" in users  # the check sees imports at all
+
+
 def test_nothing_imports_the_old_top_level_names():
     old = ("runtime", "cloud_bridge", "devices")
     found = {}
