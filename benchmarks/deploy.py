@@ -29,7 +29,7 @@ from deploy_fixtures import MODEL, Stream, edge_config, make_keys, seeded_regist
 from edgeloop.bridge.deployer import Deployer
 from lab.servers import Mosquitto, eventually
 from edgeloop.mqtt import MqttSettings
-from edgeloop.edge.model_manager import ModelManager
+from edgeloop.edge.model_swap import ModelSwapper
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     swaps: list[float] = []
-    original = ModelManager._swap_in
+    original = ModelSwapper._swap_in
 
     def timed(self, engine, publish, prepared):
         started = time.perf_counter()
         original(self, engine, publish, prepared)
         swaps.append(time.perf_counter() - started)
 
-    ModelManager._swap_in = timed
+    ModelSwapper._swap_in = timed
     tmp = Path(tempfile.mkdtemp(prefix="edgeloop-bench-deploy-"))
     os.environ["EDGELOOP_STATE_DIR"] = str(tmp / "state")  # the edges' outboxes, not the user's
     rows = []
