@@ -36,6 +36,7 @@ from ``edgeloop.bridge.training.build``. TensorFlow is imported only inside
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -288,13 +289,16 @@ def retrain(job: RetrainJob) -> RetrainResult:
 # --------------------------------------------------------------------------- worker process
 
 
-def start_worker(job: RetrainJob, workdir: Path) -> tuple[subprocess.Popen, Path]:
-    """Run :func:`retrain` in a new process; returns (process, result file). Output goes to ``worker.log``."""
+def start_worker(job: RetrainJob, workdir: Path, output: Any = None) -> tuple[subprocess.Popen, Path]:
+    """Run :func:`retrain` in a new process; returns (process, result file).
+
+    Its output goes to ``output`` (a file object), by default to ``workdir/worker.log``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = workdir / "job.json", workdir / "result.json"
     job_path.write_text(job.model_dump_json(), encoding="utf-8")
     result_path.unlink(missing_ok=True)
-    with open(workdir / "worker.log", "ab") as out:
+    with open(workdir / "worker.log", "ab") if output is None else contextlib.nullcontext(output) as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edgeloop.bridge.training.retrain", "--job", str(job_path), "--result", str(result_path)],
             stdout=out,
