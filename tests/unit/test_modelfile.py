@@ -62,7 +62,7 @@ def test_bundled_model_metadata_is_valid_and_matches_its_bytes():
 
 
 def test_bundled_pipeline_is_the_edge_default():
-    from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE
+    from edgeloop.bridge.training.autoencoder import DEFAULT_VIBRATION_PIPELINE
     from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
 
     _, meta = load_model_files(BUNDLED)
