@@ -162,6 +162,18 @@ def test_retrain_request_needs_only_the_bridge_extra(tmp_path):
     assert "extra" not in run.stderr and run.returncode == 4, run.stderr
 
 
+def test_an_edge_with_cameras_needs_the_vision_extra_and_without_them_does_not(tmp_path):
+    camera = tmp_path / "camera.yaml"
+    camera.write_text("vision:\n  cameras:\n    - camera: belt\n")
+    env = refusing(tmp_path, "cv2")
+    run = edgeloop("config", "check", str(camera), env=env)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().endswith(
+        f"a camera pipeline (vision: in {camera}) needs the 'vision' extra (missing: cv2): "
+        "pip install 'edgeloop[vision]'")
+    assert edgeloop("config", "check", str(REPO / "devices/boards/rpi-64bit.yaml"), env=env).returncode == 0
+
+
 # ----------------------------------------------------------------------------- model info
 
 
