@@ -208,8 +208,11 @@ def build_vision_models(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(2)
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+    except RuntimeError:  # TensorFlow already ran in this process (the vibration recipe): keep its pools
+        pass
     tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()
     x_train, y_train = make_dataset(seed, train_frames)
