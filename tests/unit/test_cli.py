@@ -162,6 +162,14 @@ def test_retrain_request_needs_only_the_bridge_extra(tmp_path):
     assert "extra" not in run.stderr and run.returncode == 4, run.stderr
 
 
+def test_config_check_is_core_a_bridge_file_needs_no_extra(tmp_path):
+    config = tmp_path / "bridge.yaml"
+    config.write_text("subscribe: ['results/+/+']\nsamples: {enabled: true, dir: /tmp/samples}\n")
+    run = edgeloop("config", "check", str(config),
+                   env=refusing(tmp_path, "influxdb_client", "urllib3", "pyarrow", "scipy", "river", "cryptography"))
+    assert run.returncode == 0 and "valid bridge configuration" in run.stdout, run.stderr
+
+
 def test_an_edge_with_cameras_needs_the_vision_extra_and_without_them_does_not(tmp_path):
     camera = tmp_path / "camera.yaml"
     camera.write_text("vision:\n  cameras:\n    - camera: belt\n")
