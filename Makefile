@@ -76,9 +76,9 @@ docs: venv ## regenerate docs/configuration.md and the Grafana dashboards (tests
 	$(PY) docs/gen_config_reference.py
 	$(PY) docker/grafana/generate.py
 
-model: deps venv-train ## train and convert the bundled models: vibration AE, camera classifier (train extra)
-	$(VENV)/bin/edgeloop model build
-	$(VENV)/bin/edgeloop model build --vision
+model: deps venv-train ## train and convert the bundled models on simulated data: vibration AE, camera classifier (lab/models.py)
+	$(PY) -m lab.models
+	$(PY) -m lab.models --vision
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .demo

@@ -10,11 +10,25 @@ Imports only the core (``edgeloop.contract``, ``edgeloop.mqtt``, ...), never the
 (never numpy or an interpreter); influxdb-client/urllib3 for the sinks.
 """
 
-from edgeloop.bridge.app import Bridge, run_bridge
-from edgeloop.bridge.config import BridgeConfig, InfluxSettings, Measurements, load_bridge_config
-from edgeloop.bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
-from edgeloop.bridge.schema import LineEncoder, result_line, status_line
-from edgeloop.bridge.sinks import InfluxV1Sink, InfluxV2Sink, make_sink
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): the bridge's command registration (edgeloop.bridge.cli) imports this
+# package, and must not pull paho, urllib3 or influxdb-client in to list its commands.
+_EXPORTS = {
+    "Bridge": "app", "run_bridge": "app",
+    "BridgeConfig": "config", "InfluxSettings": "config", "Measurements": "config", "load_bridge_config": "config",
+    "Fatal": "errors", "PartialWrite": "errors", "SinkError": "errors", "Throttled": "errors", "Unavailable": "errors",
+    "LineEncoder": "schema", "result_line": "schema", "status_line": "schema",
+    "InfluxV1Sink": "sinks", "InfluxV2Sink": "sinks", "make_sink": "sinks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "Bridge",

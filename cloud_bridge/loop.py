@@ -8,10 +8,11 @@ and nothing here may wait on training):
     loop thread        decode + validate SampleBatch (bad input: counted, logged, dead-lettered),
                        store.add + monitor.observe; every drift.interval_s monitor.evaluate();
                        store flush and retention; the retrain schedule; starts retrain jobs
-    retrain job thread (one per model at a time) waits for enough samples, runs the worker
-                       *process* (edgeloop.bridge.training.retrain), registers a candidate that
-                       passed the gate, asks the Deployer to roll it out (canary first if
-                       configured); writes an event at every step
+    retrain job thread (one per model at a time) waits for enough samples, then runs the one
+                       retrain flow (edgeloop.bridge.retrainflow, also `edgeloop model retrain`):
+                       the worker *process* (edgeloop.bridge.training.retrain), registers a
+                       candidate that passed the gate, asks the Deployer to roll it out (canary
+                       first if configured); writes an event at every step
 
 Triggers: sustained drift (``DriftMonitor``), ``{"model": NAME}`` on
 ``retrain.command_topic`` (``commands/bridge/retrain``; ``edgeloop model
@@ -33,7 +34,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgeloop.bridge.config import BridgeConfig
 from edgeloop.bridge.drift import DriftMonitor, Trigger
 from edgeloop.bridge.events import EventWriter
+from edgeloop.bridge.retrainflow import RetrainRun, connect_deployer, retrain_and_deploy
 from edgeloop.bridge.samples import SampleStore
 from edgeloop.errors import ConfigError
 from edgeloop.mqtt import MqttLink
@@ -54,7 +56,7 @@ from edgeloop.contract import (
     decode_samples,
     parse_sample_topic,
 )
-from edgeloop.modelfile import ModelMetadata, load_model_files
+from edgeloop.modelfile import ModelMetadata
 
 log = logging.getLogger("edgeloop.bridge.loop")
 
@@ -76,17 +78,10 @@ class RetrainCommand(BaseModel):
 
 @dataclass
 class _Job:
-    model: str
-    trigger: str
+    run: RetrainRun
     thread: threading.Thread
     started: float
-    proc: Any = None
-    state: str = "waiting"
-    result: Any = None
-    deploy: Any = None
-    error: str | None = None
     done: bool = False  # set when the job thread ends (is_alive() is False before start() too)
-    timeline: dict[str, float] = field(default_factory=dict)
 
 
 class ClosedLoop:
@@ -135,16 +130,8 @@ class ClosedLoop:
     def start(self, wait_s: float | None = 10.0) -> None:
         rt = self.cfg.retrain
         if rt.enabled and rt.deploy:
-            from edgeloop.bridge.deployer import Deployer
-            from edgeloop.signing import SigningKey
-
             client_id = f"{self.cfg.mqtt.client_id or 'edgeloop-bridge'}-deployer"
-            self.deployer = Deployer.connect(
-                self.cfg.mqtt.model_copy(update={"client_id": client_id}), self.registry,
-                SigningKey.load(rt.signing_key_file), client_id=client_id, wait_s=wait_s or 10.0,
-                chunk_size=rt.chunk_size, canary_timeout_s=rt.canary_timeout_s,
-                rollout_timeout_s=rt.rollout_timeout_s, events=self.event,
-            )
+            self.deployer = connect_deployer(self.cfg, self.registry, self.event, client_id, wait_s=wait_s or 10.0)
         self._thread.start()
         self._link.start(wait_s)
         if wait_s:
@@ -158,8 +145,8 @@ class ClosedLoop:
         with self._jobs_lock:
             jobs = list(self._jobs.values())
         for job in jobs:
-            if job.proc is not None and job.proc.poll() is None:
-                job.proc.kill()
+            if job.run.proc is not None and job.run.proc.poll() is None:
+                job.run.proc.kill()
             job.thread.join(timeout_s)
         if self.store is not None:
             self.store.flush()
@@ -306,7 +293,7 @@ class ClosedLoop:
             thread = threading.Thread(
                 target=self._job, args=(model, trigger, since), name=f"retrain-{model}", daemon=True
             )
-            self._jobs[model] = _Job(model, trigger, thread, time.time())
+            self._jobs[model] = _Job(RetrainRun(model, trigger), thread, time.time())
         if trigger != "drift":
             self.event(model, "retrain", f"retrain requested ({trigger})", None, trigger=trigger)
         thread.start()
@@ -324,53 +311,25 @@ class ClosedLoop:
         return count
 
     def _job(self, model: str, trigger: str, since: float | None) -> None:
-        from edgeloop.bridge.training.retrain import RetrainJob, read_result, start_worker
-
+        """Wait for enough samples, then the one retrain flow (edgeloop.bridge.retrainflow)."""
         job = self._jobs[model]
-        rt = self.cfg.retrain
         try:
             count = self._enough_samples(model, since)
             if self._stop.is_set():
                 return
-            job.state, job.timeline["worker_started"] = "training", time.time()
             work = self.workdir / f"{model}-{int(time.time() * 1000)}"
             for old in sorted(self.workdir.glob(f"{model}-*"))[:-(JOBS_KEPT - 1)]:
                 shutil.rmtree(old, ignore_errors=True)
-            spec = RetrainJob(model=model, store_dir=self.cfg.samples.dir, registry_dir=rt.registry,
-                              out_dir=work / "candidate", since=since, trigger=trigger, settings=rt)
             log.info("retraining %s (%s) on %d samples since %s", model, trigger, count, since)
-            job.proc, result_path = start_worker(spec, work)
-            try:
-                code = job.proc.wait(rt.timeout_s)
-            except Exception:  # noqa: BLE001 -- subprocess.TimeoutExpired
-                job.proc.kill()
-                code = job.proc.wait()
-            if self._stop.is_set():
-                return
-            result = job.result = read_result(result_path, model, code)
-            job.timeline["worker_done"] = time.time()
-            fields = {k: v for k, v in result.metrics.items()}
-            if not result.passed:
-                job.state = "refused"
-                self.event(model, "refused", result.reason, result.version, trigger=trigger, **fields)
-                return
-            self.event(model, "retrain", f"candidate {result.version} from {result.parent} ({trigger}): {result.reason}",
-                       result.version, trigger=trigger, duration_s=result.duration_s, **fields)
-            content, meta = load_model_files(result.candidate)
-            self.registry.add(model, content, meta, parent=result.parent, actor=f"retrain:{trigger}")
-            job.state, job.timeline["registered"] = "registered", time.time()
-            if self.deployer is not None:
-                job.state = "deploying"
-                job.deploy = self.deployer.deploy(model, result.version, rt.targets, rt.canary or None)
-                job.timeline["deployed"] = time.time()
-                job.state = job.deploy.outcome
-                log.info("deploy of %s %s: %s %s", model, result.version, job.deploy.outcome, job.deploy.reason or "")
-            if self.monitor is not None:
+            run = retrain_and_deploy(job.run, since, settings=self.cfg.retrain, store_dir=self.cfg.samples.dir,
+                                     registry=self.registry, workdir=work, events=self.event,
+                                     deployer=self.deployer, stop=self._stop)
+            if self.monitor is not None and "registered" in run.timeline and run.state != "failed":
                 self.monitor.cooldown(model)  # the new version needs its own baselines first
         except Exception as exc:
-            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            job.run.state, job.run.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("retrain job of %s failed", model)
-            self.event(model, "refused", f"retrain job failed: {job.error}", None, trigger=trigger)
+            self.event(model, "refused", f"retrain job failed: {job.run.error}", None, trigger=trigger)
         finally:
             job.done = True
 
@@ -386,9 +345,10 @@ class ClosedLoop:
             jobs = dict(self._jobs)
         return {
             m: {
-                "trigger": j.trigger, "state": j.state, "started": j.started, "alive": not j.done, "error": j.error,
-                "version": getattr(j.result, "version", None), "reason": getattr(j.result, "reason", None),
-                "deploy": j.deploy.as_dict() if j.deploy is not None else None, **j.timeline,
+                "trigger": j.run.trigger, "state": j.run.state, "started": j.started, "alive": not j.done,
+                "error": j.run.error, "version": getattr(j.run.result, "version", None),
+                "reason": getattr(j.run.result, "reason", None),
+                "deploy": j.run.deploy.as_dict() if j.run.deploy is not None else None, **j.run.timeline,
             }
             for m, j in jobs.items()
         }

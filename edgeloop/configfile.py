@@ -28,13 +28,23 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def expand_env(value: Any, source: str, path: str = "") -> Any:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a YAML tree.
 
-    A missing variable without default is a ConfigError naming the field, so a
-    forgotten secret fails at startup rather than as an auth error later.
+    Every variable that is missing (and has no default) is reported at once, in
+    one ConfigError naming each field, so a forgotten secret fails at startup
+    rather than as an auth error later -- and a new deployment learns all it
+    must set in one go.
     """
+    problems: list[str] = []
+    expanded = _expand(value, path, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return expanded
+
+
+def _expand(value: Any, path: str, problems: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: expand_env(v, source, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def sub(match: re.Match[str]) -> str:
@@ -43,7 +53,8 @@ def expand_env(value: Any, source: str, path: str = "") -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(source, [f"{path}: environment variable ${{{name}}} is not set"])
+            problems.append(f"{path}: environment variable ${{{name}}} is not set")
+            return match.group(0)
 
         return _ENV_RE.sub(sub, value)
     return value

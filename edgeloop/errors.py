@@ -2,7 +2,8 @@
 
     EdgeloopError
     ├── ConfigError      fatal at startup: the process exits with a message
-    │                    naming the file and the field
+    │   │                naming the file and the field
+    │   └── MissingExtra an optional dependency ('extra') a command needs is not installed
     ├── TransientError   a peer is unavailable: retry with jittered backoff
     ├── PayloadError     one message is bad: count it, log it (rate-limited),
     │                    dead-letter it, carry on (see edgeloop.contract.ContractError)
@@ -47,3 +48,15 @@ class PayloadError(EdgeloopError):
 
 class ModelError(EdgeloopError):
     """A model file, its metadata or its tensor spec cannot be used."""
+
+
+class MissingExtra(ConfigError):
+    """A command needs an extra that is not installed: one line saying which and how to install it."""
+
+    def __init__(self, what: str, extra: str, missing: list[str], hint: str | None = None) -> None:
+        self.what, self.extra, self.missing = what, extra, missing
+        install = f"pip install 'edgeloop[{extra}]'" + (f" ({hint})" if hint else "")
+        super().__init__("command line", [f"{what} needs the '{extra}' extra (missing: {', '.join(missing)}): {install}"])
+
+    def __str__(self) -> str:
+        return self.problems[0]

@@ -1,11 +1,11 @@
 """Model files: ``NAME.tflite`` plus ``NAME.json`` metadata (see docs/INTERFACES.md).
 
-Why a module of its own: the edge, the CLI (``edgeloop model info``), the
-registry and the trainer all read or write the same metadata, and the edge
-must refuse a model whose bytes are not the ones the metadata describes
-(sha256) before handing them to an interpreter. This module needs pydantic
-and the standard library only; ``describe`` imports an interpreter lazily to
-list tensors, and still works (without tensor details) when none is installed.
+Why a module of its own: the edge, the registry and the trainer all read or
+write the same metadata, and the edge must refuse a model whose bytes are not
+the ones the metadata describes (sha256) before handing them to an
+interpreter. This module needs pydantic and the standard library only: what
+needs an interpreter (``edgeloop model info``'s tensor list) is the edge's,
+``edgeloop.edge.modelinfo``.
 """
 
 from __future__ import annotations
@@ -261,48 +261,3 @@ def write_model_files(out_dir: str | Path, content: bytes, meta: ModelMetadata) 
     data = meta.model_dump(mode="json", exclude_none=True)
     metadata_path(tflite).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return tflite
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    """Everything ``edgeloop model info`` shows: files, sha256 check, metadata, tensors.
-
-    Never raises for a bad model: problems are reported in the result, so the
-    command can show what is wrong. Tensor details need an interpreter
-    (LiteRT, tflite-runtime or TensorFlow); without one they are omitted.
-    """
-    path = Path(path)
-    info: dict[str, Any] = {"file": str(path), "metadata_file": str(metadata_path(path))}
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        info["error"] = f"cannot read model file: {exc.strerror}"
-        return info
-    actual = sha256_bytes(content)
-    info["bytes"] = len(content)
-    info["sha256"] = actual
-    meta: ModelMetadata | None = None
-    try:
-        meta = load_metadata(metadata_path(path))
-    except ModelError as exc:
-        info["metadata_error"] = str(exc)
-    if meta is not None:
-        info["sha256_ok"] = actual == meta.sha256
-        info["metadata"] = meta.model_dump(mode="json", exclude_none=True)
-    else:
-        info["sha256_ok"] = None
-    try:
-        from edgeloop.edge.inference import load_interpreter_class, tensor_details
-
-        cls, name = load_interpreter_class()
-        info["interpreter"] = name
-        interpreter = cls(model_content=content)
-        info["inputs"], info["outputs"] = tensor_details(interpreter)
-    except ModelError as exc:
-        info["tensors_error"] = str(exc)
-    except (ValueError, RuntimeError) as exc:
-        info["tensors_error"] = f"interpreter cannot load the model: {exc}"
-    if meta is not None and "inputs" in info and info["inputs"]:
-        spec = info["inputs"][0]
-        expected = list(meta.input.shape[1:])
-        info["input_spec_ok"] = spec["shape"][1:] == expected and spec["dtype"] == meta.input.dtype
-    return info

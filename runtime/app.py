@@ -22,19 +22,14 @@ import time
 from typing import TYPE_CHECKING
 
 from edgeloop import __version__
-from edgeloop.errors import ConfigError
 from edgeloop.mqtt import MqttLink, Will, redact_url
 from edgeloop.rejects import RateLimitedLog, Rejects
 from edgeloop.systemd import SystemdNotifier
 from edgeloop.edge.config import EdgeConfig
 from edgeloop.contract import NodeStatus, status_topic
 from edgeloop.edge.delivery import EdgeDelivery
-from edgeloop.edge.engine import Engine, PipelineRunner
-from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.model_manager import ModelManager
-from edgeloop.edge.sampling import Sampler
-from edgeloop.edge.stages import PipelineError
-from edgeloop.edge.stages.features import limit_blas_threads
+from edgeloop.edge.startup import prepare
 
 if TYPE_CHECKING:
     from edgeloop.edge.metrics import EdgeSnapshot
@@ -45,47 +40,25 @@ log = logging.getLogger("edgeloop.edge")
 _STOP = object()
 
 
-def build_engine(cfg: EdgeConfig, rejects: Rejects, source: str = "edge config") -> Engine:
-    """Load every model and build every pipeline before any I/O.
-
-    A model that cannot load raises ModelError; stages that do not fit the
-    stream or the model raise ConfigError naming the pipeline and stage.
-    """
-    limit_blas_threads()  # multi-threaded BLAS costs ~20x CPU on the batch FFT (runtime/stages/features.py)
-    runners = []
-    for index, settings in enumerate(cfg.pipelines):
-        model = TfliteModel(settings.model.path, num_threads=settings.model.num_threads, max_batch=cfg.batching.max_batch)
-        try:
-            runners.append(PipelineRunner.build(settings, model))
-        except PipelineError as exc:
-            raise ConfigError(source, [f"pipelines.{index}.{exc}"]) from None
-    return Engine(
-        runners,
-        rejects,
-        node_id=cfg.node_id,
-        site=cfg.site,
-        max_payload_bytes=cfg.input.max_payload_bytes,
-        batch_results=cfg.output.batch_results,
-        sampler=Sampler(cfg.sampling) if cfg.sampling.enabled else None,
-    )
-
-
 class EdgeApp:
     def __init__(self, cfg: EdgeConfig, source: str = "edge config") -> None:
         self.cfg = cfg
         self.rejects = Rejects("edge", log, publish=self._publish_deadletter if cfg.output.deadletter else None, node=cfg.node_id)
-        self.engine = build_engine(cfg, self.rejects, source)
+        # Every model loaded and every pipeline built against it, before any I/O: the same call as
+        # `edgeloop config check` makes (edgeloop.edge.startup), so both fail alike.
+        prepared = prepare(cfg, self.rejects, source)
+        self.engine = prepared.engine
         # Signed over-the-air deployment (docs/deployment.md): None unless deploy.enabled.
         self.deploy = ModelManager(cfg, self.engine, self.rejects, on_change=self._publish_birth) if cfg.deploy.enabled else None
         if self.deploy is not None:
             self.deploy.restore(self.engine)
         # Camera frames (docs/camera.md): newest-wins slots and a frame worker; None without `vision:`.
         self.vision = None
-        if cfg.vision is not None:
+        if prepared.vision is not None:
             from edgeloop.edge.vision.worker import FrameWorker
 
             publish_frames = lambda messages: self.delivery.publish(messages, 1)  # noqa: E731 -- 1: acks are not ours
-            self.vision = FrameWorker.build(cfg.vision, self.rejects, publish_frames, node_id=cfg.node_id, site=cfg.site, source=source)
+            self.vision = FrameWorker(cfg.vision, prepared.vision, publish_frames, self.rejects)
         self.inbox: queue.Queue = queue.Queue(cfg.input.queue_size)
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)

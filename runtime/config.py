@@ -25,7 +25,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_MODEL = MODELS_DIR / "vibration_ae.tflite"
 
 #: The pipeline the bundled model was trained with (keep in step with
-#: edgeloop.bridge.training.build.DEFAULT_VIBRATION_PIPELINE; a test checks).
+#: edgeloop.bridge.training.autoencoder.DEFAULT_VIBRATION_PIPELINE; a test checks).
 DEFAULT_VIBRATION_STAGES: list[dict[str, Any]] = [
     {"type": "select", "channels": [0, 1, 2]},
     {"type": "window", "size": 128, "hop": 64},

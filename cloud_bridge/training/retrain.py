@@ -27,7 +27,7 @@ Why it looks like this:
 
 The model family, normalisation, conversion (float, or int8 post-training
 quantization with a representative dataset) and reference statistics come
-from ``edgeloop.bridge.training.build``. TensorFlow is imported only inside
+from ``edgeloop.bridge.training.autoencoder``. TensorFlow is imported only inside
 :func:`retrain` (the ``train`` extra), which runs in a worker process:
 ``python -m edgeloop.bridge.training.retrain --job job.json --result result.json``
 (:func:`start_worker`), so the bridge never blocks on it.
@@ -36,6 +36,7 @@ from ``edgeloop.bridge.training.build``. TensorFlow is imported only inside
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -127,7 +128,7 @@ def conformal_threshold(scores: np.ndarray, quantile: float) -> float:
 
 
 def _parent_scores(content: bytes, meta: ModelMetadata, raw: np.ndarray) -> np.ndarray:
-    from edgeloop.bridge.training.build import normalize
+    from edgeloop.bridge.training.autoencoder import normalize
     from edgeloop.edge.inference import TfliteModel
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +141,7 @@ def retrain(job: RetrainJob) -> RetrainResult:
     """Train, convert, evaluate and gate one candidate; write it to ``job.out_dir`` if it passes."""
     from edgeloop.bridge.registry import Registry
     from edgeloop.bridge.samples import SampleStore
-    from edgeloop.bridge.training import build
+    from edgeloop.bridge.training import autoencoder as ae
 
     s = job.settings
     started = time.perf_counter()
@@ -183,22 +184,22 @@ def retrain(job: RetrainJob) -> RetrainResult:
     n_train, n_fit = int(0.6 * len(raw)), int(0.8 * len(raw))
     split[order] = np.repeat([0, 1, 2], [n_train, n_fit - n_train, len(raw) - n_fit])
 
-    build.configure_tensorflow()
+    ae.configure_tensorflow()
     import tensorflow as tf
 
     def fit(rows: np.ndarray):
-        stats = build.fit_normalization(raw[rows])
-        scorer = build.train_autoencoder(build.normalize(raw[rows], stats), s.seed, epochs=s.epochs, batch_size=s.batch_size)
+        stats = ae.fit_normalization(raw[rows])
+        scorer = ae.train_autoencoder(ae.normalize(raw[rows], stats), s.seed, epochs=s.epochs, batch_size=s.batch_size)
         return stats, scorer
 
     stats, scorer = fit((split == 0) & keep)
-    first = np.asarray(scorer.predict(build.normalize(raw, stats), verbose=0, batch_size=4096))[:, 0]
+    first = np.asarray(scorer.predict(ae.normalize(raw, stats), verbose=0, batch_size=4096))[:, 0]
     keep &= robust_keep(first, devices, s.outlier_mad)
     train_rows = (split == 0) & keep
     stats, scorer = fit(train_rows)
-    x = build.normalize(raw, stats)
-    content = build.to_tflite(scorer, raw.shape[1], representative=x[train_rows] if s.quantize == "int8" else None)
-    scores = build.score_tflite(content, x).astype(np.float64)
+    x = ae.normalize(raw, stats)
+    content = ae.to_tflite(scorer, raw.shape[1], representative=x[train_rows] if s.quantize == "int8" else None)
+    scores = ae.score_tflite(content, x).astype(np.float64)
 
     cal, test = (split == 1) & keep, (split == 2) & keep
     threshold = conformal_threshold(scores[cal], s.threshold_quantile)
@@ -245,7 +246,7 @@ def retrain(job: RetrainJob) -> RetrainResult:
         return result
 
     version = new_version(parent, registry.versions(job.model))
-    stages = (parent_meta.training.pipeline if parent_meta.training else None) or build.DEFAULT_VIBRATION_PIPELINE
+    stages = (parent_meta.training.pipeline if parent_meta.training else None) or ae.DEFAULT_VIBRATION_PIPELINE
     window = next((st for st in stages if st.get("type") == "window"), {})
     training = TrainingInfo(
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -271,8 +272,8 @@ def retrain(job: RetrainJob) -> RetrainResult:
             "epochs": s.epochs,
         },
     )
-    meta = build.make_metadata(
-        content, raw.shape[1], threshold, Normalization(**stats), build.reference_stats(raw[cal], scores[cal]),
+    meta = ae.make_metadata(
+        content, raw.shape[1], threshold, Normalization(**stats), ae.reference_stats(raw[cal], scores[cal]),
         training, name=job.model, version=version, created_by="edgeloop retrain",
     )
     result.candidate = write_model_files(job.out_dir, content, meta)
@@ -288,13 +289,16 @@ def retrain(job: RetrainJob) -> RetrainResult:
 # --------------------------------------------------------------------------- worker process
 
 
-def start_worker(job: RetrainJob, workdir: Path) -> tuple[subprocess.Popen, Path]:
-    """Run :func:`retrain` in a new process; returns (process, result file). Output goes to ``worker.log``."""
+def start_worker(job: RetrainJob, workdir: Path, output: Any = None) -> tuple[subprocess.Popen, Path]:
+    """Run :func:`retrain` in a new process; returns (process, result file).
+
+    Its output goes to ``output`` (a file object), by default to ``workdir/worker.log``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = workdir / "job.json", workdir / "result.json"
     job_path.write_text(job.model_dump_json(), encoding="utf-8")
     result_path.unlink(missing_ok=True)
-    with open(workdir / "worker.log", "ab") as out:
+    with open(workdir / "worker.log", "ab") if output is None else contextlib.nullcontext(output) as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edgeloop.bridge.training.retrain", "--job", str(job_path), "--result", str(result_path)],
             stdout=out,

@@ -1,4 +1,5 @@
-"""Retraining from the sample store, through the real CLI (``edgeloop model retrain``), with int8 quantization.
+"""Retraining from the sample store, through the real CLI (``edgeloop model retrain``: the closed loop's
+retrain flow in a worker process), with int8 quantization.
 
 The store holds field samples of a drifted simulated fleet (scored by the bundled model, as the
 edge would have sent them); the registry holds the bundled model as the current version.
@@ -77,6 +78,10 @@ def test_cli_retrains_gates_and_registers_an_int8_model(field, tmp_path):
     assert result["metrics"]["parent_false_positive_rate_test"] > 0.3  # the drift the retrain fixes
     registry = Registry(field / "registry")
     version = result["version"]
+    # The closed loop's flow (edgeloop.bridge.retrainflow) and its events, the trainer's output on stderr.
+    assert "event retrain vibration_ae -: retrain requested (cli)" in proc.stderr
+    assert f"event retrain vibration_ae {version}: candidate {version} from 1.0.0 (cli): gate passed" in proc.stderr
+    assert f"registered vibration_ae {version} (not deployed: --no-deploy)" in proc.stdout
     assert registry.record("vibration_ae", version)["parent"] == "1.0.0"
     assert registry.current("vibration_ae") == "1.0.0"  # registered, not promoted (--no-deploy)
     path, meta = registry.get("vibration_ae", version)

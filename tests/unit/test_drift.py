@@ -11,7 +11,7 @@ import pytest
 
 from edgeloop.bridge.drift import DriftMonitor, changed, ks_against_quantiles, psi, psi_against_quantiles
 from edgeloop.bridge.loopconfig import DriftSettings
-from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE, raw_features
+from edgeloop.bridge.training.autoencoder import DEFAULT_VIBRATION_PIPELINE, raw_features
 from edgeloop.devices.simulator import FleetSimulator
 from edgeloop.edge.config import BUNDLED_MODEL
 from edgeloop.contract import SampleBatch, SampleRow

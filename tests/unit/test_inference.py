@@ -98,7 +98,9 @@ def test_tampered_model_is_refused_before_the_interpreter_sees_it(tmp_path: Path
 
 def test_bundled_model_separates_faults_from_healthy_machines(model: TfliteModel):
     """Simulator -> edge pipeline -> model, on a fleet the model was not trained on."""
-    from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE, model_features, simulate_windows
+    from lab.models import simulate_windows
+
+    from edgeloop.bridge.training.autoencoder import DEFAULT_VIBRATION_PIPELINE, model_features
     from edgeloop.devices.simulator import FleetSimulator
 
     windows, faulty = simulate_windows(

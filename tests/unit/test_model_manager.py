@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeloop.devices.simulator import FleetSimulator
-from edgeloop.edge.app import build_engine
+from edgeloop.edge.startup import build_engine
 from edgeloop.rejects import Rejects
 from edgeloop.signing import SigningKey, generate_keypair
 from edgeloop.edge.config import BUNDLED_MODEL, DeploySettings, EdgeConfig

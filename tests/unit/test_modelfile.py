@@ -1,4 +1,4 @@
-"""Model files: metadata schema, sha256 verification, describe(), the bundled model's metadata."""
+"""Model files: metadata schema, sha256 verification, describe() (edge), the bundled model's metadata."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeloop.edge.modelinfo import describe
 from edgeloop.errors import ModelError
 from edgeloop.modelfile import (
     ModelMetadata,
-    describe,
     load_metadata,
     load_model_files,
     sha256_file,
@@ -62,7 +62,7 @@ def test_bundled_model_metadata_is_valid_and_matches_its_bytes():
 
 
 def test_bundled_pipeline_is_the_edge_default():
-    from edgeloop.bridge.training.build import DEFAULT_VIBRATION_PIPELINE
+    from edgeloop.bridge.training.autoencoder import DEFAULT_VIBRATION_PIPELINE
     from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
 
     _, meta = load_model_files(BUNDLED)
@@ -125,8 +125,9 @@ def test_describe_reports_tensors_and_sha_check():
 def test_describe_never_raises_for_a_bad_model(model_copy: Path, tmp_path: Path):
     model_copy.write_bytes(b"not a flatbuffer")
     info = describe(model_copy)
-    assert info["sha256_ok"] is False and "tensors_error" in info
-    assert "error" in describe(tmp_path / "missing.tflite")
+    assert info["sha256_ok"] is False and "inputs" not in info
+    assert any("sha256" in p for p in info["problems"]) and any("interpreter" in p for p in info["problems"])
+    assert "cannot read model file" in describe(tmp_path / "missing.tflite")["problems"][0]
 
 
 _json = st.recursive(

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from reference import reference_features
 
 from edgeloop.devices.simulator import FleetSimulator
-from edgeloop.edge.app import build_engine
+from edgeloop.edge.startup import build_engine
 from edgeloop.rejects import Rejects
 from edgeloop.edge.config import load_edge_config
 from edgeloop.contract import (

@@ -179,8 +179,9 @@ mqtt: {{url: 'mqtts://dev-1:{SECRET}-url@127.0.0.1', tls: {{ca_file: {ca.ca_file
 """, 0o600)
     stderr = {}
     for path, kind in ((bridge, "bridge"), (edge, "edge")):
+        # --kind: a file with only an mqtt: section could be either kind
         run = subprocess.run([sys.executable, "-m", "edgeloop.cli", "--log-level", "DEBUG", "config", "check",
-                              str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+                              "--kind", kind, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert f"valid {kind} configuration" in run.stdout and "********" in run.stdout
         assert SECRET not in run.stdout + run.stderr

@@ -31,7 +31,7 @@ def test_bundled_model_files_are_verified_and_described(path, dtype):
 
 
 def test_model_info_command_checks_the_bundled_int8_model(capsys):
-    assert main(["model", "info", str(INT8)]) == 0
+    assert main(["model", "info", "--json", str(INT8)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["sha256_ok"] and info["input_spec_ok"]
     assert info["inputs"][0]["dtype"] == "int8" and info["inputs"][0]["quantization"]

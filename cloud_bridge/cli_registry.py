@@ -1,9 +1,8 @@
-"""``edgeloop keys generate`` and ``edgeloop model list|show|add|promote|rollback|deploy``.
+"""``edgeloop model list|show|add|promote|rollback|deploy``: the registry and the deployer.
 
-Why apart from ``edgeloop/cli.py``: these commands belong to the registry and
-the deployer (cloud side), and keeping them in one file keeps the shared CLI
-module small; ``cli.py`` only calls :func:`add_commands`. Heavy modules
-(cryptography, the registry, paho) are imported when a command runs.
+Why apart from ``edgeloop/bridge/cli.py``: it keeps that module small; it
+calls :func:`register_registry`. Like it, this module imports argparse and the
+core only: cryptography, the registry and paho are imported when a command runs.
 
 Registry directory: ``--registry DIR``, else ``retrain.registry`` of the
 bridge config given with ``-c``, else ``./registry``. Signing key likewise:
@@ -22,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from edgeloop.commands import Group
 
 DEFAULT_REGISTRY = Path("registry")
 
@@ -68,19 +69,6 @@ def _events(args: argparse.Namespace):  # an EventWriter to the bridge's InfluxD
 def _fail(exc: Exception) -> int:
     print(f"edgeloop: {exc}", file=sys.stderr)
     return 1
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from edgeloop.signing import generate_keypair
-
-    private, public, key_id = generate_keypair(args.out, overwrite=args.force)
-    print(f"private key {private} (mode 0600: keep it on the deploying host only)")
-    print(f"public key  {public} (deploy.public_key_file on every edge)")
-    print(f"key id      {key_id}")
-    return 0
 
 
 # --------------------------------------------------------------------------- registry
@@ -211,14 +199,8 @@ def _deploy(args: argparse.Namespace, registry: Any, version: str) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def add_commands(sub: argparse._SubParsersAction, model: argparse._SubParsersAction) -> None:
-    keys = sub.add_parser("keys", help="Ed25519 keys for signed model deployment").add_subparsers(
-        dest="action", required=True
-    )
-    p = keys.add_parser("generate", help="write deploy.key (private, 0600) and deploy.pub into a directory")
-    p.add_argument("--out", required=True, help="directory for deploy.key and deploy.pub")
-    p.add_argument("--force", action="store_true", help="overwrite existing keys")
-    p.set_defaults(func=cmd_keys_generate)
+def register_registry(model: Group, needs: tuple[str, ...]) -> None:
+    """The registry's commands in the shared ``model`` group."""
 
     def registry_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--registry", type=Path, help="registry directory (default: retrain.registry of -c, or ./registry)")
@@ -233,26 +215,24 @@ def add_commands(sub: argparse._SubParsersAction, model: argparse._SubParsersAct
         p.add_argument("--discover-s", type=float, default=2.0, help="seconds to collect the retained node statuses")
         p.add_argument("--no-wait", action="store_true", help="publish and return without waiting for the fleet")
 
-    p = model.add_parser("list", help="versions in the registry")
+    p = model.command("list", cmd_model_list, needs=needs, help="versions in the registry")
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
     registry_flags(p)
-    p.set_defaults(func=cmd_model_list)
 
-    p = model.add_parser("show", help="one version: metadata, record, audit entries")
+    p = model.command("show", cmd_model_show, needs=needs, help="one version: metadata, record, audit entries")
     p.add_argument("name")
     p.add_argument("version", nargs="?", help="default: the current version")
     registry_flags(p)
-    p.set_defaults(func=cmd_model_show)
 
-    p = model.add_parser("add", help="put a .tflite (with its .json beside it) into the registry")
+    p = model.command("add", cmd_model_add, needs=needs, help="put a .tflite (with its .json beside it) into the registry")
     p.add_argument("file")
     p.add_argument("--parent", help="the version it was derived from")
     p.add_argument("--promote", action="store_true", help="also make it current")
     registry_flags(p)
-    p.set_defaults(func=cmd_model_add)
 
-    p = model.add_parser("promote", help="make a version current (the old current becomes previous)")
+    p = model.command("promote", cmd_model_promote, needs=needs,
+                      help="make a version current (the old current becomes previous)")
     p.add_argument("name")
     p.add_argument("version")
     p.add_argument("--reason")
@@ -260,19 +240,17 @@ def add_commands(sub: argparse._SubParsersAction, model: argparse._SubParsersAct
     p.add_argument("--deploy", action="store_true", help="and publish it to the fleet")
     registry_flags(p)
     deploy_flags(p)
-    p.set_defaults(func=cmd_model_promote)
 
-    p = model.add_parser("rollback", help="make the previous version current again")
+    p = model.command("rollback", cmd_model_rollback, needs=needs, help="make the previous version current again")
     p.add_argument("name")
     p.add_argument("--reason")
     p.add_argument("--deploy", action="store_true", help="and publish it to the fleet")
     registry_flags(p)
     deploy_flags(p)
-    p.set_defaults(func=cmd_model_rollback)
 
-    p = model.add_parser("deploy", help="publish a signed version to the fleet over MQTT (canary first with --canary)")
+    p = model.command("deploy", cmd_model_deploy, needs=needs,
+                      help="publish a signed version to the fleet over MQTT (canary first with --canary)")
     p.add_argument("name")
     p.add_argument("version", nargs="?", help="default: the current version")
     registry_flags(p)
     deploy_flags(p)
-    p.set_defaults(func=cmd_model_deploy)

@@ -1,4 +1,4 @@
-"""Build the bundled image classifier: synthetic belt scenes -> edge image stages -> small CNN -> TFLite.
+"""The recipe for the bundled image classifier: synthetic belt scenes -> edge image stages -> small CNN -> TFLite.
 
 Two files come out, both verified through the edge's own interpreter path:
 
@@ -22,12 +22,14 @@ in a softmax, so ``outputs`` are class probabilities.
 Splits come from different scene seeds (train seed, validation seed+1, test
 seed+2): the figures are on frames the model has never seen.
 
-    python -m edgeloop.bridge.training.vision --out runtime/models --seed 7
+    python -m lab.models --vision [--out DIR] [--seed 7]     (make model)
+
+Here, not in the product: it renders scenes with ``edgeloop.devices.scenes``,
+which the bridge must not import; the closed loop does not retrain it.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import os
@@ -151,7 +153,7 @@ def metadata(name: str, content: bytes, dtype: str, reference: Reference | None 
         image=IMAGE,
         reference=reference,
         training=training,
-        created_by="edgeloop model build --vision",
+        created_by="python -m lab.models --vision",
     )
 
 
@@ -193,7 +195,7 @@ def _write_checked(out_dir: Path, name: str, content: bytes, dtype: str, x_test:
 
 
 def build_vision_models(
-    out_dir: str | Path = "runtime/models",
+    out_dir: str | Path,
     seed: int = 7,
     *,
     train_frames: int = 6000,
@@ -206,8 +208,11 @@ def build_vision_models(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(2)
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+    except RuntimeError:  # TensorFlow already ran in this process (the vibration recipe): keep its pools
+        pass
     tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()
     x_train, y_train = make_dataset(seed, train_frames)
@@ -283,23 +288,3 @@ def build_vision_models(
         paths.append(path)
         log.info("wrote %s (%d bytes, sha256 %s)", path, len(content), sha256_bytes(content)[:12])
     return paths, figures
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runtime/models", help="directory for parts_cnn*.tflite/.json")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--train-frames", type=int, default=6000)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths, figures = build_vision_models(args.out, args.seed, epochs=args.epochs, train_frames=args.train_frames)
-    for key, value in figures.items():
-        print(f"{key:40s} {value:.6g}")
-    for path in paths:
-        print(f"model: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
