@@ -21,12 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 class Proc:
     """An ``edgeloop`` CLI process whose output goes to a file, stopped with SIGTERM."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, *, program: list[str] | None = None,
+                 cwd: Path = REPO, env: dict[str, str] | None = None) -> None:
+        """``program`` (default: this interpreter's ``-m edgeloop.cli``) runs e.g. an installed console script."""
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 -- closed in terminate()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeloop.cli", *args], cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env
+            [*(program or [sys.executable, "-m", "edgeloop.cli"]), *args], cwd=cwd, stdout=self._log,
+            stderr=subprocess.STDOUT, env=env,
         )
 
     def alive(self) -> bool:
