@@ -420,8 +420,10 @@ class EdgeProcess(_MeasuredProcess):
 
     name = "edge"
 
-    def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None) -> None:
-        cmd = [sys.executable, "-m", "edgeloop.cli", "edge", "run", "--broker", broker.url, "--node-id", node_id]
+    def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None,
+                 program: list[str] | None = None) -> None:
+        """``program``: e.g. the ``edgeloop`` console script of another venv (default: this interpreter)."""
+        cmd = [*(program or [sys.executable, "-m", "edgeloop.cli"]), "edge", "run", "--broker", broker.url, "--node-id", node_id]
         if config:
             path = workdir / f"edge-{node_id}.yaml"
             path.write_text(json.dumps(config))  # YAML is a superset of JSON
