@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -73,3 +75,17 @@ def test_opencv_is_only_in_the_vision_extra(wheel):
     assert opencv and all('extra == "vision"' in r for r in opencv), opencv
     assert any(r.startswith("ai-edge-litert") and 'extra == "edge"' in r for r in requires)
     assert any(r.startswith("tflite-runtime") and 'extra == "tflite"' in r for r in requires)
+
+
+def test_a_git_url_builds_the_same_package(tmp_path):
+    """README's ``pip install 'edgeloop[edge] @ git+URL'``: pip clones and builds (here: this checkout's HEAD).
+
+    A bare ``git+file://`` URL: pip's PEP 508 parser wants a host in ``name @ URL`` form.
+    """
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+                             "-w", str(tmp_path), f"git+file://{REPO}"],
+                            capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (built,) = tmp_path.glob("edgeloop-*.whl")
+    assert dist_info(built, "top_level.txt").split() == ["edgeloop"]
+    assert "edgeloop/edge/models/vibration_ae.tflite" in wheel_names(built)
