@@ -106,3 +106,16 @@ def test_a_bridge_command_says_which_extra_to_install(venv, mosquitto):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "extra" in result.stderr and "bridge" in result.stderr, result.stderr
+
+
+def test_the_footprint_benchmark_measures_this_install(venv):
+    """``python -m benchmarks.footprint`` (docs/benchmarks.md) on the same install: sizes and import costs."""
+    from benchmarks.footprint import disk, import_costs
+
+    sizes = disk(venv)
+    assert not [name for name in sizes["per_distribution_mb"] if name.lower().startswith("opencv")]
+    assert sizes["per_distribution_mb"]["numpy"] > 1 and sizes["per_distribution_mb"]["ai-edge-litert"] > 1
+    assert abs(sizes["total_mb"] - sum(sizes["per_distribution_mb"].values())) < 1  # rounding only
+    costs = import_costs(venv, repeats=1)
+    assert costs["bare_interpreter_mb"] > 0 and costs["numpy"] > 0
+    assert "OpenCV, numpy already loaded" not in costs  # nothing to import: the edge install has none
