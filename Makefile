@@ -6,6 +6,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP       := $(VENV)/.stamp-edge-bridge-dev
 STAMP_TRAIN := $(VENV)/.stamp-train
+# Tested upper bounds (numpy, OpenCV, LiteRT, ...): the venv the tests run in is installed with them.
+CONSTRAINTS := devices/boards/constraints-edge.txt
 
 # binary:debian-package -- a package is installed only when its binary is missing.
 SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb \
@@ -13,7 +15,7 @@ SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influ
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench reliability model docs clean distclean
+.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench reliability model docs dist clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -38,17 +40,17 @@ deps: ## apt-get install the test servers and python3-venv, only what is missing
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-venv: $(STAMP) ## .venv with the edge, bridge and dev extras (rebuilt when pyproject.toml changes)
+venv: $(STAMP) ## .venv with the edge, vision, bridge and dev extras (rebuilt when pyproject.toml changes)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv --clear $(VENV)
-	$(VENV)/bin/pip install -e '.[edge,bridge,dev]'
+	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev]'
 	@touch $@
 
 venv-train: $(STAMP_TRAIN) ## .venv plus the train extra (tensorflow-cpu, large; for `make model`)
 
-$(STAMP_TRAIN): $(STAMP) pyproject.toml
-	$(VENV)/bin/pip install -e '.[edge,bridge,dev,train]'
+$(STAMP_TRAIN): $(STAMP) pyproject.toml $(CONSTRAINTS)
+	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,train]'
 	@touch $@
 
 test: deps venv-train ## every test tier (PYTEST_ARGS=... passes through; the closed-loop e2e trains: train extra)
@@ -79,6 +81,12 @@ docs: venv ## regenerate docs/configuration.md and the Grafana dashboards (tests
 model: deps venv-train ## train and convert the bundled models on simulated data: vibration AE, camera classifier (lab/models.py)
 	$(PY) -m lab.models
 	$(PY) -m lab.models --vision
+
+dist: ## build the wheel and the sdist into dist/ (needs only PyPA build; install: README, "Installing on a device")
+	@[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv --clear $(VENV)
+	@$(PY) -c 'import build' 2>/dev/null || $(VENV)/bin/pip install -q 'build>=1.2'
+	rm -rf dist
+	$(PY) -m build --outdir dist .
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .demo

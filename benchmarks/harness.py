@@ -381,11 +381,14 @@ class EdgeProcess(_Measured):
     the counters it logs once it has drained on SIGTERM.
     """
 
-    def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None) -> None:
+    def __init__(self, broker: Mosquitto, workdir: Path, node_id: str = "bench", config: dict | None = None,
+                 program: list[str] | None = None) -> None:
+        """``program``: e.g. the ``edgeloop`` console script of another venv (default: this interpreter)."""
         args = ["edge", "run", "--broker", broker.url, "--node-id", node_id]
         if config:
             args += ["-c", str(write_config(workdir / f"edge-{node_id}.yaml", config))]
-        self.proc = CliProcess(args, workdir / "edge.log", env={"EDGELOOP_STATE_DIR": str(workdir / "edge-state")})
+        self.proc = CliProcess(args, workdir / "edge.log", env={"EDGELOOP_STATE_DIR": str(workdir / "edge-state")},
+                               program=program)
         self.broker = broker
         self.node_id = node_id
 

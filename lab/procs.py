@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +36,16 @@ class CliProcess:
     """
 
     def __init__(self, args: list[str], log_path: Path, *, env: dict[str, str] | None = None,
-                 module: str = "edgeloop.cli", pipe_stdout: bool = False) -> None:
+                 module: str = "edgeloop.cli", pipe_stdout: bool = False, program: list[str] | None = None,
+                 cwd: Path = REPO, base_env: Mapping[str, str] | None = None) -> None:
+        """``program`` replaces ``python -m MODULE`` (e.g. the ``edgeloop`` console script of another venv);
+        ``base_env`` replaces this process's environment as the one ``env`` is added to."""
         self.args = list(args)
         self.log_path = Path(log_path)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**(os.environ if base_env is None else base_env), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.module = module
+        self.program = list(program) if program else [sys.executable, "-m", module]
+        self.cwd = cwd
         self.pipe_stdout = pipe_stdout
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -48,10 +54,10 @@ class CliProcess:
         if self.alive():
             raise RuntimeError(f"{self} already running (pid {self.proc.pid})")
         with open(self.log_path, "a") as log:
-            log.write(f"\n===== start {self.starts + 1}: {self.module} {' '.join(self.args)}\n")
+            log.write(f"\n===== start {self.starts + 1}: {' '.join(map(str, self.program[-1:]))} {' '.join(self.args)}\n")
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args], cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                [*self.program, *self.args], cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self.pipe_stdout else log, stderr=log if self.pipe_stdout else subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -124,7 +130,7 @@ class CliProcess:
         return self.proc
 
     def __repr__(self) -> str:
-        return f"CliProcess({self.module} {' '.join(self.args)!r})"
+        return f"CliProcess({self.program[-1]} {' '.join(self.args)!r})"
 
 
 def terminate_all(*procs: CliProcess, timeout: float = 60.0) -> list[int | None]:

@@ -20,6 +20,7 @@ from edgeloop.contract import TOPIC_LEVEL_PATTERN, TopicLevel
 from edgeloop.edge.sampling import SamplingSettings
 from edgeloop.edge.stages import StageConfig
 from edgeloop.edge.vision.config import VisionSettings
+from edgeloop.edge.vision.opencv import require_opencv
 
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_MODEL = MODELS_DIR / "vibration_ae.tflite"
@@ -220,4 +221,8 @@ class EdgeConfig(BaseModel):
 
 
 def load_edge_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
-    return load_config(EdgeConfig, path, overrides)
+    """Validate ``path`` (optional) with ``overrides``; a camera pipeline also needs OpenCV installed."""
+    cfg = load_config(EdgeConfig, path, overrides)
+    if cfg.vision is not None:
+        require_opencv(str(path) if path else "defaults")
+    return cfg

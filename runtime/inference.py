@@ -44,8 +44,8 @@ def load_interpreter_class() -> tuple[type, str]:
         except Exception as exc:  # noqa: BLE001 -- a broken wheel (ImportError, OSError) means "try the next"
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
     raise ModelError(
-        "no TFLite interpreter available; install the 'edge' extra (pip install 'edgeloop[edge]', "
-        "LiteRT) or 'tflite' (tflite-runtime). Tried: " + "; ".join(errors)
+        "no TFLite interpreter available; install edgeloop with the 'edge' extra (LiteRT) or 'tflite' "
+        "(tflite-runtime), e.g. edgeloop[edge] (README, Installing on a device). Tried: " + "; ".join(errors)
     )
 
 

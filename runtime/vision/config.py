@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeloop.contract import TopicLevel
-from edgeloop.edge.vision.pipeline import ImageStageConfig
+from edgeloop.edge.vision.stages import ImageStageConfig
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED_VISION_MODEL = MODELS_DIR / "parts_cnn_int8.tflite"

@@ -11,36 +11,26 @@ normalize from the model -- the same stages the trainer used.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from pydantic import Field, TypeAdapter
 
 from edgeloop.errors import PayloadError
 from edgeloop.edge.inference import TfliteModel
 from edgeloop.modelfile import ImageInput
 from edgeloop.edge.stages import PipelineError
 from edgeloop.edge.vision.stages import (
-    ColorConfig,
-    CropConfig,
     DecodeConfig,
+    ImageStageConfig,
     ImageState,
     LayoutConfig,
     ModelInput,
     NormalizeConfig,
-    Resize,
     ResizeConfig,
+    parse_image_stages,
 )
 
-ImageStageConfig = Annotated[
-    DecodeConfig | ColorConfig | CropConfig | ResizeConfig | NormalizeConfig | LayoutConfig,
-    Field(discriminator="type"),
-]
-_STAGES = TypeAdapter(list[ImageStageConfig])
-
-
-def parse_image_stages(raw: list[dict[str, Any]]) -> list[ImageStageConfig]:
-    return _STAGES.validate_python(raw)
+__all__ = ["ImagePipeline", "build_image_pipeline", "default_image_stages", "model_input", "parse_image_stages"]
 
 
 def default_image_stages(image: ImageInput | None) -> list[dict[str, Any]]:
@@ -65,6 +55,7 @@ class ImagePipeline:
         self.ops: list[Any] = []
         self.decode = None
         normalized = False
+        cover = None  # the resize stage's size: what decode's reduce: auto must still cover
         for index, cfg in enumerate(configs):
             try:
                 if isinstance(cfg, DecodeConfig) and index > 0:
@@ -81,6 +72,8 @@ class ImagePipeline:
                 self.decode = op
             elif op is not None:
                 self.ops.append(op)
+            if isinstance(cfg, ResizeConfig) and cover is None:
+                cover = op.size
         if state.size is None:
             raise PipelineError(len(configs) - 1, "the output size depends on the frame: add a resize stage")
         width, height = state.size
@@ -96,7 +89,7 @@ class ImagePipeline:
         if not isinstance(configs[-1], LayoutConfig):
             self.ops.append(_AddChannelAxis())
         if self.decode.auto:  # reduce: auto decodes as small as the resize allows
-            self.decode.cover = next((op.size for op in self.ops if isinstance(op, Resize)), None)
+            self.decode.cover = cover
 
     def process(self, jpeg: bytes) -> np.ndarray:
         image = self.decode.apply(jpeg)

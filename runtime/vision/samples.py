@@ -16,11 +16,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 
 from edgeloop.contract import MAX_FRAME_SAMPLE_BYTES, FrameMeta, FrameSample, InferenceResult, sample_topic
 from edgeloop.edge.vision.config import FrameSampleSettings
+from edgeloop.edge.vision.opencv import load_cv2
+
+cv2 = load_cv2()
 
 HOUR_S = 3600.0
 

@@ -3,57 +3,42 @@
 Each stage is a frozen pydantic config (``extra="forbid"``, ``type``
 discriminator) whose ``build(state, target)`` checks it against the image it
 will receive (colour space, size when known, dtype) and the model it feeds,
-and returns the op that runs per frame: ``apply(image) -> image``. Building
-updates ``state``, so the pipeline knows its output shape and dtype at
-startup. Ops are OpenCV calls on ``uint8`` images until ``normalize``, which
-maps pixels through one 256-entry lookup table per channel
-(``(p * scale - mean) / std``, then the model's int8/uint8 quantization when
-its input tensor is quantized): a single ``cv2.LUT`` pass instead of float
-arithmetic per pixel. Runtime problems with one frame raise PayloadError.
+and returns the op that runs per frame (``edgeloop.edge.vision.ops``):
+``apply(image) -> image``. Building updates ``state``, so the pipeline knows
+its output shape and dtype at startup. ``normalize`` maps pixels through one
+256-entry lookup table per channel (``(p * scale - mean) / std``, then the
+model's int8/uint8 quantization when its input tensor is quantized), built
+here with numpy.
+
+Why the ops live apart: they are OpenCV calls, and this module is imported by
+every edge that parses its config (``vision:`` in edge.yaml), cameras or not;
+OpenCV (the ``vision`` extra) loads only when a pipeline is built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from edgeloop.errors import PayloadError
 from edgeloop.modelfile import ImageInput
-from edgeloop.edge.vision.frames import check_complete, jpeg_dimensions
+
+if TYPE_CHECKING:
+    from edgeloop.edge.vision import ops as _ops_module
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 Color = Literal["bgr", "rgb", "gray"]
 Pixels = Annotated[int, Field(ge=1, le=16384)]
 
-_INTERPOLATION = {
-    "area": cv2.INTER_AREA,
-    "linear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-    "cubic": cv2.INTER_CUBIC,
-}
-_REDUCED = {
-    (1, False): cv2.IMREAD_COLOR,
-    (2, False): cv2.IMREAD_REDUCED_COLOR_2,
-    (4, False): cv2.IMREAD_REDUCED_COLOR_4,
-    (8, False): cv2.IMREAD_REDUCED_COLOR_8,
-    (1, True): cv2.IMREAD_GRAYSCALE,
-    (2, True): cv2.IMREAD_REDUCED_GRAYSCALE_2,
-    (4, True): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    (8, True): cv2.IMREAD_REDUCED_GRAYSCALE_8,
-}
-_CONVERSIONS = {
-    ("bgr", "rgb"): cv2.COLOR_BGR2RGB,
-    ("rgb", "bgr"): cv2.COLOR_RGB2BGR,
-    ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
-    ("rgb", "gray"): cv2.COLOR_RGB2GRAY,
-    ("gray", "rgb"): cv2.COLOR_GRAY2RGB,
-    ("gray", "bgr"): cv2.COLOR_GRAY2BGR,
-}
+
+def _ops() -> _ops_module:
+    """The per-frame ops: imported (with OpenCV) when a pipeline is built, never when a config is parsed."""
+    from edgeloop.edge.vision import ops
+
+    return ops
 
 
 @dataclass(frozen=True)
@@ -114,45 +99,14 @@ class DecodeConfig(BaseModel):
     max_height: Pixels = 4096
     expect_size: tuple[Pixels, Pixels] | None = Field(default=None, description="[width, height] of every frame")
 
-    def build(self, state: ImageState, target: ModelInput) -> Decode:
+    def build(self, state: ImageState, target: ModelInput) -> _ops_module.Decode:
         state.color = "gray" if self.gray else "bgr"
         state.reduce = 1 if self.reduce == "auto" else self.reduce
         state.auto_reduce = self.reduce == "auto"
         if self.expect_size is not None and self.reduce != "auto":
             w, h = self.expect_size
             state.size = (-(-w // self.reduce), -(-h // self.reduce))
-        return Decode(self)
-
-
-class Decode:
-    def __init__(self, cfg: DecodeConfig) -> None:
-        self.cfg = cfg
-        self.auto = cfg.reduce == "auto"
-        self.flag = _REDUCED[(1 if self.auto else cfg.reduce, cfg.gray)]
-        self.cover: tuple[int, int] | None = None  # (width, height) the image must still cover with reduce: auto
-
-    def _flag(self, width: int, height: int) -> int:
-        if self.cover is None:
-            return self.flag
-        w, h = self.cover
-        factor = next((f for f in (8, 4, 2) if width // f >= w and height // f >= h), 1)
-        return _REDUCED[(factor, self.cfg.gray)]
-
-    def apply(self, jpeg: bytes) -> np.ndarray:
-        width, height, _ = jpeg_dimensions(jpeg)
-        cfg = self.cfg
-        if cfg.expect_size is not None and (width, height) != tuple(cfg.expect_size):
-            raise PayloadError("wrong_size", f"frame is {width}x{height}, expected {cfg.expect_size[0]}x{cfg.expect_size[1]}")
-        if width > cfg.max_width or height > cfg.max_height:
-            raise PayloadError("wrong_size", f"frame is {width}x{height}, larger than {cfg.max_width}x{cfg.max_height}")
-        check_complete(jpeg)
-        try:
-            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), self._flag(width, height) if self.auto else self.flag)
-        except cv2.error as exc:
-            raise PayloadError("corrupt_image", f"JPEG decoding failed: {str(exc).strip()[-200:]}") from None
-        if image is None:
-            raise PayloadError("corrupt_image", "JPEG decoding failed")
-        return image
+        return _ops().Decode(self)
 
 
 # --------------------------------------------------------------------------- color
@@ -165,17 +119,9 @@ class ColorConfig(BaseModel):
     type: Literal["color"] = "color"
     to: Color
 
-    def build(self, state: ImageState, target: ModelInput) -> Convert | None:
+    def build(self, state: ImageState, target: ModelInput) -> _ops_module.Convert | None:
         source, state.color = state.color, self.to
-        return None if source == self.to else Convert(_CONVERSIONS[(source, self.to)])
-
-
-class Convert:
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(image, self.code)
+        return None if source == self.to else _ops().Convert(source, self.to)
 
 
 # --------------------------------------------------------------------------- crop
@@ -191,7 +137,7 @@ class CropConfig(BaseModel):
     width: Pixels
     height: Pixels
 
-    def build(self, state: ImageState, target: ModelInput) -> Crop:
+    def build(self, state: ImageState, target: ModelInput) -> _ops_module.Crop:
         if state.auto_reduce:
             raise ValueError("crop: pixel coordinates need a fixed decode.reduce, not auto")
         r = state.reduce
@@ -201,18 +147,7 @@ class CropConfig(BaseModel):
         if state.size is not None and (x1 > state.size[0] or y1 > state.size[1]):
             raise ValueError(f"crop: region ends at ({x1}, {y1}), outside the {state.size[0]}x{state.size[1]} frame")
         state.size = (x1 - x0, y1 - y0)
-        return Crop(x0, y0, x1, y1)
-
-
-class Crop:
-    def __init__(self, x0: int, y0: int, x1: int, y1: int) -> None:
-        self.box = (x0, y0, x1, y1)
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        x0, y0, x1, y1 = self.box
-        if image.shape[1] < x1 or image.shape[0] < y1:
-            raise PayloadError("wrong_size", f"crop region ends at ({x1}, {y1}), the frame is {image.shape[1]}x{image.shape[0]}")
-        return image[y0:y1, x0:x1]
+        return _ops().Crop(x0, y0, x1, y1)
 
 
 # --------------------------------------------------------------------------- resize
@@ -234,36 +169,14 @@ class ResizeConfig(BaseModel):
     fill: Annotated[int, Field(ge=0, le=255)] | None = Field(default=None, description="letterbox padding value; default 114")
     interpolation: Literal["area", "linear", "nearest", "cubic"] = "area"
 
-    def build(self, state: ImageState, target: ModelInput) -> Resize:
+    def build(self, state: ImageState, target: ModelInput) -> _ops_module.Resize:
         height, width = target.hw
         size = (self.width or width, self.height or height)
         spec = target.image
         letterbox = self.letterbox if self.letterbox is not None else bool(spec and spec.letterbox)
         fill = self.fill if self.fill is not None else (spec.fill if spec else 114)
         state.size = size
-        return Resize(size, letterbox, fill, _INTERPOLATION[self.interpolation])
-
-
-class Resize:
-    def __init__(self, size: tuple[int, int], letterbox: bool, fill: int, interpolation: int) -> None:
-        self.size = size
-        self.letterbox = letterbox
-        self.fill = fill
-        self.interpolation = interpolation
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        w, h = self.size
-        ih, iw = image.shape[:2]
-        if (iw, ih) == (w, h):
-            return image
-        if not self.letterbox:
-            return cv2.resize(image, (w, h), interpolation=self.interpolation)
-        s = min(w / iw, h / ih)
-        nw, nh = max(1, min(w, round(iw * s))), max(1, min(h, round(ih * s)))
-        out = np.full((h, w) + image.shape[2:], self.fill, np.uint8)
-        x, y = (w - nw) // 2, (h - nh) // 2
-        out[y : y + nh, x : x + nw] = cv2.resize(image, (nw, nh), interpolation=self.interpolation)
-        return out
+        return _ops().Resize(size, letterbox, fill, self.interpolation)
 
 
 # --------------------------------------------------------------------------- normalize
@@ -293,7 +206,7 @@ class NormalizeConfig(BaseModel):
             raise ValueError("give either from_model: true or mean/std, not both")
         return self
 
-    def build(self, state: ImageState, target: ModelInput) -> Normalize:
+    def build(self, state: ImageState, target: ModelInput) -> _ops_module.Normalize:
         c = state.channels
         if self.from_model:
             if target.image is None:
@@ -314,16 +227,7 @@ class NormalizeConfig(BaseModel):
             values = np.clip(np.round(values / q["scale"] + q["zero_point"]), info.min, info.max)
             dtype = target.dtype
         state.dtype = dtype
-        return Normalize(values.astype(dtype), c)
-
-
-class Normalize:
-    def __init__(self, table: np.ndarray, channels: int) -> None:
-        self.channels = channels
-        self.lut = table[:, 0].reshape(1, 256) if channels == 1 else table.reshape(1, 256, channels)
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        return cv2.LUT(image, self.lut)
+        return _ops().Normalize(values.astype(dtype), c)
 
 
 # --------------------------------------------------------------------------- layout
@@ -336,15 +240,18 @@ class LayoutConfig(BaseModel):
     type: Literal["layout"] = "layout"
     order: Literal["nhwc", "nchw"] = "nhwc"
 
-    def build(self, state: ImageState, target: ModelInput) -> Layout:
-        return Layout(self.order == "nchw")
+    def build(self, state: ImageState, target: ModelInput) -> _ops_module.Layout:
+        return _ops().Layout(self.order == "nchw")
 
 
-class Layout:
-    def __init__(self, channels_first: bool) -> None:
-        self.channels_first = channels_first
+# --------------------------------------------------------------------------- the declared list
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim == 2:
-            image = image[:, :, None]
-        return np.ascontiguousarray(image.transpose(2, 0, 1)) if self.channels_first else image
+ImageStageConfig = Annotated[
+    DecodeConfig | ColorConfig | CropConfig | ResizeConfig | NormalizeConfig | LayoutConfig,
+    Field(discriminator="type"),
+]
+_STAGES = TypeAdapter(list[ImageStageConfig])
+
+
+def parse_image_stages(raw: list[dict[str, Any]]) -> list[ImageStageConfig]:
+    return _STAGES.validate_python(raw)

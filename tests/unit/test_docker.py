@@ -211,7 +211,14 @@ def test_image_entry_point_is_an_edgeloop_command_and_runs_unprivileged(dockerfi
         if i["instruction"] == "RUN"
     )
     if target == "edge":
-        assert '".[edge]"' in build_runs and "train" not in build_runs  # no TensorFlow on the device
+        # The `edge` extra by default (no TensorFlow, no OpenCV), `--build-arg EXTRAS=edge,vision` for cameras,
+        # always with the tested constraints.
+        args = [i["value"] for i in DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes())).structure
+                if i["instruction"] == "ARG"]
+        assert "EXTRAS=edge" in args and "EXTRAS=edge,vision" in dockerfile.read_text()
+        assert '".[${EXTRAS}]"' in build_runs and "tensorflow" not in build_runs
+        assert "-c devices/boards/constraints-edge.txt" in build_runs
+        assert (REPO / "devices/boards/constraints-edge.txt").is_file()
         assert "/var/lib/edgeloop" in by_kind["VOLUME"]["value"]
 
 
