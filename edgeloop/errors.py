@@ -53,9 +53,11 @@ class ModelError(EdgeloopError):
 class MissingExtra(ConfigError):
     """A command needs an extra that is not installed: one line saying which and how to install it."""
 
-    def __init__(self, what: str, extra: str, missing: list[str], hint: str | None = None) -> None:
+    def __init__(self, what: str, extra: str, missing: list[str], hint: str | None = None,
+                 install: str | None = None) -> None:
+        """``install``: the extras to put on the install line when ``extra`` alone is not enough."""
         self.what, self.extra, self.missing = what, extra, missing
-        install = f"pip install 'edgeloop[{extra}]'" + (f" ({hint})" if hint else "")
+        install = f"pip install 'edgeloop[{install or extra}]'" + (f" ({hint})" if hint else "")
         super().__init__("command line", [f"{what} needs the '{extra}' extra (missing: {', '.join(missing)}): {install}"])
 
     def __str__(self) -> str:

@@ -45,9 +45,13 @@ def missing(extra: str) -> list[str]:
     return out
 
 
-def require(what: str, *extras: str) -> None:
-    """Raise MissingExtra (exit 2) naming the first of ``extras`` with a module missing."""
+def require(what: str, *extras: str, install: str | None = None) -> None:
+    """Raise MissingExtra (exit 2) naming the first of ``extras`` with a module missing.
+
+    ``install`` is the install line's extras when the missing one needs company
+    (a camera edge: ``edge,vision``).
+    """
     for extra in extras:
         absent = missing(extra)
         if absent:
-            raise MissingExtra(what, extra, absent, HINTS.get(extra))
+            raise MissingExtra(what, extra, absent, HINTS.get(extra), install)

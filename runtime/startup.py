@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeloop.errors import ConfigError
-from edgeloop.extras import require
 from edgeloop.rejects import Rejects
 from edgeloop.edge.config import EdgeConfig
 from edgeloop.edge.engine import Engine, PipelineRunner
@@ -20,6 +19,7 @@ from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.sampling import Sampler
 from edgeloop.edge.stages import PipelineError
 from edgeloop.edge.stages.features import limit_blas_threads
+from edgeloop.edge.vision.opencv import require_opencv
 
 if TYPE_CHECKING:
     from edgeloop.edge.vision.engine import VisionEngine
@@ -61,7 +61,7 @@ def prepare(cfg: EdgeConfig, rejects: Rejects, source: str = "edge config") -> P
     engine = build_engine(cfg, rejects, source)
     vision = None
     if cfg.vision is not None:
-        require(f"a camera pipeline (vision: in {source})", "vision")
+        require_opencv(source)
         from edgeloop.edge.vision.engine import VisionEngine
 
         vision = VisionEngine.build(cfg.vision, rejects, node_id=cfg.node_id, site=cfg.site, source=source)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edgeloop.errors import ConfigError
+from edgeloop.extras import require
 
-MISSING = "camera pipelines need OpenCV, which the 'vision' extra installs: install edgeloop[edge,vision] (README, Install)"
+MISSING = "camera pipelines need OpenCV, which the 'vision' extra installs: pip install 'edgeloop[edge,vision]'"
 
 
 def load_cv2() -> ModuleType:
@@ -26,8 +26,6 @@ def load_cv2() -> ModuleType:
 
 
 def require_opencv(source: str) -> None:
-    """ConfigError (exit 2) on the ``vision`` field of ``source`` when OpenCV cannot be imported."""
-    try:
-        load_cv2()
-    except ImportError:
-        raise ConfigError(source, [f"vision: {MISSING}"]) from None
+    """MissingExtra (a config error, exit 2) naming ``source``, its ``vision:`` field and the extra, before
+    anything connects, when OpenCV is not installed. Looks OpenCV up without importing it."""
+    require(f"a camera pipeline (vision: in {source})", "vision", install="edge,vision")

@@ -178,7 +178,7 @@ def test_an_edge_with_cameras_needs_the_vision_extra_and_without_them_does_not(t
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().endswith(
         f"a camera pipeline (vision: in {camera}) needs the 'vision' extra (missing: cv2): "
-        "pip install 'edgeloop[vision]'")
+        "pip install 'edgeloop[edge,vision]'")
     assert edgeloop("config", "check", str(REPO / "devices/boards/rpi-64bit.yaml"), env=env).returncode == 0
 
 
