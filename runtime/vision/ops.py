@@ -7,7 +7,7 @@ extra). Problems with one frame raise PayloadError.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -15,8 +15,16 @@ from edgeloop.errors import PayloadError
 from edgeloop.edge.vision.frames import check_complete, jpeg_dimensions
 from edgeloop.edge.vision.opencv import load_cv2
 
-if TYPE_CHECKING:
-    from edgeloop.edge.vision.stages import DecodeConfig
+
+
+class DecodeSettings(Protocol):
+    """What ``Decode`` reads of its config (``stages.DecodeConfig``), named here so ops never import stages."""
+
+    reduce: Literal[1, 2, 4, 8, "auto"]
+    gray: bool
+    expect_size: tuple[int, int] | None
+    max_width: int
+    max_height: int
 
 cv2 = load_cv2()
 
@@ -49,7 +57,7 @@ _CONVERSIONS = {
 class Decode:
     """JPEG bytes -> image, refusing wrong-sized or incomplete frames before any pixel is decoded."""
 
-    def __init__(self, cfg: DecodeConfig) -> None:
+    def __init__(self, cfg: DecodeSettings) -> None:
         self.cfg = cfg
         self.auto = cfg.reduce == "auto"
         self.flag = _REDUCED[(1 if self.auto else cfg.reduce, cfg.gray)]
