@@ -377,8 +377,8 @@ class MqttLink:
         elif self._connack_refused:
             self._connack_refused = False
             self._fail_log.warning(
-                "refused", "broker %s refused connection (%s); retrying in %.1fs (attempt %d)",
-                redact_url(self.settings.url), self.last_failure, delay, self.backoff.attempt,
+                "refused", "broker %s refused connection: %s; retrying in %.1fs (attempt %d)",
+                redact_url(self.settings.url), self.last_failure.rsplit(": ", 1)[-1], delay, self.backoff.attempt,
             )
         else:
             # e.g. TLS 1.3: a broker refusing our certificate ends the session after the handshake.

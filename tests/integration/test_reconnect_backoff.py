@@ -9,7 +9,9 @@ draws are known; the assertions only use lower bounds on time (waits can be long
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -46,9 +48,10 @@ def assert_refused_attempts_grow(policy: ReconnectBackoff) -> None:
         assert after.at - before.at >= before.delay_s  # the link waited what the policy drew
 
 
-def test_refused_password_backs_off_without_reset_until_a_stable_connection(tmp_path):
+def test_refused_password_backs_off_without_reset_until_a_stable_connection(tmp_path, caplog):
     passwords = password_file(tmp_path / "passwords", someone_else=PASSWORD)
     listener = f"listener {{port}} {{host}}\nallow_anonymous false\npassword_file {passwords}"
+    caplog.set_level(logging.WARNING, logger="edgeloop.mqtt")
     with Mosquitto(tmp_path / "broker", port=free_port(), listener_conf=listener) as broker:
         settings = MqttSettings(url=broker.url, username="dev-1", password=PASSWORD,
                                 reconnect_min_s=BASE_S, reconnect_max_s=CAP_S, reconnect_stable_s=STABLE_S)
@@ -68,6 +71,10 @@ def test_refused_password_backs_off_without_reset_until_a_stable_connection(tmp_
             # bound on time that follows from the seeded delays: 0.84 + 1.52 + 1.68 + 2.07 + 4.09 s).
             assert elapsed >= sum(d.delay_s for d in draws[:-1]) >= 10.0
             eventually(lambda: new_connections(broker) - seen_before >= 6, message="the broker did not see them")
+            # docs/operations.md, "Wrong password": what the log says (and never the password).
+            assert re.search(r"refused connection: (Not authorized|Bad user name or password); retrying in "
+                             r"\d+\.\ds \(attempt \d+\)", caplog.text)
+            assert PASSWORD not in caplog.text
 
             # The password becomes valid; the broker restarts on the same port (TCP refused meanwhile).
             password_file(passwords, **{"dev-1": PASSWORD})
@@ -86,7 +93,7 @@ def test_refused_password_backs_off_without_reset_until_a_stable_connection(tmp_
             link.stop()
 
 
-def test_a_listener_that_closes_every_connection_before_connack_backs_off_too():
+def test_a_listener_that_closes_every_connection_before_connack_backs_off_too(caplog):
     """A broker (or a proxy in front of one) that accepts TCP and closes it at once."""
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[float] = []
@@ -106,6 +113,7 @@ def test_a_listener_that_closes_every_connection_before_connack_backs_off_too():
     thread.start()
     base, cap = 0.05, 0.4
     policy = ReconnectBackoff(base, cap, 1.0, rng=random.Random(1))
+    caplog.set_level(logging.WARNING, logger="edgeloop.mqtt")
     link = MqttLink(MqttSettings(url=f"mqtt://127.0.0.1:{server.getsockname()[1]}"), "closed", backoff=policy)
     link.start(wait_s=None)
     try:
@@ -114,6 +122,9 @@ def test_a_listener_that_closes_every_connection_before_connack_backs_off_too():
         assert [d.attempt for d in draws] == list(range(len(draws)))
         assert [d.ceiling_s for d in draws][:6] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]
         assert "closed before CONNACK" in (link.last_failure or "")
+        # docs/operations.md, "Broker unreachable": what the log says.
+        assert re.search(r"cannot connect to broker mqtt://127\.0\.0\.1:\d+ \(connection closed before CONNACK.*\); "
+                         r"retrying in \d+\.\ds \(attempt \d+\)", caplog.text)
         assert len(accepted) >= 8  # the listener saw each attempt
     finally:
         link.stop()
