@@ -58,7 +58,7 @@ from edgeloop.ratelimit import RateLimitedLog
 
 __all__ = [
     "DEFAULT_BROKER", "BrokerAddress", "Message", "MessageHandler", "MqttLink", "MqttSettings", "Publication",
-    "PublishProperties", "TlsSettings", "Will", "parse_broker_url", "redact_url", "wait_for_all",
+    "PublishHandler", "PublishProperties", "TlsSettings", "Will", "parse_broker_url", "redact_url", "wait_for_all",
 ]
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """MQTT connection settings: broker URL, credentials, TLS, MQTT version, reconnect policy, session.
 
-Why separate from the link (``edgeloop.mqtt``): config loading and ``config check`` validate these
-without importing paho, and one module stays one concern. ``edgeloop.mqtt`` re-exports them.
+Why separate from the link (``edgeloop.mqtt``): these are plain pydantic models, so the config
+modules load and check them without the MQTT client, and one module stays one concern.
+``edgeloop.mqtt`` re-exports them.
 """
 
 from __future__ import annotations

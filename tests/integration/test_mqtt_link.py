@@ -62,7 +62,7 @@ def test_subscriptions_added_after_connect_are_restored_after_a_clean_session_re
         pub.stop()
 
 
-def test_a_handler_that_raises_does_not_stop_later_messages_and_its_message_comes_back(mosquitto, unique_id):
+def test_a_handler_that_raises_does_not_stop_later_messages_and_its_message_comes_back(mosquitto, unique_id, caplog):
     topic = f"{unique_id}/in"
     inbox = Inbox()
 
@@ -82,6 +82,10 @@ def test_a_handler_that_raises_does_not_stop_later_messages_and_its_message_come
         eventually(lambda: inbox.payloads() == [b"a", b"b", b"c"], message="later messages stopped")
         assert first.handler_errors == 1
         assert first.connected.is_set()  # the network thread lives on
+        # docs/operations.md, "A message handler failed": the log line, with the traceback.
+        assert f"message handler failed on '{topic}': ValueError('a bug in the handler'); the message is not " \
+               "acknowledged" in caplog.text
+        assert "Traceback" in caplog.text
     finally:
         first.stop()
     # Same client id, session resumed: the broker sends again what was never acknowledged -- only that.

@@ -151,3 +151,21 @@ def test_publish_properties_are_frozen_string_pairs():
     assert props.user_properties == (("seq", "1"),)
     with pytest.raises(dataclasses.FrozenInstanceError):
         props.content_type = "x"  # type: ignore[misc]
+
+
+def test_handler_errors_show_in_the_edge_counters_and_the_bridge_stats():
+    from edgeloop.bridge.app import Bridge
+    from edgeloop.bridge.config import BridgeConfig
+    from edgeloop.edge.app import EdgeApp
+    from edgeloop.edge.config import load_edge_config
+
+    def boom(msg: Message) -> None:
+        raise KeyError(msg.topic)
+
+    edge = EdgeApp(load_edge_config(None, {"outbox": {"enabled": False}}))
+    bridge = Bridge(BridgeConfig())
+    for link in (edge.link, bridge._link):
+        link._on_message = boom  # stands in for a bug in the component's handler
+        deliver(link, paho_message(b"sensors/d/vibration", b"{}"))
+    assert edge.counters()["mqtt_handler_errors"] == 1  # also in its retained status (integer counters)
+    assert bridge.stats()["mqtt_handler_errors"] == 1
