@@ -42,7 +42,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgeloop import __version__
-from edgeloop.mqtt import MqttLink, Will
+from edgeloop.mqtt import Message, MqttLink, Will
 from edgeloop.ratelimit import RateLimitedLog
 from edgeloop.rejects import Rejects
 from edgeloop.contract import (
@@ -218,6 +218,7 @@ class Bridge:
             "dead_lettered": self.rejects.dead_lettered,
             "settled": self._settled,
             "mqtt_reconnects": self._link.reconnects,
+            "mqtt_handler_errors": self._link.handler_errors,
             "stored_lag_ms": w.lag.percentiles_ms() if w else {},
         }
 
@@ -232,25 +233,20 @@ class Bridge:
         """Retained ``status/{node_id}`` online (LWT: offline): dashboards and tests see the bridge is up."""
         self._link.publish(status_topic(self.cfg.node_id), self._status("online"), qos=1, retain=True)
 
-    def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho.MQTTMessage
-        """Runs on paho's thread: only hand off, never raise."""
+    def _on_message(self, msg: Message) -> None:
+        """Runs on paho's thread: only hand off. The link catches what this raises and leaves the
+        message unacknowledged (edgeloop/mqtt.py)."""
+        if not self._intake_open:
+            return  # stopping: not acknowledged, so the broker keeps it for the next start
+        topic = msg.topic
+        item = (topic, msg.payload, Delivery(topic, msg.mid, msg.qos, self._link.generation))
+        self._received += 1
         try:
-            if not self._intake_open:
-                return  # stopping: not acknowledged, so the broker keeps it for the next start
-            try:
-                topic = msg.topic
-            except UnicodeDecodeError:
-                topic = msg._topic.decode("utf-8", "replace")
-            item = (topic, msg.payload, Delivery(topic, msg.mid, msg.qos, self._link.generation))
-            self._received += 1
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
-                if not self._wait_for_room(item, msg.qos):
-                    self._dropped_queue_full += 1
-                    self._log.warning("queue_full", "queue full (%d): dropped a message", self.cfg.queue_size)
-        except Exception as exc:  # noqa: BLE001 -- an exception here would kill paho's loop
-            self._log.warning("on_message", "on_message failed: %r", exc)
+            self._queue.put_nowait(item)
+        except queue.Full:
+            if not self._wait_for_room(item, msg.qos):
+                self._dropped_queue_full += 1
+                self._log.warning("queue_full", "queue full (%d): dropped a message", self.cfg.queue_size)
 
     def _wait_for_room(self, item: tuple, qos: int) -> bool:
         """Back-pressure: QoS 1 waits until the writer frees room (or we stop); QoS 0 at most QUEUE_BLOCK_S."""

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 
 from edgeloop.configfile import load_config
 from edgeloop.metrics import BRIDGE_METRICS_PORT, MetricsSettings
-from edgeloop.mqtt import MqttSettings
+from edgeloop.mqttconfig import MqttSettings
 from edgeloop.secrets import read_secret_file
 from edgeloop.contract import TopicLevel
 

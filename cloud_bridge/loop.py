@@ -46,7 +46,7 @@ from edgeloop.bridge.events import EventWriter
 from edgeloop.bridge.retrainflow import RetrainRun, connect_deployer, retrain_and_deploy
 from edgeloop.bridge.samples import SampleStore
 from edgeloop.errors import ConfigError
-from edgeloop.mqtt import MqttLink
+from edgeloop.mqtt import Message, MqttLink
 from edgeloop.ratelimit import RateLimitedLog
 from edgeloop.rejects import Rejects
 from edgeloop.contract import (
@@ -163,15 +163,14 @@ class ClosedLoop:
 
     # ------------------------------------------------------------------ network thread
 
-    def _on_message(self, msg) -> None:
+    def _on_message(self, msg: Message) -> None:
+        """paho's thread: hand off. (The link catches anything raised here; edgeloop/mqtt.py.)"""
+        self.received += 1
         try:
-            self.received += 1
             self._queue.put_nowait(("msg", msg.topic, msg.payload, time.time()))
         except queue.Full:
             self.dropped_queue_full += 1
             self._log.warning("queue_full", "loop queue full (%d): dropped a sample message", QUEUE_SIZE)
-        except Exception as exc:  # noqa: BLE001 -- never kill paho's thread
-            self._log.warning("on_message", "on_message failed: %r", exc)
 
     def request_retrain(self, model: str, trigger: str = "api", since: float | None = None,
                         evidence: dict[str, float] | None = None) -> None:

@@ -34,10 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edgeloop.mqtt import MqttLink, MqttSettings
+from edgeloop.mqtt import MqttLink, MqttSettings, PublishProperties
 from edgeloop.contract import FrameMeta, check_level, encode_frame, frame_topic
 
 log = logging.getLogger(__name__)
@@ -234,7 +231,7 @@ def run_camera(
             if not link.connected.is_set():
                 report.dropped_offline += 1
                 continue
-            if last_info is not None and qos == 0 and not last_info.is_published():
+            if last_info is not None and qos == 0 and not last_info.is_published() and last_info.error is None:
                 report.dropped_backpressure += 1  # the previous frame is still in the socket buffer
                 continue
             ok, buf = cv2.imencode(".jpg", image, encode)
@@ -242,20 +239,14 @@ def run_camera(
                 report.read_failures += 1
                 continue
             payload = encode_frame(meta, buf.tobytes(), header=use_header)
-            props = None
-            if not use_header:
-                props = Properties(PacketTypes.PUBLISH)
-                props.UserProperty = meta.user_properties()
-            last_info = link.client.publish(topic, payload, qos=qos, properties=props)
+            props = None if use_header else PublishProperties(user_properties=tuple(meta.user_properties()))
+            last_info = link.publish(topic, payload, qos=qos, properties=props)
             report.published += 1
             report.bytes += len(payload)
             if label is not None:
                 report.labels[label] = report.labels.get(label, 0) + 1
         if last_info is not None:
-            try:
-                last_info.wait_for_publish(5.0)
-            except (RuntimeError, ValueError):
-                pass
+            last_info.wait(5.0)
     finally:
         report.elapsed_s = round(time.monotonic() - started, 3)
         frames.close()

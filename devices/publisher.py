@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import paho.mqtt.client as paho
-
 from edgeloop.devices.simulator import FAULT_LABEL, SENSORS, VIBRATION, FleetSimulator
-from edgeloop.mqtt import MqttLink, MqttSettings
+from edgeloop.mqtt import MqttLink, MqttSettings, Publication, wait_for_all
 from edgeloop.contract import parse_sensor_topic
 
 log = logging.getLogger(__name__)
@@ -234,9 +232,9 @@ def _publish_loop(
     devices_done = 0
     drift_written = sim.drift_at_s is None
     names: dict[str, tuple[str, str]] = {}
-    pending: list[paho.MQTTMessageInfo] = []
-    last: paho.MQTTMessageInfo | None = None
-    publish = link.client.publish
+    pending: list[Publication] = []
+    last: Publication | None = None
+    publish = link.publish
 
     if count == 0 or sim_duration == 0:
         report.elapsed_s = 0.0
@@ -261,7 +259,7 @@ def _publish_loop(
             elif lag > report.max_lag_s:
                 report.max_lag_s = lag
         info = publish(topic, reading.model_dump_json(), qos=qos)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
+        if info.error is not None:
             report.failed += 1
             continue
         last = info
@@ -293,27 +291,6 @@ def _publish_loop(
                     break
     report.elapsed_s = time.monotonic() - start_mono
     if qos:
-        report.acknowledged = _wait_acked(pending, ack_timeout_s)
+        report.acknowledged = wait_for_all(pending, ack_timeout_s)
     elif last is not None:
-        _wait_written(last, ack_timeout_s)
-
-
-def _wait_acked(infos: list[paho.MQTTMessageInfo], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    for info in infos:
-        remaining = deadline - time.monotonic()
-        try:
-            info.wait_for_publish(max(remaining, 0.001))
-        except (RuntimeError, ValueError):
-            return False
-        if not info.is_published():
-            return False
-    return True
-
-
-def _wait_written(info: paho.MQTTMessageInfo, timeout_s: float) -> None:
-    """QoS 0 messages are written in order: when the last one left, all have."""
-    try:
-        info.wait_for_publish(timeout_s)
-    except (RuntimeError, ValueError):
-        pass
+        last.wait(ack_timeout_s)  # QoS 0 messages are written in order: when the last one left, all have

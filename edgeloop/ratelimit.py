@@ -17,7 +17,7 @@ class RateLimitedLog:
         self._window: dict[str, tuple[float, int, int]] = {}
         self._lock = threading.Lock()
 
-    def warning(self, key: str, msg: str, *args: object) -> bool:
+    def warning(self, key: str, msg: str, *args: object, exc_info: bool = False) -> bool:
         now = time.monotonic()
         with self._lock:
             start, logged, suppressed = self._window.get(key, (now, 0, 0))
@@ -32,5 +32,5 @@ class RateLimitedLog:
                 self._window[key] = (start, logged, suppressed + 1)
                 emit = False
         if emit:
-            self.logger.warning(msg, *args)
+            self.logger.warning(msg, *args, exc_info=exc_info)
         return emit

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgeloop import __version__
-from edgeloop.mqtt import MqttLink, Will, redact_url
+from edgeloop.mqtt import Message, MqttLink, Will, redact_url
 from edgeloop.rejects import RateLimitedLog, Rejects
 from edgeloop.systemd import SystemdNotifier
 from edgeloop.edge.config import EdgeConfig
@@ -85,7 +85,8 @@ class EdgeApp:
 
     # ------------------------------------------------------------ network thread
 
-    def _on_message(self, msg) -> None:  # noqa: ANN001 -- paho MQTTMessage
+    def _on_message(self, msg: Message) -> None:
+        """Runs on paho's thread: only hand off. The link catches what this raises (edgeloop/mqtt.py)."""
         if not self._intake_open:
             return  # stopping: unacknowledged, so a persistent session delivers it to the next start
         if self.deploy is not None and msg.topic.startswith("models/"):
@@ -205,6 +206,7 @@ class EdgeApp:
         out["dropped_queue_full"] = self.dropped_queue_full
         out["queue_depth"] = self.inbox.qsize() if hasattr(self, "inbox") else 0
         out["reconnects"] = self.link.reconnects if hasattr(self, "link") else 0
+        out["mqtt_handler_errors"] = self.link.handler_errors if hasattr(self, "link") else 0
         if getattr(self, "deploy", None) is not None:
             out.update(self.deploy.counters)
         if getattr(self, "vision", None) is not None:

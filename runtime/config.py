@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeloop.configfile import load_config
 from edgeloop.metrics import MetricsSettings
-from edgeloop.mqtt import MqttSettings
+from edgeloop.mqttconfig import MqttSettings
 from edgeloop.contract import TOPIC_LEVEL_PATTERN, TopicLevel
 from edgeloop.edge.sampling import SamplingSettings
 from edgeloop.edge.stages import StageConfig

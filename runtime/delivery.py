@@ -74,7 +74,7 @@ class EdgeDelivery:
             if self.outbox.depth:
                 log.info("outbox %s holds %d messages from before: replaying them first", self.outbox.path, self.outbox.depth)
             self.sender = OutboxSender(self.outbox, None, window=cfg.mqtt.max_inflight)
-        self._direct: list = []  # MQTTMessageInfo of direct publishes (outbox disabled)
+        self._direct: list = []  # Publications of direct publishes (outbox disabled)
         self._dirty = threading.Event()
         self._sync_stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -105,7 +105,7 @@ class EdgeDelivery:
             self.sender.link = link
             # The sender bounds what paho holds (mqtt.max_inflight rows); paho's own in-flight limit
             # would only add a scan of every held message per PUBACK (paho 2.x _update_inflight).
-            link.client.max_inflight_messages_set(0)
+            link.set_max_inflight(0)
 
     def start(self) -> None:
         if self.sender is not None:

@@ -118,7 +118,8 @@ class ModelManager:
         return [(deploy_topic(name), 1) for name in sorted(self._sensor_of)]
 
     def attach(self, link: Any) -> None:
-        """The MqttLink used to (un)subscribe chunk topics while a transfer runs."""
+        """The MqttLink used to (un)subscribe chunk topics while a transfer runs (the link restores them
+        after a reconnect, so a transfer survives a clean-session reconnect)."""
         self._link = link
 
     def start(self) -> None:
@@ -282,12 +283,12 @@ class ModelManager:
 
     def _subscribe_chunks(self, manifest: ModelManifest) -> None:
         if self._link is not None:
-            self._link.client.subscribe(chunk_filter(manifest.model, manifest.version), qos=1)
+            self._link.subscribe(chunk_filter(manifest.model, manifest.version), qos=1)
 
     def _cancel(self, model: str) -> None:
         transfer = self._transfers.pop(model, None)
         if transfer is not None and self._link is not None:
-            self._link.client.unsubscribe(chunk_filter(model, transfer.manifest.version))
+            self._link.unsubscribe(chunk_filter(model, transfer.manifest.version))
 
     # ------------------------------------------------------------------ reporting
 

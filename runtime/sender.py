@@ -42,7 +42,7 @@ class OutboxSender:
         self.acked = 0
         self.refused = 0
         self._inflight: dict[int, Row] = {}
-        self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        self._acks: collections.deque[tuple[int, str | None]] = collections.deque()
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._stop = threading.Event()
@@ -51,9 +51,10 @@ class OutboxSender:
 
     # ------------------------------------------------------------------ any thread
 
-    def on_publish(self, mid: int, accepted: bool) -> None:
-        """paho's network thread: a PUBACK (or a QoS 0 write) for ``mid``."""
-        self._acks.append((mid, accepted))
+    def on_publish(self, mid: int, refusal: str | None) -> None:
+        """paho's network thread: a PUBACK (or a QoS 0 write) for ``mid``; ``refusal`` is the broker's
+        v5 reason when it refused the message, else None."""
+        self._acks.append((mid, refusal))
         self._wake.set()
 
     def wake(self) -> None:
@@ -133,16 +134,17 @@ class OutboxSender:
     def _settle(self) -> None:
         done: list[Row] = []
         while self._acks:
-            mid, accepted = self._acks.popleft()
+            mid, refusal = self._acks.popleft()
             row = self._inflight.pop(mid, None)
             if row is None:
                 continue  # a publish that did not come from the outbox (status, dead letters)
-            if accepted:
+            if refusal is None:
                 self.acked += 1
             else:
                 # A v5 PUBACK reason code >= 0x80 (e.g. not authorized): resending will not change it.
                 self.refused += 1
-                self._log.warning("outbox_refused", "broker refused an outbox message on %r: dropped", row.topic[:128])
+                self._log.warning("outbox_refused", "broker refused an outbox message on %r (%s): dropped",
+                                  row.topic[:128], refusal)
             done.append(row)
         if done:
             self.outbox.delete(done)

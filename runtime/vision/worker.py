@@ -18,20 +18,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edgeloop.rejects import Rejects
 from edgeloop.edge.vision.config import VisionSettings
 from edgeloop.edge.vision.engine import VisionEngine
 from edgeloop.edge.vision.slots import LatestFrames, PendingFrame
 
+if TYPE_CHECKING:
+    from edgeloop.mqtt import Message
+
 log = logging.getLogger("edgeloop.vision")
 
 Publish = Callable[[list[tuple[str, bytes]]], None]
 
 
-def user_properties(msg) -> list[tuple[str, str]] | None:
-    props = getattr(msg, "properties", None)
-    return list(getattr(props, "UserProperty", None) or []) or None
+def user_properties(msg: Message) -> list[tuple[str, str]] | None:
+    return list(msg.user_properties) or None
 
 
 class FrameWorker:
@@ -55,7 +58,7 @@ class FrameWorker:
 
     # ------------------------------------------------------------ network thread
 
-    def offer(self, msg) -> None:
+    def offer(self, msg: Message) -> None:
         """Put a frame in its stream's slot (overwriting an older one); refuse oversized frames here."""
         payload = msg.payload
         if len(payload) > self.settings.max_frame_bytes:

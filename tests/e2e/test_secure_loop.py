@@ -125,7 +125,7 @@ influx:
                 evil.publish("results/dev-b/evil/vibration_ae", forged_result("dev-a", 3), qos=1),
             ]
             for info in infos:
-                info.wait_for_publish(10)
+                info.wait(10)
 
             def stored() -> list[dict]:
                 return influx.points('SELECT * FROM "inference"', db)

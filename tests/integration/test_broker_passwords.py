@@ -55,17 +55,15 @@ def test_right_password_gets_in_and_the_acl_applies_to_the_username(broker, tmp_
     got: list[tuple[str, bytes]] = []
     observer = MqttLink(settings(b.port, ca, tmp_path, OBSERVER, PASSWORD + "-obs"), "obs",
                         subscriptions=[("#", 1)], on_message=lambda m: got.append((m.topic, m.payload)))
-    subscribed = []
-    observer.client.on_subscribe = lambda *_a: subscribed.append(1)
     with caplog.at_level(logging.DEBUG):
         device = MqttLink(settings(b.port, ca, tmp_path, "dev-1", PASSWORD), "dev-1-client")
         observer.start(wait_s=10)
         device.start(wait_s=10)
-        eventually(lambda: subscribed)
+        assert observer.subscribed.wait(10)
         try:
             # The ACL applies to the username: dev-1 may not write into dev-2's topics.
             for topic in ("sensors/dev-2/vibration", "models/m/deploy", "sensors/dev-1/vibration", "status/dev-1"):
-                device.publish(topic, topic.encode(), qos=1).wait_for_publish(10)
+                device.publish(topic, topic.encode(), qos=1).wait(10)
             eventually(lambda: ("status/dev-1", b"status/dev-1") in got)  # the fence: published last
         finally:
             device.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import random
 import ssl
 import subprocess
 import threading
@@ -29,6 +30,7 @@ from securebroker import OBSERVER, REPO, secure_broker
 from lab.servers import eventually
 
 from edgeloop.errors import TransientError
+from edgeloop.backoff import ReconnectBackoff
 from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
 
 DOCS = REPO / "docs" / "security.md"
@@ -101,24 +103,20 @@ class Peer:
         settings = MqttSettings(url=f"mqtts://127.0.0.1:{port}", tls=tls, protocol=protocol)
         self.received: list[tuple[str, bytes]] = []
         self.acks: dict[int, str] = {}
-        self._subacked = threading.Event()
         self._lock = threading.Lock()
-        self.link = MqttLink(settings, f"{name.replace('/', '_')}-{uuid.uuid4().hex[:6]}",
+        self.link = MqttLink(settings, f"{name.replace('/', '_')}-{uuid.uuid4().hex[:6]}", on_publish=self._on_publish,
                              on_message=self._on_message, subscriptions=[("#", 1)] if subscribe else [])
-        self.link.client.on_subscribe = lambda *_a: self._subacked.set()
-        self.link.client.on_publish = self._on_publish
 
     def _on_message(self, msg) -> None:  # noqa: ANN001
         with self._lock:
             self.received.append((msg.topic, msg.payload))
 
-    def _on_publish(self, _c, _u, mid, reason_code, _p) -> None:  # noqa: ANN001
-        self.acks[mid] = str(reason_code)
+    def _on_publish(self, mid: int, refusal: str | None) -> None:
+        self.acks[mid] = refusal or "Success"
 
     def start(self) -> Peer:
         self.link.start(wait_s=10)
-        if self.link.subscriptions:
-            assert self._subacked.wait(10), "no SUBACK"
+        assert self.link.subscribed.wait(10), "no SUBACK"
         return self
 
     def got(self, payload: bytes) -> bool:
@@ -128,7 +126,7 @@ class Peer:
     def publish(self, topic: str, payload: bytes) -> str:
         """Publish at QoS 1 and return the broker's PUBACK reason ("Success", "Not authorized")."""
         info = self.link.publish(topic, payload, qos=1)
-        info.wait_for_publish(10)
+        info.wait(10)
         return eventually(lambda: self.acks.get(info.mid), message=f"PUBACK for {topic}")
 
     def stop(self) -> None:
@@ -233,12 +231,11 @@ def test_a_retained_manifest_from_the_bridge_reaches_devices_and_a_device_cannot
     device = Peer(broker.port, ca.ca_file, ca.client("dev-a"), "dev-a", subscribe=False).start()
     try:
         genuine = b'{"signed": "by the registry"}'
-        assert bridge.link.client.publish(topic, genuine, qos=1, retain=True).wait_for_publish(10) is None
-        forged = device.link.client.publish(topic, b'{"forged": true}', qos=1, retain=True)
-        forged.wait_for_publish(10)
+        assert bridge.link.publish(topic, genuine, qos=1, retain=True).wait(10)
+        device.link.publish(topic, b'{"forged": true}', qos=1, retain=True).wait(10)
         # A device subscribing afterwards gets the retained manifest: the bridge's, not the forgery.
         late = Peer(broker.port, ca.ca_file, ca.client("dev-c"), "dev-c", subscribe=False)
-        late.link.subscriptions = [(topic, 1)]
+        late.link.subscribe(topic, 1)
         late.start()
         try:
             eventually(lambda: late.received, message="retained manifest not delivered")
@@ -366,14 +363,15 @@ def test_a_device_claiming_the_bridges_client_id_kicks_it_off_but_reads_none_of_
     issued = ca.client("edgeloop-bridge")
     settings = MqttSettings(url=f"mqtts://127.0.0.1:{broker.port}", reconnect_min_s=30,
                             tls=TlsSettings(ca_file=ca.ca_file, cert_file=issued.cert, key_file=issued.key))
+    # Seeded, so its first wait after being kicked off is known to outlast the test (0.84 x 30 s):
+    # with full jitter any wait may otherwise be near zero, and the two would take turns.
+    patient = ReconnectBackoff(30, 30, 60, rng=random.Random(0))
     bridge = MqttLink(settings, "bridge-under-test", subscriptions=[("results/#", 1)], clean_start=False,
-                      session_expiry_s=3600)
+                      session_expiry_s=3600, backoff=patient)
     bridge.start(wait_s=10)
     thief = Peer(broker.port, ca.ca_file, ca.client("dev-a"), "dev-a", subscribe=False)
     thief.link = MqttLink(thief.link.settings, "bridge-under-test", on_message=thief._on_message, clean_start=False,
-                          session_expiry_s=3600, subscriptions=[("commands/dev-a/#", 1)])
-    thief.link.client.on_publish = thief._on_publish
-    thief.link.client.on_subscribe = lambda *_a: thief._subacked.set()
+                          session_expiry_s=3600, subscriptions=[("commands/dev-a/#", 1)], on_publish=thief._on_publish)
     try:
         thief.start()
         eventually(lambda: not bridge.connected.is_set(), message="the bridge was not disconnected")

@@ -138,7 +138,7 @@ def filled(tmp_path_factory, influxdb):
         publisher = MqttLink(MqttSettings(url=broker.url), client_id="test-bad-input")
         publisher.start()
         for info in [publisher.publish(f"sensors/dev-00{i}/vibration", b"{broken", qos=1) for i in range(2)]:
-            info.wait_for_publish(10)
+            assert info.wait(10)
         publisher.stop()
         # A second edge node, as one with the disk outbox reports it: outbox counters in its status.
         other.start()
@@ -148,7 +148,7 @@ def filled(tmp_path_factory, influxdb):
             models={"vibration_ae": ModelRef(version="1.0.0", sha256=sha)},
             counters={"readings_in": 10, "results_out": 9, "rejected": 0, "queue_depth": 0, "reconnects": 2,
                       "dropped_queue_full": 0, "outbox_depth": 42, "outbox_dropped_overflow": 0},
-        ).model_dump_json().encode(), qos=1).wait_for_publish(10)
+        ).model_dump_json().encode(), qos=1).wait(10)
         # Loop events, encoded by the same code the deployer and the drift monitor use.
         lines = [
             event_line("vibration_ae", kind, f"{kind} of vibration_ae", version, ts=time.time() - 30 + i)

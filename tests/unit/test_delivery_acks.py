@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
-from paho.mqtt.client import MQTTMessage
 
 import edgeloop.bridge.batching as batching_module
 from edgeloop.bridge.app import Bridge
 from edgeloop.bridge.config import BridgeConfig
 from edgeloop.bridge.errors import Unavailable
 from edgeloop.errors import ConfigError
+from edgeloop.mqtt import Message
 from edgeloop.edge.config import load_edge_config
 from edgeloop.edge.delivery import EdgeDelivery, session_expiry_s, window_history
 from edgeloop.edge.outbox import Outbox
@@ -61,25 +61,25 @@ def test_sender_keeps_at_most_window_in_flight_and_deletes_only_acked(tmp_path):
     try:
         eventually(lambda: len(link.sent) == 3)
         assert sender.inflight == 3 and box.depth == 10
-        sender.on_publish(link.sent[0][0], True)
-        sender.on_publish(link.sent[1][0], False)  # a v5 refusal: dropped, counted, not resent
+        sender.on_publish(link.sent[0][0], None)
+        sender.on_publish(link.sent[1][0], "Not authorized")  # a v5 refusal: dropped, counted, not resent
         eventually(lambda: len(link.sent) == 5)
         assert [p for _, _, p in link.sent] == [str(i).encode() for i in range(5)]  # oldest first
         eventually(lambda: box.depth == 8)
         assert sender.counters()["outbox_refused"] == 1 and sender.counters()["outbox_acked"] == 1
         link.connected.clear()  # offline: nothing more is handed to the client
         for mid, _, _ in list(link.sent[2:]):
-            sender.on_publish(mid, True)
+            sender.on_publish(mid, None)
         eventually(lambda: sender.inflight == 0)
         assert len(link.sent) == 5 and box.depth == 5
         link.connected.set()
         sender.wake()
         eventually(lambda: len(link.sent) == 8)
         for mid, _, _ in list(link.sent[5:]):
-            sender.on_publish(mid, True)
+            sender.on_publish(mid, None)
         eventually(lambda: len(link.sent) == 10)
         for mid, _, _ in list(link.sent[8:]):
-            sender.on_publish(mid, True)
+            sender.on_publish(mid, None)
         assert sender.drain(5)
         assert [p for _, _, p in link.sent] == [str(i).encode() for i in range(10)]
         assert box.depth == 0
@@ -103,11 +103,8 @@ def test_sender_drain_gives_up_after_its_timeout_and_keeps_the_rest(tmp_path):
         box.close()
 
 
-def msg(topic: str, payload: dict, mid: int, qos: int = 1) -> MQTTMessage:
-    m = MQTTMessage(mid=mid, topic=topic.encode())
-    m.payload = json.dumps(payload).encode()
-    m.qos = qos
-    return m
+def msg(topic: str, payload: dict, mid: int, qos: int = 1) -> Message:
+    return Message(topic, json.dumps(payload).encode(), qos=qos, mid=mid)
 
 
 def result(seq: int) -> dict:
