@@ -65,7 +65,7 @@ test-integration: deps venv ## tests/integration: real mosquitto, influxd, Victo
 test-e2e: deps venv-train ## tests/e2e: the whole loop (retraining needs the train extra)
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
-demo: deps venv ## run the demo (DEMO_ARGS=... passes through)
+demo: deps venv-train ## run the demo; its closed loop retrains a model: train extra (DEMO_ARGS=... passes through)
 	$(PY) -m lab.demo $(DEMO_ARGS)
 
 bench: deps venv ## run the benchmarks (BENCH_ARGS=... passes through)
