@@ -161,6 +161,12 @@ class DriftMonitor:
     def __init__(
         self, settings: DriftSettings, reference_for: ReferenceLookup | None = None, clock: Callable[[], float] = time.time
     ) -> None:
+        # Imported now, not on the first batch: importing river and scipy takes seconds (7 s measured
+        # on a busy machine), and on the loop thread that stall becomes a backlog of samples.
+        import scipy.stats  # noqa: F401 -- changed(), kstest
+        from river.drift import PageHinkley
+
+        self._page_hinkley = PageHinkley
         self.settings = settings
         self._reference_for = reference_for or (lambda _m, _v: None)
         self._clock = clock
@@ -194,9 +200,7 @@ class DriftMonitor:
             base = cohort.baselines[bkey] = _Baseline()
         ph = cohort.ph.get(batch.model_version)
         if ph is None:
-            from river.drift import PageHinkley
-
-            ph = cohort.ph[batch.model_version] = PageHinkley(threshold=self.settings.ph_threshold, mode="both")
+            ph = cohort.ph[batch.model_version] = self._page_hinkley(threshold=self.settings.ph_threshold, mode="both")
         for row in batch.rows:
             if row.reason != "random":
                 self.ignored_flagged += 1

@@ -116,6 +116,9 @@ class ClosedLoop:
         self._last_schedule: dict[str, float] = {}
         self._models_seen: set[str] = set()
         self.received = self.dropped_queue_full = self.batches = self.frame_samples = 0
+        #: Age of the last sample message when the loop thread took it: a loop falling behind shows here
+        #: first (the drift monitor's window counts from arrival, so a lag past ``window_s`` starves it).
+        self.lag_s = 0.0
         self.triggers: list[dict[str, Any]] = []
         subscriptions = [(SAMPLES_FILTER, 1)] if (self.store or self.monitor) else []
         if cfg.retrain.enabled:
@@ -213,6 +216,7 @@ class ClosedLoop:
             self._start_job(model, trigger, since, evidence)
             return
         _, topic, payload, received = item
+        self.lag_s = time.time() - received
         if topic == self.cfg.retrain.command_topic:
             self._command(topic, payload)
             return
@@ -358,6 +362,8 @@ class ClosedLoop:
             "batches": self.batches,
             "frame_samples_skipped": self.frame_samples,
             "dropped_queue_full": self.dropped_queue_full,
+            "queue_depth": self._queue.qsize(),
+            "lag_s": round(self.lag_s, 3),
             "rejected": dict(self.rejects.by_reason),
             "store": self.store.stats() if self.store else None,
             "drift": self.monitor.stats() if self.monitor else None,

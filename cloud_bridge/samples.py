@@ -17,8 +17,12 @@ anomaly, reason, features (list<float32>: raw features, before normalize).
 
 Rows are buffered in memory and written as one file per model when
 ``max_rows_per_file`` rows are waiting or ``flush_interval_s`` has passed
-(``flush_due``). Files are written to a ``.tmp`` name and renamed, so a reader
-never sees half a file. Buffer overflow (``max_buffered_rows``, e.g. when the
+since the first of them was buffered (``flush_due``). That is the store's
+clock, not the rows' ``received``: a bridge working through a backlog of old
+batches must still write one file per interval, not one per batch (measured:
+a file per batch slowed the loop below the arrival rate, so the backlog only
+grew). Files are written to a ``.tmp`` name and renamed, so a reader never
+sees half a file. Buffer overflow (``max_buffered_rows``, e.g. when the
 disk is full and writes fail) drops the oldest rows and counts them.
 Retention (``enforce_retention``) deletes day partitions older than
 ``retention_days`` and then the oldest files until the store is under
@@ -109,6 +113,10 @@ class SampleStore:
     """Append SampleBatches, flush them to Parquet, read them back for training. Thread-safe."""
 
     def __init__(self, settings: SampleStoreSettings, clock=time.time) -> None:
+        # Imported now, not in the first flush on the bridge's loop thread (a stall there is a backlog).
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
         self.settings = settings
         self.root = Path(settings.dir)
         self._clock = clock
@@ -116,7 +124,7 @@ class SampleStore:
         self._flush_lock = threading.Lock()
         self._buffers: dict[str, list[tuple]] = {}
         self._buffered = 0
-        self._oldest: float | None = None
+        self._since: float | None = None  # store clock when the buffer took its first row
         self._seq = itertools.count()
         self.counters: Counter[str] = Counter()
 
@@ -134,8 +142,8 @@ class SampleStore:
             buf = self._buffers.setdefault(batch.model, [])
             buf.extend(rows)
             self._buffered += len(rows)
-            if self._oldest is None:
-                self._oldest = received
+            if self._since is None:
+                self._since = self._clock()
             over = self._buffered - self.settings.max_buffered_rows
             if over > 0:
                 self._drop_oldest(over)
@@ -159,7 +167,7 @@ class SampleStore:
                 return False
             return (
                 self._buffered >= self.settings.max_rows_per_file
-                or now - (self._oldest or now) >= self.settings.flush_interval_s
+                or now - (self._since or now) >= self.settings.flush_interval_s
             )
 
     def flush(self) -> int:
@@ -171,7 +179,7 @@ class SampleStore:
         with self._flush_lock:
             with self._lock:
                 buffers, self._buffers = self._buffers, {}
-                self._buffered, self._oldest = 0, None
+                self._buffered, self._since = 0, None
             written = 0
             for model, rows in buffers.items():
                 by_day: dict[str, list[tuple]] = {}
@@ -187,7 +195,7 @@ class SampleStore:
                         with self._lock:
                             self._buffers.setdefault(model, [])[:0] = day_rows
                             self._buffered += len(day_rows)
-                            self._oldest = min(self._oldest or day_rows[0][0], day_rows[0][0])
+                            self._since = self._since or self._clock()
             self.counters["rows_written"] += written
             return written
 

@@ -25,7 +25,9 @@ carries ``label="fault"``; all others ``label=None``.
 Drift: from ``drift_at_s`` simulated seconds on, every device runs in a new
 regime for good (shaft speed x``drift_speed``, vibration amplitude
 x``drift_amplitude``, +4 C). That is not a fault (``label`` stays None), but a
-model trained on the old regime will flag it.
+model trained on the old regime will flag it. ``drift_from()`` sets the onset
+while ``readings()`` is being consumed (a rig that changes the regime when
+something has happened, not at a time fixed up front).
 
 Time: simulated time ``t`` starts at 0; device ``i`` is offset by a seeded
 fraction of a chunk so the fleet does not publish in lock-step. A reading's
@@ -241,6 +243,7 @@ class FleetSimulator:
             max(1, round(fault_duration_s[1] / self.chunk_s)),
         )
         self.fault_start_p = anomaly_rate
+        self._generated_s = 0.0  # simulated time up to which readings() has built blocks
 
         self.devices = [DeviceProfile.draw(seed, i, self.chunk_s) for i in range(n_devices)]
         self._faults = [_Faults(seed, i, self.fault_start_p, *self.fault_chunks) for i in range(n_devices)]
@@ -302,6 +305,14 @@ class FleetSimulator:
         valid = chunks >= c0
         out[valid] = mask[chunks[valid] - c0]
         return out
+
+    def drift_from(self, t_s: float) -> float:
+        """Drift from simulated ``t_s`` on, or from the end of what ``readings()`` already built if that is
+        later (those readings are never changed); returns the onset used. The phase stays continuous."""
+        if not t_s >= 0:
+            raise ValueError(f"t_s must be >= 0, got {t_s}")
+        self.drift_at_s = max(float(t_s), self._generated_s)
+        return self.drift_at_s
 
     def drifted(self, t: np.ndarray | float) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
@@ -469,6 +480,7 @@ class FleetSimulator:
                         events.append((t, idx, 1, seq_t, temp_topic, reading))
                         seq_t += 1
             events.sort()
+            self._generated_s = max(self._generated_s, prof.offset_s + (b + 1) * block_s)
             yield from events
             b += 1
 

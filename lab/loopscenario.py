@@ -17,6 +17,7 @@ demo and the benchmark start their own. Nothing here is a mock.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +35,9 @@ MODEL = "vibration_ae"
 
 @dataclass(frozen=True)
 class Burst:
-    """One device breaks down (``anomaly_rate``) between ``start_s`` and ``end_s`` (wall seconds after start)."""
+    """One device (index) that breaks down, with ``anomaly_rate``, between ``start_burst()`` and ``end_burst()``."""
 
     device: int
-    start_s: float
-    end_s: float
     anomaly_rate: float = 0.3
 
 
@@ -48,11 +47,15 @@ class Burst:
 class FleetPublisher(Publisher):
     """Publishes a simulated fleet (vibration only, QoS 0) paced at ``rate_hz`` readings/s per device.
 
-    Reading ``ts`` follows the wall clock (``start + time_scale * t``); the
-    regime changes ``drift_at_s`` wall seconds after the start; with a
-    ``burst``, that device's readings come from the same machine with a high
-    fault rate during the burst. Ground truth: ``faults`` lists the
-    (device, seq) of every published reading labelled fault.
+    Reading ``ts`` follows the schedule (``start + time_scale * t``). The regime
+    changes ``drift_at_s`` schedule seconds after the start, or when
+    ``start_drift()`` is called (a rig driven by events: it changes the regime
+    once the loop has shown what it should have seen so far). With a ``burst``,
+    that device's readings come from the same machine with a high fault rate
+    between ``start_burst()`` and ``end_burst()``. Each switch takes effect in
+    the publishing thread, at the next reading, and the call returns its
+    schedule offset. Ground truth: ``faults`` lists the (device, seq) of every
+    published reading labelled fault.
     """
 
     def __init__(self, port: int, devices: int, rate_hz: float, drift_at_s: float | None, *, seed: int = 42,
@@ -68,6 +71,10 @@ class FleetPublisher(Publisher):
             self.sims.append(FleetSimulator(devices, anomaly_rate=burst.anomaly_rate, **kw))
         self.devices, self.drift_at_s, self.burst, self.max_s = devices, drift_at_s, burst, max_s
         self._faults: list[tuple[int, str, int, bool]] = []  # (index in the schedule, device, seq, in the burst)
+        self._burst_on = False
+        self._burst_seqs: list[int] = []  # seqs of the burst device's readings published in the burst
+        self._requests: list[tuple[str, threading.Event, list[float]]] = []  # switches for the publishing thread
+        self._requests_lock = threading.Lock()
         super().__init__(port, self._schedule(), qos=0)
 
     @property
@@ -82,12 +89,57 @@ class FleetPublisher(Publisher):
         return [(d, s) for i, d, s, burst in self._faults if burst and i < published]
 
     @property
+    def burst_seqs(self) -> tuple[int, int] | None:
+        """(first, last) seq of the burst device's readings that came from the broken machine."""
+        seqs = list(self._burst_seqs)
+        return (seqs[0], seqs[-1]) if seqs else None
+
+    @property
     def start_wall(self) -> float:
         return self.started_at
 
     @property
     def drift_wall(self) -> float | None:
+        """Wall clock of the regime change on the schedule (reading ``ts`` at or after it are drifted)."""
         return None if self.drift_at_s is None else self.start_wall + self.drift_at_s
+
+    def start_burst(self, timeout: float = 30.0) -> float:
+        return self._switch("burst_on", timeout)
+
+    def end_burst(self, timeout: float = 30.0) -> float:
+        return self._switch("burst_off", timeout)
+
+    def start_drift(self, timeout: float = 30.0) -> float:
+        """Change the regime now (after what the simulator already built); the schedule offset of the onset."""
+        return self._switch("drift", timeout)
+
+    def _switch(self, what: str, timeout: float) -> float:
+        if what.startswith("burst") and self.burst is None:
+            raise RuntimeError("this fleet has no burst device")
+        if what == "drift" and self.drift_at_s is not None:
+            raise RuntimeError(f"the regime already changes at {self.drift_at_s:.1f}s")
+        done, out = threading.Event(), []
+        with self._requests_lock:
+            self._requests.append((what, done, out))
+        if not done.wait(timeout):
+            raise AssertionError(f"the publisher did not switch {what} within {timeout}s (running: {self.is_alive()})")
+        return out[0]
+
+    def _apply_switches(self, offset: float) -> None:
+        """In the publishing thread, before the reading at ``offset`` (schedule seconds) goes out."""
+        with self._requests_lock:
+            requests, self._requests = self._requests, []
+        for what, done, out in requests:
+            if what == "drift":
+                onset = max(sim.drift_from(offset / self.time_scale) for sim in self.sims)
+                for sim in self.sims:  # one onset for both fleets (they are built in lock-step)
+                    sim.drift_from(onset)
+                self.drift_at_s = onset * self.time_scale
+                out.append(self.drift_at_s)
+            else:
+                self._burst_on = what == "burst_on"
+                out.append(offset)
+            done.set()
 
     def _schedule(self) -> Iterator[tuple[float, str, str]]:
         """Read in the publishing thread, so the fleet's clock starts when publishing does."""
@@ -98,15 +150,17 @@ class FleetPublisher(Publisher):
         faulty = self.sims[1].readings() if self.burst else None
         burst_topic = f"sensors/dev-{self.burst.device:03d}/vibration" if self.burst else None
         for index, (topic, reading) in enumerate(normal):
-            in_burst = False
-            if faulty is not None:
-                _, f_reading = next(faulty)  # the same order: the fleets differ only in faults
-                in_burst = topic == burst_topic and self.burst.start_s <= reading.ts - start < self.burst.end_s
-                if in_burst:
-                    reading = f_reading
             offset = reading.ts - start
             if offset >= self.max_s:
                 return
+            self._apply_switches(offset)
+            in_burst = False
+            if faulty is not None:
+                _, f_reading = next(faulty)  # the same order: the fleets differ only in faults
+                in_burst = self._burst_on and topic == burst_topic
+                if in_burst:
+                    reading = f_reading
+                    self._burst_seqs.append(reading.seq)
             if reading.label == "fault":
                 self._faults.append((index, topic.split("/")[1], reading.seq, in_burst))
             yield offset, topic, reading.model_dump_json(exclude_none=True)

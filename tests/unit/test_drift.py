@@ -178,3 +178,35 @@ def test_flagged_rows_are_ignored_and_cohorts_are_separate():
     assert monitor.ignored_flagged == 2 and monitor.observed == 2
     assert sorted(monitor.stats()["evaluations"]) == ["m/a", "m/b"]
     assert all(e.status == "insufficient" for e in monitor.last_evaluations())
+
+
+def test_the_loop_thread_imports_nothing_once_the_monitor_and_the_store_are_built(tmp_path):
+    """river, scipy and pyarrow take seconds to import (7 s measured on a busy machine). Imported on the
+    bridge's loop thread at the first batch, that stall became a backlog the drift monitor never caught
+    up with; the monitor and the store import them when they are built instead."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, time
+from edgeloop.bridge.drift import DriftMonitor
+from edgeloop.bridge.loopconfig import DriftSettings, SampleStoreSettings
+from edgeloop.bridge.samples import SampleStore
+from edgeloop.contract import SampleBatch, SampleRow
+monitor = DriftMonitor(DriftSettings(enabled=True, window_s=5, interval_s=1, min_samples=5, min_device_samples=5,
+                                     baseline_samples=5))
+store = SampleStore(SampleStoreSettings(enabled=True, dir={str(tmp_path)!r}))
+before = set(sys.modules)
+rows = [SampleRow(ts=time.time(), seq=k, features=[0.1 * k, 1.0], score=0.1 * k, anomaly=False, reason="random")
+        for k in range(20)]
+batch = SampleBatch(device="d", sensor="vibration", model="m", model_version="1", model_sha256={SHA!r}, rows=rows)
+for k in range(3):
+    monitor.observe(batch, received=1000.0 + 3 * k)
+    store.add(batch)
+monitor.evaluate(now=1012.0)
+store.flush()
+print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("river", "scipy", "pyarrow", "pandas")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"imported on the loop thread: {out.stdout}"

@@ -72,6 +72,22 @@ def test_flush_is_due_by_rows_or_age(tmp_path):
     assert s.flush_due()  # 6 rows
 
 
+def test_a_backlog_of_old_batches_is_written_once_per_interval_not_once_per_batch(tmp_path):
+    """Batches the loop takes from a backlog were received long ago; their age must not make every
+    add a flush (a file per batch slowed the loop below the arrival rate: the backlog only grew)."""
+    clock = Clock()
+    s = store(tmp_path, clock, flush_interval_s=0.5)
+    flushes = 0
+    for k in range(100):  # 100 batches received 10 s ago, handled 10 ms apart
+        s.add(batch("d", 3, start=3 * k), received=T0 - 10.0 + 0.01 * k)
+        clock.t += 0.01
+        if s.flush_due():
+            flushes += s.flush() > 0
+    assert flushes == 1 and len(s.files()) == 1
+    s.flush()
+    assert s.count("m") == 300 and len(s.files()) == 2
+
+
 def test_a_changed_feature_width_keeps_only_the_newest_width(tmp_path):
     s = store(tmp_path, Clock())
     s.add(batch("d", 4, width=3), received=T0)

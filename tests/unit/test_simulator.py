@@ -186,6 +186,22 @@ def test_drift_changes_the_spectrum_but_not_the_labels():
     assert all(r.label is None for _, r in sim.readings(duration_s=20.0))
 
 
+def test_a_drift_started_mid_stream_is_the_drift_of_a_fleet_built_with_that_onset():
+    """drift_from() (a rig changing the regime when something happened) never rewrites a reading already
+    built, and what follows is what a fleet constructed with that drift_at_s yields (continuous phase)."""
+    live = FleetSimulator(3, seed=4, anomaly_rate=0.05)
+    stream = live.readings(duration_s=6.0)
+    first = [(topic, r.model_dump_json()) for topic, r in itertools.islice(stream, 100)]
+    last_t = SensorReading.model_validate_json(first[-1][1]).ts - DEFAULT_START_TS
+    onset = live.drift_from(0.5)  # already past: moved after what was built
+    assert onset > last_t > 0.5
+    rest = [(topic, r.model_dump_json()) for topic, r in stream]
+    assert first + rest == _dump(FleetSimulator(3, seed=4, anomaly_rate=0.05, drift_at_s=onset), duration_s=6.0)
+    assert FleetSimulator(1).drift_from(3.0) == 3.0  # nothing built yet: the onset asked for
+    with pytest.raises(ValueError):
+        live.drift_from(-1.0)
+
+
 def test_drift_raises_temperature():
     sim = FleetSimulator(1, seed=2, drift_at_s=100.0)
     _, temps, _ = sim.temperature(0, 0, 200)
