@@ -59,7 +59,7 @@ test: deps venv-train ## every test tier (PYTEST_ARGS=... passes through; the cl
 test-unit: venv ## tests/unit: pure logic, no servers
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-test-integration: deps venv ## tests/integration: real mosquitto, influxd, VictoriaMetrics
+test-integration: deps venv-train ## tests/integration: real mosquitto, influxd, VictoriaMetrics (the retrain tests train: train extra)
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 test-e2e: deps venv-train ## tests/e2e: the whole loop (retraining needs the train extra)

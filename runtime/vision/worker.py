@@ -47,12 +47,6 @@ class FrameWorker:
         self.dropped_oversized = 0
         self._thread = threading.Thread(target=self._run, name="edgeloop-frames", daemon=True)
 
-    @classmethod
-    def build(cls, settings: VisionSettings, rejects: Rejects, publish: Publish, *, node_id: str,
-              site: str | None = None, source: str = "edge config") -> FrameWorker:
-        engine = VisionEngine.build(settings, rejects, node_id=node_id, site=site, source=source)
-        return cls(settings, engine, publish, rejects)
-
     def subscriptions(self) -> list[tuple[str, int]]:
         return [(c.subscription, self.settings.qos) for c in self.settings.cameras]
 
