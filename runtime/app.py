@@ -147,6 +147,9 @@ class EdgeApp:
         engine = self.engine
         stopping = False
         next_status = time.monotonic() + self.cfg.status_interval_s
+        # Idle streams are swept every 10 s (sooner when a pipeline's stream_idle_s is shorter).
+        expiry_every = min([10.0] + [r.settings.stream_idle_s / 2 for r in engine.runners.values()])
+        next_expiry = time.monotonic() + expiry_every
         deploy = self.deploy
         while True:
             if deploy is not None:
@@ -183,6 +186,9 @@ class EdgeApp:
             ):
                 self._publish(engine.flush())
             self.systemd.ping()  # WatchdogSec: proves this loop still turns
+            if time.monotonic() >= next_expiry:
+                next_expiry = time.monotonic() + expiry_every
+                engine.expire_idle(time.monotonic())
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.cfg.status_interval_s
                 self._publish_birth()
@@ -202,6 +208,7 @@ class EdgeApp:
 
     def counters(self) -> dict[str, int]:
         out = dict(self.engine.counters) if hasattr(self, "engine") else {}
+        out["streams_live"] = self.engine.live_streams if hasattr(self, "engine") else 0
         out["rejected"] = self.rejects.total
         out["dropped_queue_full"] = self.dropped_queue_full
         out["queue_depth"] = self.inbox.qsize() if hasattr(self, "inbox") else 0

@@ -61,6 +61,15 @@ class PipelineSettings(BaseModel):
     in_channels: Annotated[int, Field(ge=1, le=64)] = 3
     stages: list[StageConfig] = Field(default_factory=lambda: list(DEFAULT_VIBRATION_STAGES), validate_default=True)  # type: ignore[arg-type]
     model: ModelSettings = ModelSettings()
+    max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=10_000,
+        description="live (device, sensor) streams this pipeline keeps window state for; a reading of a new "
+        "stream beyond it is rejected (too_many_streams), so unknown device ids cannot grow the edge's memory",
+    )
+    stream_idle_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600)] = Field(
+        default=3600.0,
+        description="a stream silent this long loses its window state (streams_expired); its next reading starts a fresh window",
+    )
 
     @property
     def subscription(self) -> str:

@@ -54,6 +54,8 @@ class PipelineRunner:
     pipeline: Pipeline
     pending: list[_Pending] = field(default_factory=list)
     last_seq: dict[StreamKey, int] = field(default_factory=dict)
+    #: ``time.monotonic()`` of each live stream's last accepted reading: idle streams expire.
+    last_seen: dict[StreamKey, float] = field(default_factory=dict)
     #: Running totals for this runner's model (windows, anomalies, invalid, latency_s); the
     #: model manager reads them to judge a freshly deployed model over its first windows.
     tally: Counter[str] = field(default_factory=Counter)
@@ -126,8 +128,13 @@ class Engine:
                     "wrong_shape", f"reading has {samples.shape[1]} channels, pipeline expects {runner.pipeline.in_channels}"
                 )
             key = (device, sensor)
+            if key not in runner.last_seq and len(runner.last_seq) >= runner.settings.max_streams:
+                raise PayloadError(
+                    "too_many_streams", f"pipeline {sensor!r} already keeps {runner.settings.max_streams} live streams (max_streams)"
+                )
             if not self._in_sequence(runner, key, reading.seq):
                 return 0
+            runner.last_seen[key] = received
             windows = runner.pipeline.push(key, samples, reading.ts, reading.rate_hz, reading.seq)
         except (ContractError, PayloadError) as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))
@@ -158,6 +165,29 @@ class Engine:
                 runner.pipeline.reset(key)
         runner.last_seq[key] = seq
         return True
+
+    @property
+    def live_streams(self) -> int:
+        return sum(len(r.last_seq) for r in self.runners.values())
+
+    def expire_idle(self, now: float) -> int:
+        """Forget the window state of streams with no reading for ``stream_idle_s``; return how many.
+
+        Why: a device id is whatever a peer puts in a topic, so without expiry
+        100k made-up ids would keep 100k window buffers for the life of the process.
+        """
+        expired = 0
+        for runner in self.runners.values():
+            cutoff = now - runner.settings.stream_idle_s
+            idle = [key for key, seen in runner.last_seen.items() if seen < cutoff]
+            for key in idle:
+                del runner.last_seen[key]
+                runner.last_seq.pop(key, None)
+                runner.pipeline.reset(key)
+            expired += len(idle)
+        if expired:
+            self.counters["streams_expired"] += expired
+        return expired
 
     # ------------------------------------------------------------------- flush
 

@@ -46,6 +46,8 @@ KNOWN = {
     "stream_restarts": (f"{PREFIX}_stream_restarts", "counter", "device streams that restarted at seq 0"),
     "stale_readings": (f"{PREFIX}_stale_readings", "counter", "repeated or older readings skipped (redelivery)"),
     "sequence_gaps": (f"{PREFIX}_sequence_gaps", "counter", "gaps in a stream's seq (lost readings)"),
+    "streams_live": (f"{PREFIX}_streams_live", "gauge", "(device, sensor) streams with window state (max_streams per pipeline)"),
+    "streams_expired": (f"{PREFIX}_streams_expired", "counter", "idle streams whose window state was forgotten (stream_idle_s)"),
     "invalid_outputs": (f"{PREFIX}_invalid_outputs", "counter", "model outputs that failed result validation"),
     # The disk outbox and at-least-once input (runtime/outbox.py, sender.py, inputacks.py).
     "outbox_depth": (f"{PREFIX}_outbox_depth", "gauge", "messages waiting in the disk outbox"),

@@ -94,6 +94,7 @@ class ModelSwapper:
         if src is not None and dst is not None and (src.size, src.hop, src.channels) == (dst.size, dst.hop, dst.channels):
             new.pipeline.windower = src
         new.last_seq = old.last_seq
+        new.last_seen = old.last_seen
         new.tally.clear()
         engine.runners[sensor] = new
         self.running[new.model.name] = (new.model.version, new.model.sha256)

@@ -25,6 +25,7 @@ from edgeloop.edge.vision.opencv import load_cv2
 cv2 = load_cv2()
 
 HOUR_S = 3600.0
+MAX_TRACKED_STREAMS = 10_000  # (device, camera) budgets kept; see FrameSampler._forget_quiet
 
 
 class FrameSampler:
@@ -42,7 +43,11 @@ class FrameSampler:
         self.counters["frame_samples_candidates"] += 1
         key = (result.device, result.sensor)
         now = self._clock()
-        log = self._sent.setdefault(key, deque())
+        log = self._sent.get(key)
+        if log is None:
+            if len(self._sent) >= MAX_TRACKED_STREAMS:
+                self._forget_quiet(now)
+            log = self._sent[key] = deque()
         while log and log[0] <= now - HOUR_S:
             log.popleft()
         if len(log) >= self.settings.max_per_hour:
@@ -74,6 +79,16 @@ class FrameSampler:
         )
         self.counters["frame_samples_sent"] += 1
         return sample_topic(result.device, result.model), sample.model_dump_json(exclude_none=True).encode()
+
+    def _forget_quiet(self, now: float) -> None:
+        """Bounded memory whatever device ids peers invent: drop streams with nothing sent in the
+        last hour; if that is not enough, the half that sent least recently (their budget restarts)."""
+        for key in [k for k, log in self._sent.items() if not log or log[-1] <= now - HOUR_S]:
+            del self._sent[key]
+        if len(self._sent) >= MAX_TRACKED_STREAMS:
+            by_age = sorted(self._sent, key=lambda k: self._sent[k][-1])
+            for key in by_age[: len(by_age) // 2]:
+                del self._sent[key]
 
     def _shrink(self, jpeg: bytes) -> tuple[bytes, int, int] | None:
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)

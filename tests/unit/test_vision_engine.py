@@ -156,6 +156,27 @@ def test_sampler_keeps_low_confidence_frames_within_the_hourly_budget():
     assert sampler.consider(result, meta, frames[0].payload) is not None  # the hour rolled over
 
 
+def test_sampler_budgets_stay_bounded_whatever_device_ids_peers_invent(monkeypatch):
+    from edgeloop.edge.vision import samples as samples_module
+
+    monkeypatch.setattr(samples_module, "MAX_TRACKED_STREAMS", 50)
+    clock = [1000.0]
+    sampler = FrameSampler(FrameSampleSettings(enabled=True, max_per_hour=1, max_width=80), threshold=0.6,
+                           clock=lambda: clock[0])
+    frames, _ = scene_frames(1)
+    base = InferenceResult(
+        device="cam-0", sensor="belt", model="parts_cnn_int8", model_version="1", model_sha256="0" * 64, ts=1.75e9,
+        seq=0, outputs=[0.3, 0.5, 0.2], score=0.5, anomaly=False, label="ok", latency_ms=1.0,
+    )
+    meta = FrameMeta(ts=1.75e9, seq=0)
+    for i in range(500):
+        clock[0] += 1.0
+        assert sampler.consider(base.model_copy(update={"device": f"fake-{i}"}), meta, frames[0].payload) is not None
+        assert len(sampler._sent) <= 50
+    # The most recent streams keep their budget: a second low-confidence frame is over budget.
+    assert sampler.consider(base.model_copy(update={"device": "fake-499"}), meta, frames[0].payload) is None
+
+
 def test_engine_publishes_samples_next_to_results():
     eng, _ = engine(samples={"enabled": True, "below_score": 1.0, "max_per_hour": 1})
     frames, _ = scene_frames(3, device="cam-0")
