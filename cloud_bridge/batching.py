@@ -166,8 +166,9 @@ class BatchWriter:
         self.give_up_at = deadline
         self._wake.set()
 
-    def give_up(self, batch: Batch) -> None:
-        self.points_dropped += len(batch.lines)
+    def give_up(self, batch: Batch, written: int = 0) -> None:
+        """Not acknowledged: a persistent session redelivers it (``written`` of its lines are in already)."""
+        self.points_dropped += len(batch.lines) - written
         self.given_up_at_stop += len(batch.deliveries)
 
     def held_for_s(self) -> float:
@@ -176,12 +177,13 @@ class BatchWriter:
     def write(self, batch: Batch) -> None:
         n = len(batch.lines)
         before = (self.points_refused, self.points_unconfirmed, self.points_dropped)
+        written = self.points_written
         try:
             self._write_chunks(batch.lines)
         except _GaveUp as exc:
             log.error("stopping: gave up a batch of %d points (not acknowledged: a persistent session "
                       "redelivers it): %s", n, exc)
-            self.give_up(batch)
+            self.give_up(batch, self.points_written - written)
             return  # not settled: no MQTT ack
         if (self.points_refused, self.points_unconfirmed, self.points_dropped) == before:
             self.lag.record(time.time(), batch.device_ts)
