@@ -126,14 +126,13 @@ def test_influx_create_db_creates_it_and_the_data_lands(mosquitto, influxdb, uni
 
 def test_credentials_are_checked_at_start(mosquitto, secured, unique_id):
     db, user, password = writer_user(secured, unique_id)
+    other = f"other_{unique_id}"
+    secured.create_database(other)  # exists, but the user may not write to it
     cases = [
         ({"username": user, "password": "wrong"}, "HTTP 401", "check influx.username / influx.password"),
         ({}, "HTTP 401", "set influx.username and influx.password"),
-        ({"username": user, "password": password, "db": f"other_{unique_id}"}, "HTTP 404", "CREATE DATABASE"),
+        ({"username": user, "password": password, "db": other}, "HTTP 403", f"GRANT WRITE ON {other} TO {user}"),
     ]
-    secured.query(f"CREATE DATABASE other_{unique_id}")  # exists, but the user may not write to it ...
-    cases[2] = ({"username": user, "password": password, "db": f"other_{unique_id}"}, "HTTP 403",
-                f'GRANT WRITE ON other_{unique_id} TO writer_{unique_id}')
     for influx, status, fix in cases:
         bridge = Bridge(config(mosquitto, unique_id, {"api": "v1", "url": secured.url, "db": db, **influx}))
         with pytest.raises(InfluxSetupError) as info:
