@@ -18,7 +18,8 @@ from typing import Any
 _EXPORTS = {
     "Bridge": "app", "run_bridge": "app",
     "BridgeConfig": "config", "InfluxSettings": "config", "Measurements": "config", "load_bridge_config": "config",
-    "Fatal": "errors", "PartialWrite": "errors", "SinkError": "errors", "Throttled": "errors", "Unavailable": "errors",
+    "InfluxSetupError": "errors", "Misconfigured": "errors", "PartialWrite": "errors", "SinkError": "errors",
+    "Throttled": "errors", "TooLarge": "errors", "Unavailable": "errors",
     "LineEncoder": "schema", "result_line": "schema", "status_line": "schema",
     "InfluxV1Sink": "sinks", "InfluxV2Sink": "sinks", "make_sink": "sinks",
 }
@@ -33,15 +34,17 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Bridge",
     "BridgeConfig",
-    "Fatal",
     "InfluxSettings",
+    "InfluxSetupError",
     "InfluxV1Sink",
     "InfluxV2Sink",
     "LineEncoder",
     "Measurements",
+    "Misconfigured",
     "PartialWrite",
     "SinkError",
     "Throttled",
+    "TooLarge",
     "Unavailable",
     "load_bridge_config",
     "make_sink",

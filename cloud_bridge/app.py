@@ -82,6 +82,8 @@ class Bridge:
     def __init__(self, cfg: BridgeConfig, sink: Sink | None = None) -> None:
         self.cfg = cfg
         self._sink = sink
+        #: A sink handed in is a test seam: only the bridge's own sink gets the start-up check of the server.
+        self._check_server = sink is None
         self._encoder = LineEncoder(cfg.influx)
         self._queue: queue.Queue = queue.Queue(cfg.queue_size)
         expiry = BRIDGE_SESSION_EXPIRY_S if cfg.mqtt.session_expiry_s is None else cfg.mqtt.session_expiry_s
@@ -143,13 +145,27 @@ class Bridge:
         return server
 
     def start(self, wait_s: float | None = 10.0) -> None:
-        """Start the writer and connect; raises TransientError if no broker by ``wait_s``."""
+        """Check the database, start the writer and connect.
+
+        Raises InfluxSetupError (a ConfigError: exit 2) if the server refuses
+        our writes as configured (``edgeloop.bridge.preflight``), TransientError
+        if no broker by ``wait_s``.
+        """
         if self._started:
             raise RuntimeError("bridge already started")
-        self._started = True
         influx = self.cfg.influx
+        sink = self._sink or make_sink(self.cfg)
+        if self._check_server:
+            from edgeloop.bridge.preflight import check_influx
+
+            try:
+                log.info("%s", check_influx(influx, sink))
+            except Exception:
+                sink.close()
+                raise
+        self._started = True
         target = f"influx:{influx.db if influx.api == 'v1' else influx.bucket}"
-        self._writer = BatchWriter(self._sink or make_sink(self.cfg), self.rejects, target, self._settle)
+        self._writer = BatchWriter(sink, self.rejects, target, self._settle, retry_max_s=influx.retry_max_s)
         self._thread.start()
         log.info("bridge writing to %s (%s, %s), subscribing %s", influx.url, influx.api, target, self.cfg.subscribe)
         try:
@@ -209,7 +225,13 @@ class Bridge:
             "ignored_empty_status": self._ignored_empty,
             "points_written": w.points_written if w else 0,
             "points_refused": w.points_refused if w else 0,
+            "points_unconfirmed": w.points_unconfirmed if w else 0,
             "points_dropped": w.points_dropped if w else 0,
+            "probe_writes": w.probe_writes if w else 0,
+            # A batch held unacknowledged because the server refuses us as configured (cause "" when none).
+            "held_cause": (w.held_cause or "") if w else "",
+            "held_points": w.held_points if w else 0,
+            "held_for_s": round(w.held_for_s(), 3) if w else 0.0,
             "given_up_at_stop": w.given_up_at_stop if w else 0,
             "batches": w.batches if w else 0,
             "retries": w.retries if w else 0,
@@ -388,20 +410,28 @@ def run_bridge(cfg: BridgeConfig, stop_event: threading.Event) -> int:
     """Run until ``stop_event`` is set, logging stats every 10 s; 0 if the drain completed, else 1."""
     bridge = Bridge(cfg)
     metrics = bridge.serve_metrics()  # None unless metrics.enabled
-    bridge.start()
+    try:
+        bridge.start()  # InfluxSetupError (exit 2) when the database refuses us as configured
+    except Exception:
+        if metrics is not None:
+            metrics.close()
+        raise
     last, last_t = bridge.stats(), time.monotonic()
     while not stop_event.wait(STATS_EVERY_S):
         now, stats = time.monotonic(), bridge.stats()
         rate = (stats["points_written"] - last["points_written"]) / max(1e-9, now - last_t)
         log.info(
-            "bridge: received=%d written=%d (%.0f/s) rejected=%d dropped=%d queue=%d write_errors=%s",
+            "bridge: received=%d written=%d (%.0f/s) refused=%d rejected=%d dropped=%d queue=%d write_errors=%s%s",
             stats["received"],
             stats["points_written"],
             rate,
+            stats["points_refused"] + stats["points_unconfirmed"],
             sum(stats["rejected"].values()),
             stats["points_dropped"] + stats["dropped_queue_full"],
             stats["queue_depth"],
             stats["write_errors"],
+            f" HELD {stats['held_points']} points for {stats['held_for_s']:.0f}s ({stats['held_cause']})"
+            if stats["held_cause"] else "",
         )
         last, last_t = stats, now
     drained = bridge.stop()

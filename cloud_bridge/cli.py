@@ -54,6 +54,8 @@ def cmd_bridge_run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             influx[key] = value
+    if args.influx_create_db:
+        influx["create_database"] = True
     if influx:
         overrides["influx"] = influx
     cfg = load_bridge_config(args.config, overrides)
@@ -160,6 +162,8 @@ def register(cli: Commands) -> None:
     p.add_argument("--influx-bucket", help="v2: bucket")
     p.add_argument("--influx-org", help="v2: organisation")
     p.add_argument("--influx-token-file", help="v2: file holding the API token")
+    p.add_argument("--influx-create-db", action="store_true",
+                   help="v1: create the database at start if it does not exist (influx.create_database)")
 
     p = cli.group("keys", help="Ed25519 keys for signed model deployment").command(
         "generate", cmd_keys_generate, needs=NEEDS,

@@ -82,6 +82,11 @@ class InfluxSettings(BaseModel):
     # v1 (InfluxDB 1.x /write)
     db: str | None = "edgeloop"
     rp: str | None = None
+    create_database: bool = Field(
+        default=False,
+        description="v1: at start, create 'db' if it does not exist (CREATE DATABASE; the user must be an admin). "
+        "Without it a missing database stops the start with the command to create it",
+    )
     username: str | None = None
     password: SecretStr | None = None
     # v2 (influxdb-client, InfluxDB 2.x or anything speaking /api/v2/write)
@@ -94,6 +99,11 @@ class InfluxSettings(BaseModel):
     batch_max_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
     flush_interval_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 1000
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    retry_max_s: Annotated[float, Field(ge=0.05, le=3600)] = Field(
+        default=30.0,
+        description="ceiling of the jittered backoff between attempts to write a held batch (server down, "
+        "throttling, missing database, refused credentials)",
+    )
     gzip: bool = False
     # schema
     measurements: Measurements = Measurements()
@@ -139,6 +149,9 @@ class InfluxSettings(BaseModel):
             if not self.db:
                 raise ValueError("api v1 needs 'db' (the InfluxDB 1.x database)")
         else:
+            if self.create_database:
+                raise ValueError("create_database works with api v1 only; create the v2 bucket with "
+                                 "`influx bucket create -n BUCKET -o ORG`")
             missing = [name for name in ("bucket", "org") if not getattr(self, name)]
             if missing:
                 raise ValueError(f"api v2 needs {' and '.join(repr(m) for m in missing)}")

@@ -38,8 +38,15 @@ KNOWN = {
     "statuses": (f"{PREFIX}_statuses", "counter", "node status messages decoded"),
     "ignored_empty_status": (f"{PREFIX}_ignored_empty_status", "counter", "cleared retained statuses ignored"),
     "points_written": (f"{PREFIX}_points_written", "counter", "points the database accepted"),
-    "points_refused": (f"{PREFIX}_points_refused", "counter", "points the database refused (partial write)"),
-    "points_dropped": (f"{PREFIX}_points_dropped", "counter", "points dropped after a fatal write error"),
+    "points_refused": (f"{PREFIX}_points_refused", "counter", "points the database refused (dead-lettered)"),
+    "points_unconfirmed": (f"{PREFIX}_points_unconfirmed", "counter",
+                           "points of a partial write the server did not say it stored (dead-lettered, counted lost)"),
+    "points_dropped": (f"{PREFIX}_points_dropped", "counter",
+                       "points of a sink error (dead-lettered) or of a batch given up at stop (redelivered)"),
+    "probe_writes": (f"{PREFIX}_probe_writes", "counter", "extra requests spent finding the points a partial write refused"),
+    "held_points": (f"{PREFIX}_held_points", "gauge",
+                    "points held unacknowledged because the database refuses writes as configured"),
+    "held_for_s": (f"{PREFIX}_held_seconds", "gauge", "how long the current batch has been held (0: none)"),
     "given_up_at_stop": (f"{PREFIX}_given_up_at_stop", "counter", "messages not written when the drain deadline passed"),
     "batches": (f"{PREFIX}_batches", "counter", "batches written"),
     "retries": (f"{PREFIX}_write_retries", "counter", "write attempts retried (throttled or unavailable)"),
@@ -105,6 +112,12 @@ class BridgeCollector(ComponentCollector):
         stats = now.stats
         yield from counters_as_metrics(PREFIX, stats, KNOWN)
         yield labelled_counter(f"{PREFIX}_write_errors", "failed write attempts, by kind", "kind", stats["write_errors"])
+        held = GaugeMetricFamily(f"{PREFIX}_write_held",
+                                 "1 while writes are held on a config, credential or database problem, by cause",
+                                 labels=["cause"])
+        if stats.get("held_cause"):
+            held.add_metric([stats["held_cause"]], 1)
+        yield held
         yield labelled_counter(f"{PREFIX}_rejected", "messages rejected (and dead-lettered), by reason", "reason",
                                stats["rejected"])
         lag = GaugeMetricFamily(

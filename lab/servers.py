@@ -11,6 +11,7 @@ the data dir. Only the standard library is used (urllib for HTTP).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -52,9 +53,13 @@ def eventually(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         time.sleep(interval)
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    """One HTTP request; returns (status, body) for any status instead of raising on 4xx/5xx."""
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0,
+         auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    """One HTTP request (``auth``: Basic user, password); returns (status, body) for any status instead of
+    raising on 4xx/5xx."""
     req = urllib.request.Request(url, data=body, method=method)
+    if auth is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode("ascii"))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -234,14 +239,33 @@ class InfluxDB1(_Server):
     ``influxd`` logs only to stderr, so its log is the captured console output. Writes through
     ``/write`` are readable by the next query (no flush needed); a field-type conflict answers 400
     ``partial write: field type conflict`` and drops only the conflicting points.
+
+    ``admin=(user, password)`` turns on ``auth-enabled`` and creates that admin user once the
+    server answers (influxd lets the first admin be created without credentials); the helpers
+    below then authenticate as it. ``data_conf`` adds lines to the ``[data]`` section, e.g.
+    ``max-values-per-tag = 5``.
     """
 
     name = "influxd"
 
-    def __init__(self, workdir: str | os.PathLike, port: int | None = None) -> None:
+    def __init__(self, workdir: str | os.PathLike, port: int | None = None,
+                 admin: tuple[str, str] | None = None, data_conf: str = "") -> None:
         self.rpc_port = free_port()
         super().__init__(workdir, port)
         self.conf_path = self.workdir / "influxdb.conf"
+        self.admin = admin
+        self.data_conf = data_conf
+
+    def start(self) -> "InfluxDB1":
+        super().start()
+        if self.admin is not None:
+            user, password = self.admin
+            # Idempotent, so a restart() with the same data dir passes too.
+            status, body = http("POST", f"{self.url}/query?" + urllib.parse.urlencode(
+                {"q": f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"}), auth=self.admin)
+            if status != 200 or b'"error"' in body:
+                raise AssertionError(f"influxd: creating admin {user!r} failed ({status}): {body!r}")
+        return self
 
     def _new_ports(self) -> None:
         super()._new_ports()
@@ -258,9 +282,10 @@ bind-address = "{self.host}:{self.rpc_port}"
   dir = "{d / 'data'}"
   wal-dir = "{d / 'wal'}"
   query-log-enabled = false
+{self.data_conf}
 [http]
   bind-address = "{self.host}:{self.port}"
-  auth-enabled = false
+  auth-enabled = {'true' if self.admin else 'false'}
   log-enabled = false
 [logging]
   level = "warn"
@@ -280,7 +305,7 @@ bind-address = "{self.host}:{self.rpc_port}"
     def query(self, q: str, db: str | None = None) -> dict:
         """Run InfluxQL via ``POST /query`` and return the parsed JSON; raise on any error field."""
         params = {"q": q, **({"db": db} if db else {})}
-        status, body = http("POST", f"{self.url}/query?" + urllib.parse.urlencode(params))
+        status, body = http("POST", f"{self.url}/query?" + urllib.parse.urlencode(params), auth=self.admin)
         data = json.loads(body or b"{}")
         errors = [data.get("error")] + [r.get("error") for r in data.get("results", [])]
         if status != 200 or any(errors):
@@ -294,7 +319,7 @@ bind-address = "{self.host}:{self.rpc_port}"
         """Line protocol through ``POST /write``; raise unless the server answers 204."""
         body = lines.encode() if isinstance(lines, str) else lines
         url = f"{self.url}/write?" + urllib.parse.urlencode({"db": db, "precision": precision})
-        status, resp = http("POST", url, body)
+        status, resp = http("POST", url, body, auth=self.admin)
         if status != 204:
             raise AssertionError(f"influxdb write failed ({status}): {resp.decode(errors='replace')}")
 
@@ -324,7 +349,15 @@ class VictoriaMetrics(_Server):
 
     name = "victoria-metrics"
 
+    def __init__(self, workdir: str | os.PathLike, port: int | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
+        super().__init__(workdir, port)
+        #: ``(user, password)``: HTTP Basic auth on every endpoint but /health and /ping (``-httpAuth.*``);
+        #: change it and ``restart()`` to revoke or restore access.
+        self.auth = auth
+
     def _command(self) -> list[str]:
+        auth = [f"-httpAuth.username={self.auth[0]}", f"-httpAuth.password={self.auth[1]}"] if self.auth else []
         return [
             _binary("victoria-metrics"),
             f"-httpListenAddr={self.host}:{self.port}",
@@ -334,6 +367,7 @@ class VictoriaMetrics(_Server):
             "-search.disableCache",  # no stale cached responses between writes in one test
             "-memory.allowedBytes=256MiB",
             "-loggerLevel=WARN",
+            *auth,
         ]
 
     def _ready(self) -> bool:
@@ -342,14 +376,15 @@ class VictoriaMetrics(_Server):
 
     def flush(self) -> None:
         """Make every ingested sample searchable now."""
-        status, body = http("GET", f"{self.url}/internal/force_flush")
+        status, body = http("GET", f"{self.url}/internal/force_flush", auth=self.auth)
         if status != 200:
             raise AssertionError(f"victoria-metrics force_flush failed ({status}): {body!r}")
 
     def export(self, match: str) -> list[dict]:
         """Series matching a selector (e.g. ``'{__name__=~"m_.*"}'``) as dicts with metric/values/timestamps."""
         self.flush()
-        status, body = http("GET", f"{self.url}/api/v1/export?" + urllib.parse.urlencode({"match[]": match}))
+        status, body = http("GET", f"{self.url}/api/v1/export?" + urllib.parse.urlencode({"match[]": match}),
+                            auth=self.auth)
         if status != 200:
             raise AssertionError(f"victoria-metrics export {match!r} failed ({status}): {body!r}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]

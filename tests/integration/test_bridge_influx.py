@@ -266,10 +266,13 @@ def test_type_conflict_is_a_partial_write_and_the_good_points_are_kept(
     stats = bridge.stats()
     assert stats["write_errors"] == {"partial": 1} and stats["points_refused"] == 4 and stats["retries"] == 0
     assert sorted(r["seq"] for r in influx_rows(influxdb, f"SELECT seq FROM inference WHERE device='dev-{unique_id}'", db)) == list(range(6))
-    letter = json.loads(eventually(lambda: letters.received, timeout=10)[0][1])
-    assert letter["reason"] == "partial_write" and "field type conflict" in letter["detail"]
-    summary = json.loads(__import__("base64").b64decode(letter["payload_b64"]))
-    assert summary["points"] == 10 and summary["dropped"] == 4
+    # One dead-letter per refused point, its payload the line itself (ready to be written again).
+    eventually(lambda: len(letters.received) == 4, timeout=10, message="one dead-letter per refused point")
+    dead = [json.loads(payload) for _, payload in letters.received]
+    assert all(d["reason"] == "partial_write" and "field type conflict" in d["detail"] for d in dead)
+    lines = sorted(__import__("base64").b64decode(d["payload_b64"]).decode() for d in dead)
+    assert [int(line.split("seq=")[1].split("i")[0]) for line in lines] == [6, 7, 8, 9]
+    assert stats["points_written"] == 1 + 6 and stats["probe_writes"] > 0
 
 
 def test_stop_drains_everything_already_received(mosquitto, influx_db, unique_id, clients):

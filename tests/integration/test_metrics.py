@@ -131,6 +131,35 @@ def test_bridge_metrics_scraped_over_http(mosquitto, influx_db, unique_id):
     assert len(influx.points('SELECT "score" FROM "inference"', db)) == 5
 
 
+def test_bridge_metrics_show_a_held_batch_and_its_cause(mosquitto, influx_db, unique_id):
+    influx, db = influx_db
+    cfg = load_bridge_config(None, {
+        "mqtt": {"url": mosquitto.url}, "node_id": f"bridge-{unique_id}",
+        "influx": {"api": "v1", "url": influx.url, "db": db, "flush_interval_ms": 50, "retry_max_s": 0.5},
+        "metrics": {"enabled": True, "port": free_port()},
+    })
+    bridge = Bridge(cfg)
+    server = bridge.serve_metrics()
+    bridge.start()
+    client = connect(mosquitto.port)
+    try:
+        eventually(lambda: bridge.stats()["settled"] >= 1, timeout=10, message="birth status written")
+        influx.query(f'DROP DATABASE "{db}"')
+        publish_all(client, [("status/edge-held", b'{"node": "edge-held", "state": "online", "ts": 1790000000.0}')])
+        held = eventually(lambda: (s := scrape(server.url)) and
+                          s.get(("edgeloop_bridge_write_held", (("cause", "not_found"),))) == 1 and s, timeout=15)
+        assert value(held, "edgeloop_bridge_held_points") == 1 and value(held, "edgeloop_bridge_held_seconds") > 0
+        assert value(held, "edgeloop_bridge_write_errors_total", kind="not_found") >= 1
+        influx.create_database(db)
+        after = eventually(lambda: (s := scrape(server.url)) and value(s, "edgeloop_bridge_held_points") == 0 and s,
+                           timeout=15)
+        assert not any(name == "edgeloop_bridge_write_held" for name, _ in after)
+    finally:
+        close(client)
+        bridge.stop()
+        server.close()
+
+
 def test_metrics_are_off_by_default_and_a_taken_port_is_a_config_error(mosquitto):
     cfg = load_edge_config(None, {"mqtt": {"url": mosquitto.url}})
     assert cfg.metrics.enabled is False and cfg.metrics.bind == "127.0.0.1"

@@ -6,6 +6,7 @@ the MQTT link is never connected (the integration tests do that).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -18,7 +19,7 @@ import edgeloop.bridge.batching as batching_module
 from edgeloop.bridge.app import Bridge
 from edgeloop.bridge.batching import Batch
 from edgeloop.bridge.config import BridgeConfig
-from edgeloop.bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
+from edgeloop.bridge.errors import Misconfigured, PartialWrite, Throttled, TooLarge, Unavailable
 from edgeloop.mqtt import Message
 
 SHA = "ab" * 32
@@ -71,7 +72,9 @@ def fast_retries(monkeypatch):
 def start_writer_only(bridge: Bridge) -> None:
     """What ``start()`` does, minus connecting to a broker."""
     bridge._started = True
-    bridge._writer = batching_module.BatchWriter(bridge._sink, bridge.rejects, "influx:edgeloop", bridge._settle)
+    bridge._writer = batching_module.BatchWriter(bridge._sink, bridge.rejects, "influx:edgeloop", bridge._settle,
+                                                 retry_max_s=bridge.cfg.influx.retry_max_s,
+                                                 probe_budget=batching_module.PROBE_BUDGET)
     bridge._thread.start()
 
 
@@ -113,31 +116,118 @@ def test_unavailable_and_throttled_batches_are_retried_and_kept():
     assert bridge.stop(timeout_s=5)
 
 
-def test_partial_write_moves_on_and_dead_letters_a_summary():
-    reason = 'partial write: field type conflict: input field "score" ... dropped=2'
-    sink = ScriptedSink(PartialWrite(reason, dropped=2))
-    bridge, letters = make_bridge(sink)
-    for seq in range(12):
-        bridge._on_message(message("results/dev-1/m1", result(seq=seq)))
-    eventually(lambda: bridge.stats()["batches"] == 2)
+class LossySink:
+    """Refuses lines holding ``bad`` as influxd 1.6.7 does with max-values-per-tag: a request with a bad
+    line answers 400 ``dropped=<bad count>`` yet stores only every other good line of it."""
+
+    def __init__(self, bad: str) -> None:
+        self.bad = bad
+        self.stored: set[str] = set()
+        self.requests = 0
+
+    def write(self, lines: list[str]) -> None:
+        self.requests += 1
+        bad = [line for line in lines if self.bad in line]
+        if not bad:
+            self.stored.update(lines)
+            return
+        good = [line for line in lines if self.bad not in line]
+        self.stored.update(good[::2])
+        raise PartialWrite(f"partial write: max-values-per-tag limit exceeded dropped={len(bad)}", dropped=len(bad))
+
+    def close(self) -> None:
+        pass
+
+
+def test_partial_write_finds_each_refused_point_and_counts_only_what_was_stored():
+    sink = LossySink(bad="dev-new")
+    bridge, letters = make_bridge(sink, batch_size=30, flush_interval_ms=60_000)
+    for seq in range(30):
+        device = "dev-new" if seq % 3 == 2 else "dev-1"
+        bridge._on_message(message(f"results/{device}/m1", result(device=device, seq=seq)))
+    eventually(lambda: bridge.stats()["batches"] == 1)
     stats = bridge.stats()
-    assert stats["points_written"] == 8 + 2 and stats["points_refused"] == 2 and stats["retries"] == 0
-    assert stats["rejected"] == {"partial_write": 1}
-    (topic, letter), = letters
-    assert topic == "deadletter/bridge" and letter["reason"] == "partial_write" and "dropped=2" in letter["detail"]
-    assert letter["topic"] == "influx:edgeloop"
+    # The server said dropped=10 and stored 10 of the 20 good points; the bridge resent until all 20 were in.
+    assert len(sink.stored) == 20 and all("dev-new" not in line for line in sink.stored)
+    assert stats["points_written"] == 20 and stats["points_refused"] == 10 and stats["points_unconfirmed"] == 0
+    assert stats["write_errors"] == {"partial": 1} and stats["probe_writes"] == sink.requests - 1
+    assert stats["rejected"] == {"partial_write": 10} and stats["settled"] == 30
+    refused = [base64.b64decode(letter["payload_b64"]).decode() for _, letter in letters]
+    assert all("device=dev-new" in line for line in refused) and len(set(refused)) == 10
+    assert all(letter["reason"] == "partial_write" and "max-values-per-tag" in letter["detail"] for _, letter in letters)
     bridge.stop(timeout_s=5)
 
 
-def test_fatal_drops_the_batch_and_keeps_running():
-    sink = ScriptedSink(Fatal("HTTP 404: database not found"))
-    bridge, _ = make_bridge(sink)
-    for seq in range(15):
+def test_partial_write_beyond_the_probe_budget_is_dead_lettered_as_unconfirmed_never_written(monkeypatch):
+    monkeypatch.setattr(batching_module, "PROBE_BUDGET", 2)
+    sink = LossySink(bad="seq=0i")
+    bridge, letters = make_bridge(sink, batch_size=8, flush_interval_ms=60_000)
+    for seq in range(8):
         bridge._on_message(message("results/dev-1/m1", result(seq=seq)))
-    eventually(lambda: bridge.stats()["batches"] == 2)
+    eventually(lambda: bridge.stats()["batches"] == 1)
     stats = bridge.stats()
-    assert stats["points_dropped"] == 10 and stats["points_written"] == 5 and stats["write_errors"] == {"fatal": 1}
+    # One split (2 probes): the half without seq 0 is written; the half with it stays unresolved.
+    assert stats["points_written"] == 4 and stats["points_unconfirmed"] == 4 and stats["points_refused"] == 0
+    assert stats["rejected"] == {"partial_write_unconfirmed": 4} and stats["settled"] == 8
+    assert all("did not say which" in letter["detail"] for _, letter in letters)
+    bridge.stop(timeout_s=5)
+
+
+def test_nothing_parsed_refuses_the_request_without_probing():
+    sink = ScriptedSink(PartialWrite("unable to parse 'x': missing fields"))
+    bridge, letters = make_bridge(sink, flush_interval_ms=60_000)
+    for seq in range(10):
+        bridge._on_message(message("results/dev-1/m1", result(seq=seq)))
+    eventually(lambda: bridge.stats()["batches"] == 1)
+    stats = bridge.stats()
+    assert stats["points_refused"] == 10 and stats["points_written"] == 0 and sink.attempts == 1
+    assert len(letters) == 10
+    bridge.stop(timeout_s=5)
+
+
+def test_too_large_is_sent_in_halves():
+    class Limit(ScriptedSink):
+        def write(self, lines):
+            if len(lines) > 3:
+                raise TooLarge("HTTP 413: request entity too large")
+            super().write(lines)
+
+    sink = Limit()
+    bridge, _ = make_bridge(sink, flush_interval_ms=60_000)
+    for seq in range(10):
+        bridge._on_message(message("results/dev-1/m1", result(seq=seq)))
+    eventually(lambda: bridge.stats()["batches"] == 1)
+    assert sum(len(b) for b in sink.batches) == 10 and max(len(b) for b in sink.batches) <= 3
+    assert bridge.stats()["points_written"] == 10
+    bridge.stop(timeout_s=5)
+
+
+@pytest.mark.parametrize("cause", ["not_found", "unauthorized", "forbidden", "no_endpoint", "http_418"])
+def test_a_misconfigured_server_holds_the_batch_unacknowledged_until_it_takes_it(cause):
+    refusal = Misconfigured("HTTP 4xx: no", cause, "do the thing")
+    sink = ScriptedSink(*[refusal] * 4)
+    bridge, letters = make_bridge(sink, retry_max_s=0.05, flush_interval_ms=60_000)
+    held: list[dict] = []
+    for seq in range(10):
+        bridge._on_message(message("results/dev-1/m1", result(seq=seq)))
+    eventually(lambda: sink.attempts >= 2 and held.append(bridge.stats()) is None)
+    assert held[0]["held_cause"] == cause and held[0]["held_points"] == 10 and held[0]["settled"] == 0
+    eventually(lambda: bridge.stats()["points_written"] == 10)
+    stats = bridge.stats()
+    assert stats["settled"] == 10 and stats["held_cause"] == "" and stats["held_points"] == 0
+    assert stats["write_errors"] == {cause: 4} and stats["retries"] == 4 and stats["points_dropped"] == 0
+    assert letters == [] and len(sink.batches) == 1 and len(sink.batches[0]) == 10
     assert bridge.stop(timeout_s=5)
+
+
+def test_a_held_batch_still_refused_at_stop_is_given_up_not_acknowledged():
+    sink = ScriptedSink(*[Misconfigured("HTTP 401", "unauthorized", "token")] * 10_000)
+    bridge, _ = make_bridge(sink, retry_max_s=0.05)
+    bridge._on_message(message("results/dev-1/m1", result()))
+    eventually(lambda: sink.attempts >= 12)  # retry_max_s caps the backoff: many attempts, quickly
+    assert bridge.stop(timeout_s=0.2) is False
+    stats = bridge.stats()
+    assert stats["settled"] == 0 and stats["given_up_at_stop"] == 1 and stats["points_written"] == 0
 
 
 def test_a_sink_bug_costs_one_batch_not_the_writer():
@@ -146,7 +236,8 @@ def test_a_sink_bug_costs_one_batch_not_the_writer():
     for seq in range(11):
         bridge._on_message(message("results/dev-1/m1", result(seq=seq)))
     eventually(lambda: bridge.stats()["points_written"] == 1)
-    assert bridge.stats()["write_errors"] == {"unexpected": 1}
+    assert bridge.stats()["write_errors"] == {"unexpected": 1} and bridge.stats()["points_dropped"] == 10
+    assert bridge.stats()["rejected"] == {"internal_error": 10}
     assert bridge.stop(timeout_s=5)
 
 

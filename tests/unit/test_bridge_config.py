@@ -74,6 +74,8 @@ def test_unknown_key_is_rejected_naming_file_and_field(tmp_path, text, field):
         ("influx: {measurements: {results: ''}}\n", "influx.measurements.results", "empty"),
         ("influx: {token: abc, token_file: /etc/hostname}\n", "influx", "not both"),
         ("subscribe: []\n", "subscribe", "at least 1"),
+        ("influx: {api: v2, create_database: true}\n", "influx", "influx bucket create"),
+        ("influx: {retry_max_s: 0}\n", "influx.retry_max_s", "greater than or equal to 0.05"),
     ],
 )
 def test_invalid_values_are_rejected_naming_the_field(tmp_path, text, field, words):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeloop.bridge.config import InfluxSettings
-from edgeloop.bridge.errors import Fatal, PartialWrite, SinkError, Throttled, Unavailable
+from edgeloop.bridge.errors import Misconfigured, PartialWrite, SinkError, Throttled, TooLarge, Unavailable
 from edgeloop.bridge.sinks import InfluxV1Sink, InfluxV2Sink, classify, make_sink
 from edgeloop.errors import EdgeloopError, TransientError
 
@@ -28,26 +28,61 @@ def test_success(status):
         (400, b'{"error":"partial write: unable to parse \'m x= 7\': missing field value dropped=0"}', PartialWrite, 0),
         (400, b'{"error":"unable to parse \'m x=\': missing field value"}', PartialWrite, None),
         (400, b'{"code":"invalid","message":"unable to parse points"}', PartialWrite, None),
-        (401, b'{"error":"authorization failed"}', Fatal, None),
-        (403, b"", Fatal, None),
-        (404, b'{"error":"database not found: \\"nope\\""}', Fatal, None),
-        (413, b"", Fatal, None),
-        (500, b'{"error":"retention policy not found: nope"}', Fatal, None),
+        (401, b'{"error":"authorization failed"}', Misconfigured, "unauthorized"),
+        (403, b"", Misconfigured, "forbidden"),
+        (404, b'{"error":"database not found: \\"nope\\""}', Misconfigured, "not_found"),
+        (404, b"404 page not found\n", Misconfigured, "no_endpoint"),
+        (405, b"", Misconfigured, "no_endpoint"),
+        (413, b"", TooLarge, None),
+        (500, b'{"error":"retention policy not found: nope"}', Misconfigured, "retention_policy"),
         (500, b'{"error":"timeout"}', Unavailable, None),
         (502, b"<html>bad gateway</html>", Unavailable, None),
         (429, b"", Throttled, None),
         (503, b'{"message":"too busy"}', Throttled, None),
-        (418, b"", Fatal, None),
+        (418, b"", Misconfigured, "http_418"),
     ],
 )
 def test_http_errors_are_typed(status, body, kind, dropped):
+    """``dropped``: the server's count for a PartialWrite, the cause for a Misconfigured."""
     error = classify(status, body)
     assert type(error) is kind and isinstance(error, SinkError) and isinstance(error, EdgeloopError)
     assert error.status == status
+    if kind is Misconfigured:
+        assert error.cause == dropped and error.fix
     if kind is PartialWrite:
         assert error.dropped == dropped
+        assert error.none_written == error.reason.startswith("unable to parse")
         assert "partial write" not in error.reason or error.reason.startswith("partial write")
     assert isinstance(error, TransientError) == (kind in (Throttled, Unavailable))
+
+
+V1 = InfluxSettings(api="v1", db="edgeloop", username="writer", password="pw")
+V2 = InfluxSettings(api="v2", bucket="b1", org="o1", token="t")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "influx", "fix"),
+    [
+        (404, b'{"error":"database not found: \\"edgeloop\\""}', V1, "CREATE DATABASE edgeloop"),
+        (404, b'{"error":"database not found: \\"edgeloop\\""}', V1, "--influx-create-db"),
+        (404, b'{"error":"database not found"}', InfluxSettings(api="v1", db="my-db"), 'CREATE DATABASE "my-db"'),
+        (404, b"404 page not found\n", V2, "--influx-api v1"),
+        (404, b"404 page not found\n", V1, "this server has no /write: check influx.url"),
+        (500, b'{"error":"retention policy not found: week"}', InfluxSettings(api="v1", rp="week"),
+         "create retention policy 'week'"),
+        (404, b'{"code":"not found","message":"bucket \\"b1\\" not found"}', V2, "influx bucket create -n b1 -o o1"),
+        (401, b'{"error":"authorization failed"}', V1, "influx.username / influx.password"),
+        (401, b'{"error":"unable to parse authentication credentials"}', InfluxSettings(api="v1"),
+         "set influx.username and influx.password"),
+        (403, b'{"error":"not authorized"}', V1, "GRANT WRITE ON edgeloop TO writer"),
+        (401, b"", V2, "API token"),
+        (401, b"", InfluxSettings(api="v2"), "--influx-token-file"),
+        (403, b"", V2, "write permission on bucket 'b1'"),
+    ],
+)
+def test_the_fix_is_worded_for_the_config(status, body, influx, fix):
+    error = classify(status, body, None, influx)
+    assert isinstance(error, Misconfigured) and fix in error.fix
 
 
 def test_server_message_is_kept():

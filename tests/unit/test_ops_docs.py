@@ -48,7 +48,8 @@ def exposition_names(collector_cls, component, known) -> set[str]:
         # Families named in KNOWN, the histograms and the labelled families: not fallbacks for
         # counters someone added since (those are documented generically).
         if family.name in fixed or family.type == "histogram" or family.name.endswith(
-                ("_rejected", "_dead_lettered", "_model_info", "_mqtt_connected", "_write_errors", "_stored_lag_seconds")):
+                ("_rejected", "_dead_lettered", "_model_info", "_mqtt_connected", "_write_errors", "_stored_lag_seconds",
+                 "_write_held")):
             names.add(family.name + ("_total" if family.type == "counter" else ""))
     for name, kind, _doc in known.values():
         names.add(name + ("_total" if kind == "counter" else ""))
