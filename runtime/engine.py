@@ -33,6 +33,7 @@ from edgeloop.contract import (
     result_topic,
 )
 from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.probation import MAX_ABS_INPUT, valid_inputs
 from edgeloop.edge.sampling import Sampler, encode_batches
 from edgeloop.edge.stages import Pipeline, StreamKey, Window, build_pipeline
 
@@ -54,9 +55,12 @@ class PipelineRunner:
     pipeline: Pipeline
     pending: list[_Pending] = field(default_factory=list)
     last_seq: dict[StreamKey, int] = field(default_factory=dict)
-    #: Running totals for this runner's model (windows, anomalies, invalid, latency_s); the
-    #: model manager reads them to judge a freshly deployed model over its first windows.
+    #: Running totals for this runner's model (windows, anomalies, invalid, invalid_input,
+    #: latency_s); the model manager reads them to judge a freshly deployed model.
     tally: Counter[str] = field(default_factory=Counter)
+    #: While this runner's model is on probation: ``shadow(windows, scores, produced)`` after each
+    #: batch (edgeloop.edge.probation.ShadowRun scores the same windows with the proven model).
+    shadow: Callable[[list[Window], np.ndarray, list[bool]], None] | None = None
 
     @classmethod
     def build(cls, settings: PipelineSettings, model: TfliteModel) -> "PipelineRunner":
@@ -174,6 +178,13 @@ class Engine:
     def _infer(self, runner: PipelineRunner, pending: list[_Pending]) -> list[tuple[str, bytes]]:
         model = runner.model
         features, raw = runner.pipeline.transform_with_raw([p.window.data for p in pending])
+        valid = valid_inputs(raw)
+        if not valid.all():
+            self._reject_inputs(runner, [p for p, ok in zip(pending, valid) if not ok])
+            pending = [p for p, ok in zip(pending, valid) if ok]
+            features, raw = features[valid], raw[valid]
+            if not pending:
+                return []
         started = time.perf_counter()
         outputs = model.run(features)
         scores = outputs[:, model.score_output]
@@ -181,6 +192,7 @@ class Engine:
         if self.on_batch is not None:
             self.on_batch(model.name, len(pending), time.perf_counter() - started, [done - p.received for p in pending])
         results: list[InferenceResult] = []
+        produced: list[bool] = []
         for item, out, score in zip(pending, outputs.tolist(), scores.tolist()):
             device, sensor = item.window.key
             anomaly = score > model.threshold
@@ -203,6 +215,7 @@ class Engine:
                         site=self.site,
                     )
                 )
+                produced.append(True)
             except ValidationError as exc:  # e.g. a NaN score from a broken model or extreme inputs
                 self.counters["invalid_outputs"] += 1
                 self.rejects.reject(
@@ -212,6 +225,7 @@ class Engine:
                     f"model {model.name} gave an invalid result for the window ending at seq {item.window.seq}: "
                     f"{exc.errors()[0]['msg']}",
                 )
+                produced.append(False)
         self.counters["windows"] += len(pending)
         self.counters["results_out"] += len(results)
         tally = runner.tally
@@ -223,7 +237,21 @@ class Engine:
         messages = self._encode(results)
         if self.sampler is not None:
             messages += self._samples(model, pending, raw, scores)
+        if runner.shadow is not None:
+            runner.shadow([p.window for p in pending], scores, produced)
         return messages
+
+    def _reject_inputs(self, runner: PipelineRunner, bad: list[_Pending]) -> None:
+        """Windows whose raw features are not finite or absurd: the input's fault, never the model's."""
+        self.counters["invalid_inputs"] += len(bad)
+        runner.tally["invalid_input"] += len(bad)
+        for item in bad:
+            device, sensor = item.window.key
+            self.rejects.reject(
+                f"sensors/{device}/{sensor}", b"", "invalid_input",
+                f"the window ending at seq {item.window.seq} has features that are not finite or beyond "
+                f"+-{MAX_ABS_INPUT:g} (e.g. readings near the float32 limit); not scored",
+            )
 
     def _samples(self, model: TfliteModel, pending: list[_Pending], raw: np.ndarray, scores: np.ndarray) -> list[tuple[str, bytes]]:
         """SampleBatch messages for the windows the sampler keeps (raw features, before normalize)."""
