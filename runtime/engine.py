@@ -33,11 +33,23 @@ from edgeloop.contract import (
     result_topic,
 )
 from edgeloop.edge.inference import TfliteModel
-from edgeloop.edge.probation import MAX_ABS_INPUT, valid_inputs
 from edgeloop.edge.sampling import Sampler, encode_batches
 from edgeloop.edge.stages import Pipeline, StreamKey, Window, build_pipeline
 
 log = logging.getLogger(__name__)
+
+#: Raw features beyond this magnitude are invalid input: a float32 model squares its inputs, and
+#: (1e15)^2 times a few hundred features still fits float32 (3.4e38); 3e38 readings do not.
+MAX_ABS_INPUT = 1e15
+
+
+def valid_inputs(raw: np.ndarray) -> np.ndarray:
+    """Per row: every raw feature finite and within +-MAX_ABS_INPUT."""
+    flat = raw.reshape(len(raw), -1)
+    if flat.dtype.kind in "iub":  # quantized image rows: always in range
+        return np.ones(len(raw), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(flat) <= MAX_ABS_INPUT).all(axis=1)  # NaN compares False, inf is > the bound
 
 
 @dataclass

@@ -10,8 +10,9 @@ The cost is a second inference during probation only (docs/deployment.md).
 
 Why per device and medians: one device (a faulty machine, a broken sensor, a
 hostile peer) must not decide a rollout either way. Windows whose raw
-features are not finite or absurdly large are *invalid input* (dead-lettered
-by the engine, not scored) and do not count for or against the candidate;
+features are not finite or absurdly large are *invalid input* (the engine
+dead-letters them unscored: ``edgeloop.edge.engine.valid_inputs``) and do not
+count for or against the candidate;
 rates and score shifts are taken per device, and the rules read the median
 device (with three or more devices, no single one moves it).
 
@@ -41,25 +42,10 @@ from edgeloop.edge.config import DeploySettings
 from edgeloop.errors import ModelError
 
 if TYPE_CHECKING:
-    from edgeloop.edge.engine import PipelineRunner
+    from edgeloop.edge.engine import PipelineRunner  # the engine does not import this module: no cycle
     from edgeloop.edge.stages import Window
 
-#: Raw features beyond this magnitude are invalid input: a float32 model squares its inputs, and
-#: (1e15)^2 times a few hundred features still fits float32 (3.4e38); 3e38 readings do not.
-MAX_ABS_INPUT = 1e15
 _FLOOR = 1e-12  # scores and thresholds are floored here before the logarithm (threshold 0 is legal)
-
-RULES = ("invalid_output", "latency", "anomaly_rate", "blind")
-
-
-def valid_inputs(raw: np.ndarray) -> np.ndarray:
-    """Per row: every raw feature finite and within +-MAX_ABS_INPUT."""
-    flat = raw.reshape(len(raw), -1)
-    if flat.dtype.kind in "iub":  # quantized image rows: always in range
-        return np.ones(len(raw), dtype=bool)
-    with np.errstate(invalid="ignore"):
-        return (np.abs(flat) <= MAX_ABS_INPUT).all(axis=1)  # NaN compares False, inf is > the bound
-
 
 def log_margin(scores: np.ndarray, threshold: float) -> np.ndarray:
     """log(score / threshold), both floored at 1e-12: how far below (< 0) or above its threshold a window sits."""
