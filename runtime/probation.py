@@ -12,9 +12,9 @@ Why per device and medians: one device (a faulty machine, a broken sensor, a
 hostile peer) must not decide a rollout either way. Windows whose raw
 features are not finite or absurdly large are *invalid input* (the engine
 dead-letters them unscored: ``edgeloop.edge.engine.valid_inputs``) and do not
-count for or against the candidate;
-rates and score shifts are taken per device, and the rules read the median
-device (with three or more devices, no single one moves it).
+count for or against the candidate; rates and score shifts are taken per
+device, and the rules read the median device (with three or more devices, no
+single one moves it).
 
 Rules (each names itself in the rollback detail and counts ``rollbacks_{rule}``):
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from edgeloop.edge.stages import Window
 
 _FLOOR = 1e-12  # scores and thresholds are floored here before the logarithm (threshold 0 is legal)
+
 
 def log_margin(scores: np.ndarray, threshold: float) -> np.ndarray:
     """log(score / threshold), both floored at 1e-12: how far below (< 0) or above its threshold a window sits."""
