@@ -98,7 +98,10 @@ class RetrainSettings(BaseModel):
     scored at least ``known_anomaly_factor`` times its threshold) >= ``min_recall``
     when there are at least ``min_known_anomalies``. The factor keeps windows the
     old model flagged only because the regime drifted (scores just above its
-    threshold) out of the set: the new model is right not to flag those.
+    threshold) out of the set: the new model is right not to flag those. And the
+    threshold <= ``max_threshold_ratio`` x the typical device's own threshold on
+    its held-out rows (devices with >= ``min_device_rows``), so one device
+    flooding the samples with noise cannot make the candidate blind.
     """
 
     model_config = _STRICT
@@ -125,6 +128,12 @@ class RetrainSettings(BaseModel):
     min_known_anomalies: Annotated[int, Field(ge=1)] = 10
     known_anomaly_factor: Annotated[float, Field(ge=1, le=1000)] = Field(
         default=5.0, description="a known anomaly scored >= this many times the deployed model's threshold"
+    )
+    max_threshold_ratio: Annotated[float, Field(ge=1, le=1e6)] = Field(
+        default=10.0, description="refuse a threshold more than this many times the typical device's own"
+    )
+    min_device_rows: Annotated[int, Field(ge=5)] = Field(
+        default=20, description="held-out rows a device needs to count towards the typical device's threshold"
     )
     quantize: Literal["none", "int8"] = "none"
     seed: int = 0

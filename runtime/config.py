@@ -160,10 +160,14 @@ class OutboxSettings(BaseModel):
 class DeploySettings(BaseModel):
     """Signed over-the-air model deployment (docs/deployment.md); off unless ``enabled``.
 
-    A deployed model runs its first ``canary_windows`` windows on probation:
-    it is rolled back to the previous model if any output is invalid, if the
-    mean result latency exceeds ``max_latency_ms``, or if its anomaly rate
-    exceeds ``max(max_anomaly_rate, anomaly_rate_factor * previous model's recent rate)``.
+    A deployed model runs its first ``canary_windows`` valid windows on
+    probation while the previous (proven) model scores the same windows beside
+    it (edgeloop.edge.probation). It is rolled back if it gives an invalid
+    output where the proven model did not, if the mean result latency exceeds
+    ``max_latency_ms``, if the median device's anomaly rate exceeds
+    ``max(max_anomaly_rate, anomaly_rate_factor * the proven model's on the same windows)``,
+    or if it is blind: windows score more than ``blind_score_factor`` times
+    further below its threshold than below the proven model's.
     """
 
     model_config = _FROZEN
@@ -177,6 +181,10 @@ class DeploySettings(BaseModel):
     max_anomaly_rate: Annotated[float, Field(ge=0, le=1)] = 0.2
     anomaly_rate_factor: Annotated[float, Field(ge=1, le=1000)] = 3.0
     max_latency_ms: Annotated[float, Field(gt=0, le=600_000)] = 1000.0
+    blind_score_factor: Annotated[float, Field(ge=2, le=1e12)] = Field(
+        default=100.0,
+        description="roll back a model whose windows score this many times further below its threshold than the proven model's",
+    )
 
     @model_validator(mode="after")
     def _key(self) -> "DeploySettings":

@@ -38,6 +38,19 @@ from edgeloop.edge.stages import Pipeline, StreamKey, Window, build_pipeline
 
 log = logging.getLogger(__name__)
 
+#: Raw features beyond this magnitude are invalid input: a float32 model squares its inputs, and
+#: (1e15)^2 times a few hundred features still fits float32 (3.4e38); 3e38 readings do not.
+MAX_ABS_INPUT = 1e15
+
+
+def valid_inputs(raw: np.ndarray) -> np.ndarray:
+    """Per row: every raw feature finite and within +-MAX_ABS_INPUT."""
+    flat = raw.reshape(len(raw), -1)
+    if flat.dtype.kind in "iub":  # quantized image rows: always in range
+        return np.ones(len(raw), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(flat) <= MAX_ABS_INPUT).all(axis=1)  # NaN compares False, inf is > the bound
+
 
 @dataclass
 class _Pending:
@@ -56,9 +69,12 @@ class PipelineRunner:
     last_seq: dict[StreamKey, int] = field(default_factory=dict)
     #: ``time.monotonic()`` of each live stream's last accepted reading: idle streams expire.
     last_seen: dict[StreamKey, float] = field(default_factory=dict)
-    #: Running totals for this runner's model (windows, anomalies, invalid, latency_s); the
-    #: model manager reads them to judge a freshly deployed model over its first windows.
+    #: Running totals for this runner's model (windows, anomalies, invalid, invalid_input,
+    #: latency_s); the model manager reads them to judge a freshly deployed model.
     tally: Counter[str] = field(default_factory=Counter)
+    #: While this runner's model is on probation: ``shadow(windows, scores, produced)`` after each
+    #: batch (edgeloop.edge.probation.ShadowRun scores the same windows with the proven model).
+    shadow: Callable[[list[Window], np.ndarray, list[bool]], None] | None = None
 
     @classmethod
     def build(cls, settings: PipelineSettings, model: TfliteModel) -> "PipelineRunner":
@@ -204,6 +220,13 @@ class Engine:
     def _infer(self, runner: PipelineRunner, pending: list[_Pending]) -> list[tuple[str, bytes]]:
         model = runner.model
         features, raw = runner.pipeline.transform_with_raw([p.window.data for p in pending])
+        valid = valid_inputs(raw)
+        if not valid.all():
+            self._reject_inputs(runner, [p for p, ok in zip(pending, valid) if not ok])
+            pending = [p for p, ok in zip(pending, valid) if ok]
+            features, raw = features[valid], raw[valid]
+            if not pending:
+                return []
         started = time.perf_counter()
         outputs = model.run(features)
         scores = outputs[:, model.score_output]
@@ -211,6 +234,7 @@ class Engine:
         if self.on_batch is not None:
             self.on_batch(model.name, len(pending), time.perf_counter() - started, [done - p.received for p in pending])
         results: list[InferenceResult] = []
+        produced: list[bool] = []
         for item, out, score in zip(pending, outputs.tolist(), scores.tolist()):
             device, sensor = item.window.key
             anomaly = score > model.threshold
@@ -233,6 +257,7 @@ class Engine:
                         site=self.site,
                     )
                 )
+                produced.append(True)
             except ValidationError as exc:  # e.g. a NaN score from a broken model or extreme inputs
                 self.counters["invalid_outputs"] += 1
                 self.rejects.reject(
@@ -242,6 +267,7 @@ class Engine:
                     f"model {model.name} gave an invalid result for the window ending at seq {item.window.seq}: "
                     f"{exc.errors()[0]['msg']}",
                 )
+                produced.append(False)
         self.counters["windows"] += len(pending)
         self.counters["results_out"] += len(results)
         tally = runner.tally
@@ -253,7 +279,21 @@ class Engine:
         messages = self._encode(results)
         if self.sampler is not None:
             messages += self._samples(model, pending, raw, scores)
+        if runner.shadow is not None:
+            runner.shadow([p.window for p in pending], scores, produced)
         return messages
+
+    def _reject_inputs(self, runner: PipelineRunner, bad: list[_Pending]) -> None:
+        """Windows whose raw features are not finite or absurd: the input's fault, never the model's."""
+        self.counters["invalid_inputs"] += len(bad)
+        runner.tally["invalid_input"] += len(bad)
+        for item in bad:
+            device, sensor = item.window.key
+            self.rejects.reject(
+                f"sensors/{device}/{sensor}", b"", "invalid_input",
+                f"the window ending at seq {item.window.seq} has features that are not finite or beyond "
+                f"+-{MAX_ABS_INPUT:g} (e.g. readings near the float32 limit); not scored",
+            )
 
     def _samples(self, model: TfliteModel, pending: list[_Pending], raw: np.ndarray, scores: np.ndarray) -> list[tuple[str, bytes]]:
         """SampleBatch messages for the windows the sampler keeps (raw features, before normalize)."""

@@ -9,9 +9,9 @@ two cheap things, in :meth:`ModelManager.service` at the top of its loop:
   old model, so each window gets exactly one result, and carrying the
   stream's window state over, so no window is lost), and
 * judge a freshly swapped model over its first ``deploy.canary_windows``
-  windows (invalid outputs, anomaly rate against the previous model's
-  recent rate, mean result latency) and swap the previous model back if it
-  fails.
+  windows, against the proven model shadow-running on the same windows
+  (edgeloop.edge.probation: invalid outputs, latency, anomaly rate, blind),
+  and swap the previous model back if it fails.
 
 Flow on the manager thread::
 

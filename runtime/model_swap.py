@@ -8,12 +8,13 @@ reads a few counters. Everything slow (verification, loading, self-test)
 happened before, on the model manager's thread.
 
 Probation: a swapped-in model is judged once it has scored
-``deploy.canary_windows`` windows. It is rolled back (the previous runner is
-swapped in the same way) on any invalid output, on a mean result latency over
-``max_latency_ms``, or on an anomaly rate over
-``max(max_anomaly_rate, anomaly_rate_factor x the previous model's rate over its last ~1000 windows)``.
-A second deployment arriving during probation falls back to the last proven
-model, never to the unproven one.
+``deploy.canary_windows`` valid windows, with the previous (proven) model
+shadow-running on the same windows (edgeloop.edge.probation: the rules, and
+why). A failed rule swaps the previous runner back in the same way and is
+reported as ``rolled_back`` / ``unhealthy`` with the rules named in the detail
+(``blind: ...; latency: ...``) and counted as ``rollbacks_{rule}``. A second
+deployment arriving during probation falls back to the last proven model,
+never to the unproven one.
 """
 
 from __future__ import annotations
@@ -21,17 +22,15 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgeloop.edge.config import DeploySettings
 from edgeloop.deploy_contract import ModelManifest
 from edgeloop.edge.engine import Engine, PipelineRunner
 from edgeloop.edge.inference import TfliteModel
+from edgeloop.edge.probation import ShadowRun, judge
 
 log = logging.getLogger("edgeloop.deploy")
-
-RATE_SNAPSHOT_EVERY = 100  # windows between samples of the running model's anomaly rate
-RATE_SNAPSHOTS = 10  # so the "recent rate" spans the last ~1000 windows
 
 Publish = Callable[[list[tuple[str, bytes]]], None]
 #: ``report(model, manifest, state, reason=None, detail=None, windows=None)``
@@ -54,13 +53,7 @@ class PreparedModel:
 class _Probation:
     prepared: PreparedModel
     previous: PipelineRunner
-    baseline_rate: float | None
-
-
-@dataclass
-class _RateTrack:
-    runner: PipelineRunner
-    snapshots: deque = field(default_factory=lambda: deque(maxlen=RATE_SNAPSHOTS))
+    shadow: ShadowRun
 
 
 class ModelSwapper:
@@ -75,7 +68,6 @@ class ModelSwapper:
         self.running = running  # model -> (version, sha256) now serving; read by the manager thread
         self.handoff: deque[PreparedModel] = deque()
         self._probation: dict[str, _Probation] = {}
-        self._rates: dict[str, _RateTrack] = {}
 
     def service(self, engine: Engine, publish: Publish) -> None:
         """Swap in what is prepared, judge what is on probation. Cheap when there is nothing to do."""
@@ -83,7 +75,6 @@ class ModelSwapper:
             self._swap_in(engine, publish, self.handoff.popleft())
         if self._probation:
             self._judge(engine, publish)
-        self._sample_rates(engine)
 
     def _swap(self, engine: Engine, publish: Publish, sensor: str, new: PipelineRunner) -> PipelineRunner:
         """Flush with the old model, carry the stream state over, install ``new``; return the old runner."""
@@ -96,17 +87,19 @@ class ModelSwapper:
         new.last_seq = old.last_seq
         new.last_seen = old.last_seen
         new.tally.clear()
+        old.shadow = None
         engine.runners[sensor] = new
         self.running[new.model.name] = (new.model.version, new.model.sha256)
         return old
 
     def _swap_in(self, engine: Engine, publish: Publish, prepared: PreparedModel) -> None:
         sensor = prepared.sensor
-        baseline = self._recent_rate(sensor, engine.runners[sensor])
         old = self._swap(engine, publish, sensor, prepared.runner)
         on_probation = self._probation.pop(sensor, None)
         previous = on_probation.previous if on_probation else old  # never keep an unproven model as the fallback
-        self._probation[sensor] = _Probation(prepared, previous, baseline)
+        shadow = ShadowRun(prepared.runner, previous, self.settings.canary_windows)
+        prepared.runner.shadow = shadow
+        self._probation[sensor] = _Probation(prepared, previous, shadow)
         self.counters["deploys_swapped"] += 1
         manifest = prepared.manifest
         log.info("now serving %s %s (sha256 %s...) on probation for %d windows", manifest.model,
@@ -122,45 +115,26 @@ class ModelSwapper:
             if windows < s.canary_windows:
                 continue
             del self._probation[sensor]
+            runner.shadow = None
             manifest = probation.prepared.manifest
-            rate = tally["anomalies"] / windows
-            latency_ms = tally["latency_s"] / windows * 1000.0
-            bound = max(s.max_anomaly_rate, s.anomaly_rate_factor * (probation.baseline_rate or 0.0))
-            problems = []
-            if tally["invalid"]:
-                problems.append(f"{tally['invalid']} invalid outputs")
-            if rate > bound:
-                base = "n/a" if probation.baseline_rate is None else f"{probation.baseline_rate:.3f}"
-                problems.append(f"anomaly rate {rate:.3f} over {windows} windows > bound {bound:.3f} (previous model {base})")
-            if latency_ms > s.max_latency_ms:
-                problems.append(f"mean latency {latency_ms:.1f} ms > {s.max_latency_ms:g} ms")
+            shadow = probation.shadow
+            self.counters["probation_shadow_windows"] += shadow.windows
+            problems = judge(s, tally, shadow)
             if problems:
                 self._swap(engine, publish, sensor, probation.previous)
                 self.counters["rollbacks"] += 1
-                detail = "; ".join(problems)
+                for rule, _ in problems:
+                    self.counters[f"rollbacks_{rule}"] += 1
+                detail = "; ".join(f"{rule}: {text}" for rule, text in problems)
                 log.warning("rolled back %s %s to %s: %s", manifest.model, manifest.version,
                             probation.previous.model.version, detail)
                 self.report(manifest.model, manifest, "rolled_back", reason="unhealthy", detail=detail, windows=windows)
             else:
                 self.counters["deploys_healthy"] += 1
-                log.info("%s %s healthy after %d windows (anomaly rate %.3f, mean latency %.1f ms)",
-                         manifest.model, manifest.version, windows, rate, latency_ms)
+                rate, proven_rate = shadow.median_rates()
+                log.info("%s %s healthy after %d windows (anomaly rate %.3f, proven model %.3f; shadow run %.0f us "
+                         "per window)", manifest.model, manifest.version, windows, rate, proven_rate,
+                         shadow.seconds / max(shadow.windows, 1) * 1e6)
                 self.report(manifest.model, manifest, "healthy", windows=windows)
                 if self.keep is not None:
                     self.keep(probation.prepared, probation.previous.model)
-
-    def _sample_rates(self, engine: Engine) -> None:
-        for sensor, runner in engine.runners.items():
-            track = self._rates.get(sensor)
-            if track is None or track.runner is not runner:
-                track = self._rates[sensor] = _RateTrack(runner)
-            windows = runner.tally["windows"]
-            if not track.snapshots or windows - track.snapshots[-1][0] >= RATE_SNAPSHOT_EVERY:
-                track.snapshots.append((windows, runner.tally["anomalies"]))
-
-    def _recent_rate(self, sensor: str, runner: PipelineRunner) -> float | None:
-        """Anomaly rate of ``runner`` over roughly its last 1000 windows (None before any)."""
-        track = self._rates.get(sensor)
-        w0, a0 = track.snapshots[0] if track is not None and track.runner is runner and track.snapshots else (0, 0)
-        windows = runner.tally["windows"] - w0
-        return (runner.tally["anomalies"] - a0) / windows if windows > 0 else None

@@ -22,7 +22,11 @@ Why it looks like this:
   ``fpr_tolerance``; recall on *known anomalies* (rows the parent-based
   outlier cut removed that the parent scored at least ``known_anomaly_factor``
   times its threshold) >= ``min_recall`` when there are at least
-  ``min_known_anomalies`` of them. A refused candidate is reported, never
+  ``min_known_anomalies`` of them; the threshold <= ``max_threshold_ratio``
+  times the typical device's own (the median over devices of each device's
+  conformal threshold on its held-out rows), so a device that floods the
+  samples with noise cannot raise the threshold until the fleet's faults go
+  unflagged (a poisoned candidate). A refused candidate is reported, never
   registered.
 
 The model family, normalisation, conversion (float, or int8 post-training
@@ -127,6 +131,49 @@ def conformal_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(ordered[min(k, len(ordered)) - 1])
 
 
+def typical_device_threshold(scores: np.ndarray, devices: np.ndarray, held_out: np.ndarray, quantile: float,
+                             min_rows: int) -> float | None:
+    """The median over devices (with >= ``min_rows`` held-out rows) of each device's own conformal
+    threshold on its held-out rows; None with fewer than two such devices.
+
+    The pooled threshold should sit near it: when one device's rows fill the top of the pooled
+    calibration scores (a noisy or injecting device), the pooled threshold is far above the typical
+    device's, and the candidate would not flag the typical device's faults.
+    """
+    own = [conformal_threshold(scores[held_out & (devices == d)], quantile)
+           for d in np.unique(devices[held_out]) if np.sum(held_out & (devices == d)) >= min_rows]
+    return float(np.median(own)) if len(own) >= 2 else None
+
+
+def judge_candidate(metrics: dict[str, float], s: RetrainSettings) -> tuple[dict[str, Any], list[str]]:
+    """The gate: ``{rule: True | False | "skipped: why"}`` and the reason of every rule that refused."""
+    fpr, parent_fpr = metrics["false_positive_rate_test"], metrics["parent_false_positive_rate_test"]
+    recall, typical = metrics["recall_known_anomalies"], metrics["typical_device_threshold"]
+    gate: dict[str, Any] = {
+        "max_fpr": fpr <= s.max_fpr,
+        "not_worse_than_parent": fpr <= parent_fpr + s.fpr_tolerance,
+        "recall": (
+            recall >= s.min_recall if metrics["known_anomalies"] >= s.min_known_anomalies
+            else "skipped: fewer than min_known_anomalies"
+        ),
+        "typical_device": (
+            metrics["threshold"] <= s.max_threshold_ratio * typical if np.isfinite(typical)
+            else "skipped: fewer than two devices with min_device_rows held-out rows"
+        ),
+    }
+    reasons = {
+        "max_fpr": f"FPR {fpr:.3%} > {s.max_fpr:.3%}",
+        "not_worse_than_parent": f"FPR {fpr:.3%} > parent's {parent_fpr:.3%} + {s.fpr_tolerance:.3%}",
+        "recall": f"recall on known anomalies {recall:.1%} < {s.min_recall:.0%}",
+        "typical_device": (
+            f"threshold {metrics['threshold']:.4g} > {s.max_threshold_ratio:g} x the typical device's own "
+            f"{s.threshold_quantile:.1%} score ({typical:.4g}): a minority of devices set it, the typical "
+            f"device's faults would go unflagged (a noisy or poisoning device?)"
+        ),
+    }
+    return gate, [reasons[k] for k, v in gate.items() if v is False]
+
+
 def _parent_scores(content: bytes, meta: ModelMetadata, raw: np.ndarray) -> np.ndarray:
     from edgeloop.bridge.training.autoencoder import normalize
     from edgeloop.edge.inference import TfliteModel
@@ -217,31 +264,13 @@ def retrain(job: RetrainJob) -> RetrainResult:
         "recall_known_anomalies": float(np.mean(scores[known] > threshold)) if known.any() else float("nan"),
         "parent_threshold": float(parent_meta.threshold),
     }
-    gate = {
-        "max_fpr": metrics["false_positive_rate_test"] <= s.max_fpr,
-        "not_worse_than_parent": metrics["false_positive_rate_test"]
-        <= metrics["parent_false_positive_rate_test"] + s.fpr_tolerance,
-        "recall": (
-            metrics["recall_known_anomalies"] >= s.min_recall
-            if metrics["known_anomalies"] >= s.min_known_anomalies
-            else "skipped: fewer than min_known_anomalies"
-        ),
-    }
+    typical = typical_device_threshold(scores, devices, cal | test, s.threshold_quantile, s.min_device_rows)
+    metrics["typical_device_threshold"] = float("nan") if typical is None else typical
+    gate, refusals = judge_candidate(metrics, s)
     result.metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
     result.gate = gate
-    failed = [k for k, v in gate.items() if v is False]
-    if failed:
-        result.reason = "gate refused the candidate: " + ", ".join(
-            {
-                "max_fpr": f"FPR {metrics['false_positive_rate_test']:.3%} > {s.max_fpr:.3%}",
-                "not_worse_than_parent": (
-                    f"FPR {metrics['false_positive_rate_test']:.3%} > parent's "
-                    f"{metrics['parent_false_positive_rate_test']:.3%} + {s.fpr_tolerance:.3%}"
-                ),
-                "recall": f"recall on known anomalies {metrics['recall_known_anomalies']:.1%} < {s.min_recall:.0%}",
-            }[k]
-            for k in failed
-        )
+    if refusals:
+        result.reason = "gate refused the candidate: " + ", ".join(refusals)
         result.duration_s = time.perf_counter() - started
         return result
 

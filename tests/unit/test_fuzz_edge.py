@@ -186,12 +186,13 @@ def test_values_beyond_float32_are_rejected_not_windowed(model):
 
 
 def test_extreme_but_float32_values_never_publish_a_non_finite_result(model):
-    """3e38 squares to infinity inside the feature stage: the window is dead-lettered, not published."""
+    """3e38 squares to infinity inside the feature stage: the window is invalid input, dead-lettered, not scored."""
     h = Harness(model)
     for seq in range(3):
         h.engine.ingest("sensors/dev-1/vibration", json_bytes(reading([[3e38, -3e38, 1.0]] * SAMPLES, seq)), 0.0)
     published = h.engine.flush()
     check_published(published, {"dev-1"})
     assert not [t for t, _ in published if t.startswith("results/")]
-    assert h.rejects.by_reason == {"invalid_output": 2} and h.engine.counters["windows"] == 2  # 3 readings: 2 windows
+    assert h.rejects.by_reason == {"invalid_input": 2} and h.engine.counters["invalid_inputs"] == 2  # 3 readings: 2 windows
+    assert h.engine.counters["windows"] == 0 and h.engine.counters["invalid_outputs"] == 0  # the model never saw them
     assert h.rejects.total == len(h.letters)

@@ -52,30 +52,36 @@ def selftest_for(content, meta) -> SelfTest:
 class Node:
     """An engine and its model manager, fed by hand."""
 
-    def __init__(self, tmp: Path, key_file: Path, node_id: str = "n1", state_dir: Path | None = None) -> None:
+    def __init__(self, tmp: Path, key_file: Path, node_id: str = "n1", state_dir: Path | None = None,
+                 devices: int = 2, anomaly_rate: float = 0.0, **deploy) -> None:
         self.cfg = EdgeConfig(
             node_id=node_id,
-            deploy=DeploySettings(enabled=True, public_key_file=key_file, canary_windows=CANARY_WINDOWS,
-                                  state_dir=state_dir if state_dir is not None else tmp / f"state-{node_id}"),
+            deploy=DeploySettings(enabled=True, public_key_file=key_file,
+                                  state_dir=state_dir if state_dir is not None else tmp / f"state-{node_id}",
+                                  **{"canary_windows": CANARY_WINDOWS, **deploy}),
         )
         self.rejects = Rejects("edge", logging.getLogger("test"))
         self.engine = build_engine(self.cfg, self.rejects)
         self.manager = ModelManager(self.cfg, self.engine, self.rejects)
         self.manager.restore(self.engine)
         self.results: list[InferenceResult] = []
-        sim = FleetSimulator(2, seed=3, anomaly_rate=0.0, sensors=("vibration",))
+        sim = FleetSimulator(devices, seed=3, anomaly_rate=anomaly_rate, sensors=("vibration",))
         self._readings = sim.readings(count=10**6)
         self.fed = {}
 
     def publish(self, messages) -> None:
         self.results += [InferenceResult.model_validate_json(p) for t, p in messages if t.startswith("results/")]
 
-    def feed(self, n: int) -> None:
-        """n readings, a flush after every 4, and the worker's between-batch call, like app._work."""
+    def feed(self, n: int, age_s: float = 0.0, tamper=None) -> None:
+        """n readings, a flush after every 4, and the worker's between-batch call, like app._work.
+
+        ``age_s``: the readings arrived that long ago (result latency); ``tamper(topic, reading)``
+        may replace a reading before it is sent (None: send it unchanged)."""
         for i in range(n):
             topic, reading = next(self._readings)
             self.fed[topic] = self.fed.get(topic, 0) + 1
-            self.engine.ingest(topic, reading.model_dump_json().encode(), time.monotonic())
+            reading = (tamper(topic, reading) if tamper else None) or reading
+            self.engine.ingest(topic, reading.model_dump_json().encode(), time.monotonic() - age_s)
             if i % 4 == 3:
                 self.publish(self.engine.flush())
                 self.manager.service(self.engine, self.publish)
