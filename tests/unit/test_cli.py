@@ -265,3 +265,29 @@ def test_a_closed_pipe_on_stdout_exits_0_with_nothing_on_stderr(args):
     finally:
         os.close(write_end)
     assert (run.returncode, run.stderr) == (0, "")
+
+
+def test_keys_generate_refuses_to_overwrite_and_names_force(tmp_path):
+    assert edgeloop("keys", "generate", "--out", str(tmp_path)).returncode == 0
+    before = (tmp_path / "deploy.key").read_bytes()
+    run = edgeloop("keys", "generate", "--out", str(tmp_path))
+    assert run.returncode == 2 and "already exists" in run.stderr and "--force overwrites them" in run.stderr, run.stderr
+    assert (tmp_path / "deploy.key").read_bytes() == before
+    assert edgeloop("keys", "generate", "--out", str(tmp_path), "--force").returncode == 0
+    assert (tmp_path / "deploy.key").read_bytes() != before
+
+
+@pytest.mark.parametrize("config, says", [
+    (None, "no -c bridge.yaml was given, so there is no sample store"),
+    ("samples: {enabled: false}\n", "samples.enabled is false, so there is no sample store"),
+    ("samples: {enabled: true, dir: '{tmp}/nowhere'}\n", "the sample store {tmp}/nowhere does not exist"),
+], ids=["no-config", "store-off", "store-empty"])
+def test_retrain_without_a_sample_store_says_so_and_how_to_turn_it_on(tmp_path, config, says):
+    args = ["model", "retrain", "vibration_ae", "--registry", str(tmp_path / "registry")]
+    if config is not None:
+        (tmp_path / "bridge.yaml").write_text(config.replace("{tmp}", str(tmp_path)))
+        args += ["-c", str(tmp_path / "bridge.yaml")]
+    run = edgeloop(*args)
+    assert run.returncode == 2 and says.replace("{tmp}", str(tmp_path)) in run.stderr, run.stderr
+    assert "samples: {enabled: true" in run.stderr or "samples.enabled: true" in run.stderr
+    assert "field samples" in run.stderr and "only 0" not in run.stderr
