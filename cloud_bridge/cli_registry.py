@@ -248,7 +248,7 @@ def _deploy(args: argparse.Namespace, registry: Any, version: str, rollback: boo
         canary_timeout_s=args.timeout, rollout_timeout_s=args.timeout, events=_events(args),
     )
     try:
-        # Always collect the retained statuses: a rollout matching no node must say so, even with --no-wait.
+        # Always collect the retained statuses: a rollout matching no node publishes nothing, even with --no-wait.
         deployer.wait_for_fleet(args.discover_s)
         report = deployer.deploy(args.name, version, targets=args.targets or ["*"], canary=args.canary or None,
                                  wait=not args.no_wait, rollback=rollback)

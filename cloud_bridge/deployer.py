@@ -28,8 +28,8 @@ without, when the manifest is published). When no node accepts it (every
 one refused, rolled back or stayed silent), the version is marked refused,
 ``current`` stays what the fleet runs, the retained manifest goes back to it,
 and the audit log says so (``not_accepted``). A rollout whose targets match
-no online node publishes nothing (outcome ``no_nodes``; ``wait=False``
-publishes for nodes that connect later and says so in ``reason``).
+no online node publishes nothing (outcome ``no_nodes``, even with ``wait=False``:
+a version no node runs must not become current).
 
 Retained chunks: the chunks of the version named by the retained manifest
 stay retained, so a device that connects later still gets them; chunks of
@@ -117,8 +117,7 @@ class DeployReport:
         if self.outcome == "deployed":
             return f"{what} deployed: {len(self.nodes)} node(s) run it; registry current {self.current}"
         if self.outcome == "published":
-            note = f" ({self.reason})" if self.reason else ""
-            return f"{what} published without waiting for the fleet{note}; registry current {self.current}"
+            return f"{what} published without waiting for the fleet; registry current {self.current}"
         if self.outcome == "incomplete":
             return f"{what} is the registry's current, but not every node runs it: {self.reason}"
         if self.outcome == "no_nodes":
@@ -427,12 +426,10 @@ class Deployer:
         refused = self.registry.refused(name).get(version)
         if refused is not None:
             raise DeployError(f"{name} {version} was refused ({refused}); clear that in the registry first")
-        if not self._matching(targets, name):
-            report.reason = self._no_match(name, targets)
-            if wait:
-                report.outcome = "no_nodes"
-                self._event(name, "refused", f"nothing deployed: {report.reason}", version)
-                return
+        if not self._matching(targets, name):  # a typo, the wrong broker, or the fleet is offline
+            report.outcome, report.reason = "no_nodes", self._no_match(name, targets)
+            self._event(name, "refused", f"nothing deployed: {report.reason}", version)
+            return
         if canary:
             nodes = self._matching(canary, name)
             if not nodes:

@@ -111,6 +111,8 @@ def test_a_second_version_deploys_over_tls_from_bridge_yaml_alone(fleet, tmp_pat
     captured = capsys.readouterr()
     assert json.loads(captured.out)["outcome"] == "no_nodes"
     assert "targets typo-* matched none of: dev-a" in captured.err
+    assert main(["model", "deploy", MODEL, BASE_VERSION, "--targets", "typo-*", "--no-wait", *c]) == 1
+    assert "nothing deployed: targets typo-* matched none of: dev-a" in capsys.readouterr().err
     assert main(["model", "list", MODEL, "--json", *c]) == 0
     assert [r["version"] for r in json.loads(capsys.readouterr().out) if r["current"]] == ["1.1.0"]
     assert running(statuses) == "1.1.0"
