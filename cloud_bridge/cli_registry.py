@@ -149,6 +149,7 @@ def cmd_model_add(args: argparse.Namespace) -> int:
     from edgeloop.bridge.registry import RegistryError
     from edgeloop.errors import ConfigError
     from edgeloop.modelfile import ModelMetadata, load_model_files
+    from pydantic import ValidationError
 
     content, meta = load_model_files(args.file)
     name = args.name or meta.name
@@ -164,7 +165,11 @@ def cmd_model_add(args: argparse.Namespace) -> int:
         if parent is None and meta.version in registry.versions(name) \
                 and registry.record(name, meta.version)["sha256"] == meta.sha256:
             parent = meta.version  # the registry already holds these bytes as that version
-        meta = ModelMetadata.model_validate({**meta.model_dump(mode="json", exclude_none=True), "version": args.version})
+        try:
+            meta = ModelMetadata.model_validate({**meta.model_dump(mode="json", exclude_none=True),
+                                                 "version": args.version})
+        except ValidationError as exc:
+            raise ConfigError("command line", [f"--version {args.version[:80]!r}: {exc.errors()[0]['msg']}"]) from None
     try:
         version = registry.add(name, content, meta, parent=parent, detail=detail)
         if args.promote:
