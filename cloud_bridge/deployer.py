@@ -114,12 +114,16 @@ class DeployReport:
     def summary(self) -> str:
         """One line for people: what the fleet runs now and what the registry says."""
         what = f"{self.model} {self.version}"
+        probation = sorted(n for n, s in self.nodes.items() if s == "canary")
+        later = (f"; still on probation on {', '.join(probation)}: if a node rolls back by itself later, the "
+                 f"registry still says {self.version} (`edgeloop model rollback {self.model}` then puts it back)"
+                 if probation else "")
         if self.outcome == "deployed":
-            return f"{what} deployed: {len(self.nodes)} node(s) run it; registry current {self.current}"
+            return f"{what} deployed: {len(self.nodes)} node(s) run it; registry current {self.current}{later}"
         if self.outcome == "published":
             return f"{what} published without waiting for the fleet; registry current {self.current}"
         if self.outcome == "incomplete":
-            return f"{what} is the registry's current, but not every node runs it: {self.reason}"
+            return f"{what} is the registry's current, but not every node runs it: {self.reason}{later}"
         if self.outcome == "no_nodes":
             return f"nothing deployed: {self.reason}; registry current stays {self.current}"
         return (f"the fleet did not accept {what} ({self.outcome}: {self.reason}); it is marked refused, "
