@@ -12,6 +12,7 @@ the fleet accepted (a version the edge refuses leaves it where it was, and the a
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from certs import TestCA
@@ -42,7 +43,8 @@ def fleet(tmp_path):
             configs.signed_deploy(keys.public_file, tmp_path / "edge-models", canary_windows=5)))
         registry = tmp_path / "registry"
         bridge_yaml = configs.write_config(tmp_path / "bridge.yaml", {
-            "mqtt": {"url": url, "tls": {**tls, "cert_file": str(bridge_id.cert), "key_file": str(bridge_id.key)}},
+            "mqtt": {"url": url, "client_id": "edgeloop-bridge",
+                     "tls": {**tls, "cert_file": str(bridge_id.cert), "key_file": str(bridge_id.key)}},
             "influx": {"api": "v1", "url": "http://127.0.0.1:9", "db": "edgeloop", "timeout_s": 1},
             "retrain": {"registry": str(registry), "signing_key_file": str(tmp_path / "keys" / "deploy.key")},
         })
@@ -60,7 +62,7 @@ def fleet(tmp_path):
         try:
             eventually(lambda: b'"online"' in statuses.get("status/dev-a", b""), timeout=60,
                        message=f"edge not online\n{logs(edge)}")
-            yield bridge_yaml, registry, edge, statuses, requests
+            yield bridge_yaml, registry, edge, statuses, requests, broker
         finally:
             edge.terminate()
             observer.stop()
@@ -73,7 +75,7 @@ def running(statuses: dict[str, bytes]) -> str | None:
 
 @pytest.mark.timeout(300)
 def test_a_second_version_deploys_over_tls_from_bridge_yaml_alone(fleet, tmp_path, capsys):
-    bridge_yaml, registry, edge, statuses, _ = fleet
+    bridge_yaml, registry, edge, statuses, _, broker = fleet
     c = ["-c", str(bridge_yaml)]
     base = write_model_files(tmp_path / "bundled", *bundled())
     assert main(["model", "add", MODEL, str(base), "--promote", *c]) == 0
@@ -88,7 +90,11 @@ def test_a_second_version_deploys_over_tls_from_bridge_yaml_alone(fleet, tmp_pat
     assert report["nodes"]["dev-a"] in ("healthy", "canary") and report["current"] == "1.1.0"
     assert "deployed: 1 node(s) run it; registry current 1.1.0" in captured.err
     eventually(lambda: running(statuses) == "1.1.0", timeout=30, message="dev-a does not report 1.1.0")
-    assert f"mqtt: of {bridge_yaml}, TLS with client certificate" in captured.err
+    assert f"mqtt: of {bridge_yaml}, TLS with client certificate), client id edgeloop-bridge-deploy-" in captured.err
+    # Its own client id (the file's + "-deploy-..."), never the bridge's: that would log the running bridge off.
+    connected = re.findall(r"New client connected from \S+ as (\S+)", broker.log_path.read_text())
+    assert any(re.fullmatch(r"edgeloop-bridge-deploy-[0-9a-f]{8}", c) for c in connected), connected
+    assert "edgeloop-bridge" not in connected
 
     # A version the edge refuses: the registry's current stays what the edge runs, and says so.
     write_model_files(tmp_path / "tiny", *tiny_variant("9.9.9"))
@@ -120,7 +126,7 @@ def test_a_second_version_deploys_over_tls_from_bridge_yaml_alone(fleet, tmp_pat
 
 @pytest.mark.timeout(180)
 def test_retrain_request_reaches_the_bridge_over_tls_from_bridge_yaml_alone(fleet, capsys):
-    bridge_yaml, _, _, _, requests = fleet
+    bridge_yaml, _, _, _, requests, _ = fleet
     assert main(["model", "retrain", MODEL, "--request", "-c", str(bridge_yaml)]) == 0
     eventually(lambda: requests, timeout=15, message="no retrain request on commands/#")
     assert json.loads(requests[0]) == {"model": MODEL}
