@@ -256,7 +256,7 @@ def _deploy(args: argparse.Namespace, registry: Any, version: str, rollback: boo
         # Always collect the retained statuses: a rollout matching no node publishes nothing, even with --no-wait.
         deployer.wait_for_fleet(args.discover_s)
         report = deployer.deploy(args.name, version, targets=args.targets or ["*"], canary=args.canary or None,
-                                 wait=not args.no_wait, rollback=rollback)
+                                 wait=not args.no_wait, rollback=rollback, verdict=args.wait_healthy)
     except (DeployError, RegistryError) as exc:
         return _fail(exc)
     finally:
@@ -284,6 +284,9 @@ def register_registry(model: Group, needs: tuple[str, ...]) -> None:
         p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the canary, and for the rollout")
         p.add_argument("--discover-s", type=float, default=2.0, help="seconds to collect the retained node statuses")
         p.add_argument("--no-wait", action="store_true", help="publish and return without waiting for the fleet")
+        p.add_argument("--wait-healthy", action="store_true",
+                       help="wait (up to --timeout) for each node's probation verdict: a node that rolls the version "
+                            "back counts as refusing it (default: a node running it on probation counts as accepting)")
 
     p = model.command("list", cmd_model_list, needs=needs, help="versions in the registry")
     p.add_argument("name", nargs="?")

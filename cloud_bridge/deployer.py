@@ -116,7 +116,8 @@ class DeployReport:
         what = f"{self.model} {self.version}"
         probation = sorted(n for n, s in self.nodes.items() if s == "canary")
         later = (f"; still on probation on {', '.join(probation)}: if a node rolls back by itself later, the "
-                 f"registry still says {self.version} (`edgeloop model rollback {self.model}` then puts it back)"
+                 f"registry still says {self.version} (`edgeloop model rollback {self.model}` then puts it back; "
+                 "--wait-healthy waits for the verdict)"
                  if probation else "")
         if self.outcome == "deployed":
             return f"{what} deployed: {len(self.nodes)} node(s) run it; registry current {self.current}{later}"
@@ -403,28 +404,33 @@ class Deployer:
         wait: bool = True,
         selftest: SelfTest | None = None,
         rollback: bool = False,
+        verdict: bool = False,
     ) -> DeployReport:
         """Canary (if given) then fleet. Blocks until the canary verdict and, with ``wait``, the rollout.
 
         ``canary``: node ids or globs, matched against the nodes online now
         (at least one must match). ``rollback``: the version is the registry's
         previous one, and accepting it rolls the registry back (rather than
-        promoting it again). Returns a DeployReport; raises DeployError only
-        when the deployment cannot start.
+        promoting it again). ``verdict``: in the fleet phase, wait for each
+        node's probation verdict (``healthy`` or ``rolled_back``) rather than
+        only for it to run the version, so a node that rolls back within the
+        timeout counts as not accepting it (a node still on probation at the
+        timeout counts as accepting). Returns a DeployReport; raises
+        DeployError only when the deployment cannot start.
         """
         targets = [targets] if isinstance(targets, str) else list(targets)
         with self._deploy_lock:
             started = time.monotonic()
             report = DeployReport(model=name, version=version, outcome="published")
             try:
-                self._deploy(report, targets, canary, wait, selftest, rollback)
+                self._deploy(report, targets, canary, wait, selftest, rollback, verdict)
             finally:
                 report.current = self.registry.current(name)
                 report.seconds = time.monotonic() - started
             return report
 
     def _deploy(self, report: DeployReport, targets: list[str], canary: list[str] | None, wait: bool,
-                selftest: SelfTest | None, rollback: bool) -> None:
+                selftest: SelfTest | None, rollback: bool, verdict: bool) -> None:
         name, version = report.model, report.version
         self.registry.get(name, version)  # unknown version / tampered registry: fail before publishing
         refused = self.registry.refused(name).get(version)
@@ -459,7 +465,8 @@ class Deployer:
             self._accept(name, version, rollback, f"published to {','.join(targets)} (not waited for)")
             return
         fleet = [n for n in self._matching(targets, name) if n not in report.canary]
-        states = self._wait(name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, set(ACCEPTED))
+        done = {"healthy"} if verdict else set(ACCEPTED)
+        states = self._wait(name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, done)
         report.nodes.update(states)
         bad = {n: s for n, s in states.items() if s not in ACCEPTED}
         accepted = sorted(n for n, s in report.nodes.items() if s in ACCEPTED)
