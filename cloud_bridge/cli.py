@@ -10,7 +10,9 @@ that the ``bridge`` extra (and for training, ``train``) is installed.
 ``model retrain NAME`` two ways:
 - ``--request``: publish ``{"model": NAME}`` on the running bridge's command
   topic; the bridge retrains in its worker, gates, registers and deploys, and
-  writes every step as an event (the usual way in production);
+  writes every step as an event (the usual way in production). The broker is
+  reached through the whole ``mqtt:`` section of ``-c`` (``--broker`` overrides);
+  without either the command refuses;
 - otherwise this process runs the same flow itself (``edgeloop.bridge.retrainflow``),
   with the sample store, the registry, the signing key and InfluxDB taken from
   the bridge config (``-c``): retrain, gate, register, and (unless
@@ -66,9 +68,16 @@ def cmd_bridge_run(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from edgeloop.errors import ConfigError
     from edgeloop.signing import generate_keypair
 
-    private, public, key_id = generate_keypair(args.out, overwrite=args.force)
+    try:
+        private, public, key_id = generate_keypair(args.out, overwrite=args.force)
+    except ConfigError as exc:
+        if args.force:
+            raise
+        raise ConfigError(exc.source, [*exc.problems, "--force overwrites them (every edge then needs the new "
+                                       "deploy.pub: manifests signed with the new key are refused by the old one)"]) from None
     print(f"private key {private} (mode 0600: keep it on the deploying host only)")
     print(f"public key  {public} (deploy.public_key_file on every edge)")
     print(f"key id      {key_id}")
@@ -80,17 +89,18 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def cmd_model_retrain(args: argparse.Namespace) -> int:
     from edgeloop.bridge.config import load_bridge_config
+    from edgeloop.commands import fleet_mqtt
 
-    overrides: dict = {}
-    if args.broker:
-        overrides["mqtt"] = {"url": args.broker}
-    cfg = load_bridge_config(args.config, overrides)
+    cfg = load_bridge_config(args.config, mqtt_overrides(args))
     if args.request:
         from edgeloop.bridge.loop import publish_retrain_request
+        from edgeloop.mqtt import redact_url
 
-        publish_retrain_request(cfg.mqtt.url, args.name, args.since_s, cfg.retrain.command_topic)
-        print(f"asked the bridge at {cfg.mqtt.url} to retrain {args.name} (topic {cfg.retrain.command_topic})")
+        mqtt = fleet_mqtt(cfg.mqtt, args, "retrain-request")
+        publish_retrain_request(mqtt, args.name, args.since_s, cfg.retrain.command_topic)
+        print(f"asked the bridge at {redact_url(mqtt.url)} to retrain {args.name} (topic {cfg.retrain.command_topic})")
         return 0
+    store_dir = _sample_store(args, cfg)
 
     from edgeloop.bridge.events import EventWriter
     from edgeloop.bridge.registry import Registry
@@ -103,14 +113,15 @@ def cmd_model_retrain(args: argparse.Namespace) -> int:
     since = time.time() - args.since_s if args.since_s else None
     deploy = not args.no_deploy and settings.signing_key_file is not None
     # Connected before training: an unreachable broker fails now (exit 4), not after the training.
-    deployer = connect_deployer(cfg, registry, events, "edgeloop-cli-deployer") if deploy else None
+    deployer = connect_deployer(cfg, registry, events, mqtt=fleet_mqtt(cfg.mqtt, args, "retrain-deploy")) \
+        if deploy else None
     try:
         events(args.name, "retrain", "retrain requested (cli)", None, trigger="cli")
         with tempfile.TemporaryDirectory(prefix="edgeloop-retrain-") as tmp:
             if deployer is not None:
                 deployer.wait_for_fleet(args.discover_s)  # the retained node statuses
             run = retrain_and_deploy(RetrainRun(args.name, "cli"), since, settings=settings,
-                                     store_dir=args.samples or cfg.samples.dir, registry=registry,
+                                     store_dir=store_dir, registry=registry,
                                      workdir=Path(tmp), events=events, deployer=deployer, worker_output=sys.stderr)
     finally:
         if deployer is not None:
@@ -129,6 +140,27 @@ def cmd_model_retrain(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(run.deploy.as_dict(), indent=2, default=str))
     return 0 if run.state == "deployed" else 1
+
+
+def _sample_store(args: argparse.Namespace, cfg: Any) -> Path:
+    """The sample store to train on; a ConfigError saying how to turn it on when there is none."""
+    from edgeloop.errors import ConfigError
+
+    if args.samples is not None:
+        store = Path(args.samples)
+    elif not cfg.samples.enabled:
+        where = f"{args.config}: samples.enabled is false" if args.config else "no -c bridge.yaml was given"
+        raise ConfigError(args.config or "command line", [
+            f"{where}, so there is no sample store to retrain {args.name} on: retraining uses the field samples "
+            "the bridge keeps. Give -c with the bridge's own file, whose samples: {enabled: true, dir: DIR} the "
+            "running bridge fills, or --samples DIR"])
+    else:
+        store = Path(cfg.samples.dir)
+    if not store.is_dir():
+        raise ConfigError(args.config or "command line", [
+            f"the sample store {store} does not exist: no field samples have been stored there yet (the bridge "
+            "writes them with samples.enabled: true, once edges send samples: sampling in edge.yaml)"])
+    return store
 
 
 def _retrain_needs(args: argparse.Namespace) -> tuple[str, ...]:
@@ -179,7 +211,7 @@ def register(cli: Commands) -> None:
     p.add_argument("name")
     p.add_argument("-c", "--config", help="bridge.yaml: sample store, registry, signing key, gate, InfluxDB")
     p.add_argument("--request", action="store_true", help="ask the running bridge to do it (MQTT command)")
-    p.add_argument("--broker", help="MQTT broker URL (default: mqtt.url of -c)")
+    broker_flags(p, fleet=True)
     p.add_argument("--since-s", type=float, help="train on samples of the last N seconds (default retrain.lookback_s)")
     p.add_argument("--registry", type=Path, help="registry directory (default retrain.registry of -c)")
     p.add_argument("--samples", type=Path, help="sample store directory (default samples.dir of -c)")

@@ -18,9 +18,18 @@ the broker ACL that already pins its topics decides what it may read.
    the registry, a ``refused`` event is written, and the retained manifest
    goes back to the registry's current version (or is cleared), so the rest of
    the fleet never switches;
-4. otherwise re-sign the manifest for ``targets`` (fleet phase), promote the
-   version in the registry, write a ``deploy`` event, and (``wait``) wait until
-   the targeted online nodes report it.
+4. otherwise re-sign the manifest for ``targets`` (fleet phase), write a
+   ``deploy`` event, and (``wait``) wait until the targeted online nodes
+   report it.
+
+The registry's ``current`` follows what the fleet accepted: it moves to the
+new version only once at least one targeted node runs it (with ``wait``;
+without, when the manifest is published). When no node accepts it (every
+one refused, rolled back or stayed silent), the version is marked refused,
+``current`` stays what the fleet runs, the retained manifest goes back to it,
+and the audit log says so (``not_accepted``). A rollout whose targets match
+no online node publishes nothing (outcome ``no_nodes``, even with ``wait=False``:
+a version no node runs must not become current).
 
 Retained chunks: the chunks of the version named by the retained manifest
 stay retained, so a device that connects later still gets them; chunks of
@@ -48,7 +57,7 @@ from typing import Any, Literal
 from edgeloop.bridge.events import EventSink
 from edgeloop.bridge.registry import Registry, atomic_write, json_bytes
 from edgeloop.errors import EdgeloopError
-from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
+from edgeloop.mqtt import MqttLink, MqttSettings, redact_url, wait_for_all
 from edgeloop.signing import SigningKey
 from edgeloop.contract import ContractError, NodeStatus, decode_status, parse_status_topic
 from edgeloop.deploy_contract import (
@@ -65,7 +74,9 @@ log = logging.getLogger("edgeloop.bridge.deployer")
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_STATUS_BYTES = 256 * 1024
 
-Outcome = Literal["deployed", "published", "canary_failed", "incomplete"]
+Outcome = Literal["deployed", "published", "canary_failed", "fleet_failed", "incomplete", "no_nodes"]
+#: A node state that means it runs the version (``canary``: on probation there).
+ACCEPTED = ("healthy", "canary")
 
 
 class DeployError(EdgeloopError):
@@ -76,7 +87,12 @@ class DeployError(EdgeloopError):
 class DeployReport:
     """What a ``deploy`` did. ``nodes``: node -> its last state for this version
     (``healthy``, ``canary`` (on probation), ``receiving``, ``refused:<reason>``, ``rolled_back:<reason>``,
-    ``silent`` (no report by the timeout))."""
+    ``silent`` (no report by the timeout)); ``current``: the registry's current version afterwards.
+
+    ``outcome``: ``deployed`` (every targeted node runs it), ``published`` (not waited for),
+    ``incomplete`` (some nodes run it, others not), ``canary_failed`` / ``fleet_failed`` (no node
+    accepted it: refused, and the fleet left on ``current``), ``no_nodes`` (no online node matched:
+    nothing published)."""
 
     model: str
     version: str
@@ -86,9 +102,33 @@ class DeployReport:
     reason: str | None = None
     deploy_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    current: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("deployed", "published")
+
+    def summary(self) -> str:
+        """One line for people: what the fleet runs now and what the registry says."""
+        what = f"{self.model} {self.version}"
+        probation = sorted(n for n, s in self.nodes.items() if s == "canary")
+        later = (f"; still on probation on {', '.join(probation)}: if a node rolls back by itself later, the "
+                 f"registry still says {self.version} (`edgeloop model rollback {self.model}` then puts it back; "
+                 "--wait-healthy waits for the verdict)"
+                 if probation else "")
+        if self.outcome == "deployed":
+            return f"{what} deployed: {len(self.nodes)} node(s) run it; registry current {self.current}{later}"
+        if self.outcome == "published":
+            return f"{what} published without waiting for the fleet; registry current {self.current}"
+        if self.outcome == "incomplete":
+            return f"{what} is the registry's current, but not every node runs it: {self.reason}{later}"
+        if self.outcome == "no_nodes":
+            return f"nothing deployed: {self.reason}; registry current stays {self.current}"
+        return (f"the fleet did not accept {what} ({self.outcome}: {self.reason}); it is marked refused, "
+                f"registry current stays {self.current} and the retained manifest is back on it")
 
 
 class Deployer:
@@ -363,59 +403,109 @@ class Deployer:
         *,
         wait: bool = True,
         selftest: SelfTest | None = None,
+        rollback: bool = False,
+        verdict: bool = False,
     ) -> DeployReport:
         """Canary (if given) then fleet. Blocks until the canary verdict and, with ``wait``, the rollout.
 
         ``canary``: node ids or globs, matched against the nodes online now
-        (at least one must match). Returns a DeployReport; raises DeployError
-        only when the deployment cannot start.
+        (at least one must match). ``rollback``: the version is the registry's
+        previous one, and accepting it rolls the registry back (rather than
+        promoting it again). ``verdict``: in the fleet phase, wait for each
+        node's probation verdict (``healthy`` or ``rolled_back``) rather than
+        only for it to run the version, so a node that rolls back within the
+        timeout counts as not accepting it (a node still on probation at the
+        timeout counts as accepting). Returns a DeployReport; raises
+        DeployError only when the deployment cannot start.
         """
         targets = [targets] if isinstance(targets, str) else list(targets)
         with self._deploy_lock:
             started = time.monotonic()
-            self.registry.get(name, version)  # unknown version / tampered registry: fail before publishing
-            refused = self.registry.refused(name).get(version)
-            if refused is not None:
-                raise DeployError(f"{name} {version} was refused ({refused}); clear that in the registry first")
             report = DeployReport(model=name, version=version, outcome="published")
-            if canary:
-                nodes = self._matching(canary, name)
-                if not nodes:
-                    raise DeployError(f"no online node matches canary {canary}; online: {sorted(self.nodes())}")
-                report.canary = nodes
-                manifest = self.publish(name, version, nodes, "canary", selftest)
-                report.deploy_ids.append(manifest.deploy_id)
-                self.registry.note(name, version, "deploy_canary", self.actor, canary=",".join(nodes))
-                self._event(name, "deploy", f"canary on {', '.join(nodes)}", version)
-                states = self._wait(name, version, nodes, {manifest.deploy_id}, self.canary_timeout_s, {"healthy"})
-                report.nodes.update(states)
-                failed = {n: s for n, s in states.items() if s != "healthy"}
-                if failed:
-                    report.outcome = "canary_failed"
-                    report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(failed.items()))
-                    for node, state in sorted(failed.items()):
-                        if state.startswith("rolled_back"):
-                            self._event(name, "rollback", f"{node} rolled back to its previous model: "
-                                        f"{self._detail(node, name) or state}", version, node=node)
-                    self._fail_canary(name, version, report.reason)
-                    report.seconds = time.monotonic() - started
-                    return report
-            manifest = self.publish(name, version, targets, "fleet", selftest)
-            report.deploy_ids.append(manifest.deploy_id)
-            self.registry.promote(name, version, actor=self.actor, reason=f"deployed to {','.join(targets)}")
-            self._event(name, "deploy", f"fleet rollout to {', '.join(targets)}", version)
-            if wait:
-                fleet = [n for n in self._matching(targets, name) if n not in report.canary]
-                states = self._wait(
-                    name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, {"healthy", "canary"}
-                )
-                report.nodes.update(states)
-                bad = {n: s for n, s in states.items() if s not in ("healthy", "canary")}
-                report.outcome = "incomplete" if bad else "deployed"
-                if bad:
-                    report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(bad.items()))
-            report.seconds = time.monotonic() - started
+            try:
+                self._deploy(report, targets, canary, wait, selftest, rollback, verdict)
+            finally:
+                report.current = self.registry.current(name)
+                report.seconds = time.monotonic() - started
             return report
+
+    def _deploy(self, report: DeployReport, targets: list[str], canary: list[str] | None, wait: bool,
+                selftest: SelfTest | None, rollback: bool, verdict: bool) -> None:
+        name, version = report.model, report.version
+        self.registry.get(name, version)  # unknown version / tampered registry: fail before publishing
+        refused = self.registry.refused(name).get(version)
+        if refused is not None:
+            raise DeployError(f"{name} {version} was refused ({refused}); clear that in the registry first")
+        if not self._matching(targets, name):  # a typo, the wrong broker, or the fleet is offline
+            report.outcome, report.reason = "no_nodes", self._no_match(name, targets)
+            self._event(name, "refused", f"nothing deployed: {report.reason}", version)
+            return
+        if canary:
+            nodes = self._matching(canary, name)
+            if not nodes:
+                raise DeployError(f"no online node matches canary {canary}; online: {sorted(self.nodes())}")
+            report.canary = nodes
+            manifest = self.publish(name, version, nodes, "canary", selftest)
+            report.deploy_ids.append(manifest.deploy_id)
+            self.registry.note(name, version, "deploy_canary", self.actor, canary=",".join(nodes))
+            self._event(name, "deploy", f"canary on {', '.join(nodes)}", version)
+            states = self._wait(name, version, nodes, {manifest.deploy_id}, self.canary_timeout_s, {"healthy"})
+            report.nodes.update(states)
+            failed = {n: s for n, s in states.items() if s != "healthy"}
+            if failed:
+                report.outcome = "canary_failed"
+                report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(failed.items()))
+                self._rolled_back_events(name, version, failed)
+                self._fail(name, version, "canary", report.reason)
+                return
+        manifest = self.publish(name, version, targets, "fleet", selftest)
+        report.deploy_ids.append(manifest.deploy_id)
+        self._event(name, "deploy", f"fleet rollout to {', '.join(targets)}", version)
+        if not wait:
+            self._accept(name, version, rollback, f"published to {','.join(targets)} (not waited for)")
+            return
+        fleet = [n for n in self._matching(targets, name) if n not in report.canary]
+        done = {"healthy"} if verdict else set(ACCEPTED)
+        states = self._wait(name, version, fleet, set(report.deploy_ids), self.rollout_timeout_s, done)
+        report.nodes.update(states)
+        bad = {n: s for n, s in states.items() if s not in ACCEPTED}
+        accepted = sorted(n for n, s in report.nodes.items() if s in ACCEPTED)
+        if bad:
+            report.reason = "; ".join(f"{n}: {s}" for n, s in sorted(bad.items()))
+            self._rolled_back_events(name, version, bad)
+        if not accepted:
+            report.outcome = "fleet_failed"
+            self._fail(name, version, "fleet", report.reason or "no node")
+            return
+        self._accept(name, version, rollback, f"deployed to {','.join(targets)}; running on {','.join(accepted)}")
+        report.outcome = "incomplete" if bad else "deployed"
+
+    def _accept(self, name: str, version: str, rollback: bool, reason: str) -> None:
+        """The fleet runs ``version``: make it the registry's current."""
+        if rollback and self.registry.previous(name) == version:
+            self.registry.rollback(name, actor=self.actor, reason=reason)
+        else:
+            self.registry.promote(name, version, actor=self.actor, reason=reason)
+
+    def _no_match(self, name: str, targets: list[str]) -> str:
+        """Why ``targets`` matched no node: no status seen at all, no node running ``name``, or the names."""
+        with self._changed:
+            seen = dict(self._nodes)
+        broker = redact_url(self.link.settings.url)
+        if not seen:
+            return (f"no node status seen on {broker} (status/+): no edge reports to this broker "
+                    "(is it the fleet's broker, and are the edges online?)")
+        online = sorted(n for n, st in seen.items() if st.state == "online")
+        running = sorted(n for n in online if name in seen[n].models)
+        if not running:
+            return f"no online node runs {name} (online: {_names(online)}; offline: {_names(sorted(set(seen) - set(online)))})"
+        return f"targets {', '.join(targets)} matched none of: {_names(running)} (the online nodes running {name})"
+
+    def _rolled_back_events(self, name: str, version: str, states: dict[str, str]) -> None:
+        for node, state in sorted(states.items()):
+            if state.startswith("rolled_back"):
+                self._event(name, "rollback", f"{node} rolled back to its previous model: "
+                            f"{self._detail(node, name) or state}", version, node=node)
 
     def _detail(self, node: str, name: str) -> str | None:
         with self._changed:
@@ -423,12 +513,19 @@ class Deployer:
             state = status.last_deploy.get(name) if status is not None else None
         return state.detail if state is not None else None
 
-    def _fail_canary(self, name: str, version: str, reason: str) -> None:
-        """Mark refused, record it, and put the retained manifest back to what the fleet runs."""
-        self.registry.mark_refused(name, version, f"canary failed: {reason}", actor=self.actor)
-        self._event(name, "refused", f"canary failed: {reason}", version)
+    def _fail(self, name: str, version: str, phase: str, reason: str) -> None:
+        """No node accepted ``version``: mark it refused, record that the registry's current stays what
+        the fleet runs, and put the retained manifest back to it."""
         current = self.registry.current(name)
+        self.registry.mark_refused(name, version, f"{phase} failed: {reason}", actor=self.actor)
+        self.registry.note(name, version, "not_accepted", self.actor, phase=phase, current=current, reason=reason[:500])
+        self._event(name, "refused", f"{phase} failed: {reason}; registry current stays {current}", version)
         if current is not None and current != version:
             self.publish(name, current, "*", "fleet")
         else:
             self.clear(name)
+
+
+def _names(nodes: list[str], limit: int = 20) -> str:
+    more = f" and {len(nodes) - limit} more" if len(nodes) > limit else ""
+    return (", ".join(nodes[:limit]) or "none") + more

@@ -372,18 +372,20 @@ class ClosedLoop:
         }
 
 
-def publish_retrain_request(mqtt_url: str, model: str, since_s: float | None = None,
+def publish_retrain_request(mqtt: Any, model: str, since_s: float | None = None,
                             topic: str | None = None) -> None:
-    """What ``edgeloop model retrain NAME --request`` does: ask a running bridge to retrain."""
-    from edgeloop.bridge.loopconfig import RETRAIN_COMMAND_TOPIC
-    from edgeloop.mqtt import MqttSettings, wait_for_all
+    """What ``edgeloop model retrain NAME --request`` does: ask a running bridge to retrain.
 
-    link = MqttLink(MqttSettings(url=mqtt_url), f"edgeloop-retrain-request-{int(time.time() * 1000) % 10**9}")
+    ``mqtt``: MqttSettings (URL, TLS, credentials; ``edgeloop.commands.fleet_mqtt``)."""
+    from edgeloop.bridge.loopconfig import RETRAIN_COMMAND_TOPIC
+    from edgeloop.mqtt import redact_url, wait_for_all
+
+    link = MqttLink(mqtt, f"edgeloop-retrain-request-{int(time.time() * 1000) % 10**9}")
     link.start(wait_s=10.0)
     try:
         payload = json.dumps({"model": model, **({"since_s": since_s} if since_s else {})})
         info = link.publish(topic or RETRAIN_COMMAND_TOPIC, payload, qos=1)
         if not wait_for_all([info], 10.0):
-            raise ConfigError("command line", [f"the broker at {mqtt_url} did not acknowledge the request"])
+            raise ConfigError("command line", [f"the broker at {redact_url(mqtt.url)} did not acknowledge the request"])
     finally:
         link.stop()

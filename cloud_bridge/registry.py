@@ -248,11 +248,13 @@ class Registry:
         *,
         selftest: SelfTest | None = None,
         actor: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> str:
         """Store a new version (``metadata.version``) and return it. Does not promote it.
 
         Adding the same version with the same bytes again is a no-op (a retried
-        retrain job); with different bytes it is a RegistryError.
+        retrain job); with different bytes it is a RegistryError naming the way
+        out. ``detail``: more fields for the audit entry.
         """
         if metadata.name != name:
             raise RegistryError(f"metadata names model {metadata.name!r}, not {name!r}")
@@ -265,7 +267,10 @@ class Registry:
                 existing = self.record(name, version)
                 if existing["sha256"] == metadata.sha256:
                     return version
-                raise RegistryError(f"model {name} already has a version {version!r} with other bytes")
+                raise RegistryError(
+                    f"model {name} already has a version {version!r} with other bytes: register this file as "
+                    f"another version (`edgeloop model add {name} FILE --version X.Y.Z`)"
+                )
             if parent is not None and not (self._version_dir(name, parent) / "record.json").exists():
                 raise RegistryError(f"parent version {parent!r} of {name} is not in the registry")
             atomic_write(vdir / "model.tflite", tflite_bytes)
@@ -281,7 +286,8 @@ class Registry:
                 "size": len(tflite_bytes),
             }
             atomic_write(vdir / "record.json", json_bytes(record))  # written last: marks the version complete
-            self._audit("add", name, version, actor, sha256=metadata.sha256, parent=parent, size=len(tflite_bytes))
+            self._audit("add", name, version, actor, sha256=metadata.sha256, parent=parent, size=len(tflite_bytes),
+                        **(detail or {}))
         return version
 
     def set_selftest(self, name: str, version: str, selftest: SelfTest, actor: str | None = None) -> None:

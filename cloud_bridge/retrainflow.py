@@ -49,15 +49,18 @@ class RetrainRun:
     timeline: dict[str, float] = field(default_factory=dict)
 
 
-def connect_deployer(cfg: BridgeConfig, registry: Any, events: EventSink, client_id: str, wait_s: float = 10.0) -> Any:
-    """A Deployer with the signing key and rollout settings of ``retrain:`` (its own MQTT connection)."""
+def connect_deployer(cfg: BridgeConfig, registry: Any, events: EventSink, client_id: str | None = None,
+                     wait_s: float = 10.0, mqtt: Any = None) -> Any:
+    """A Deployer with the signing key and rollout settings of ``retrain:`` (its own MQTT connection):
+    ``mqtt`` (whose client id it keeps), else ``cfg.mqtt`` under ``client_id``."""
     from edgeloop.bridge.deployer import Deployer
     from edgeloop.signing import SigningKey
 
     rt = cfg.retrain
+    mqtt = mqtt if mqtt is not None else cfg.mqtt.model_copy(update={"client_id": client_id})
     return Deployer.connect(
-        cfg.mqtt.model_copy(update={"client_id": client_id}), registry, SigningKey.load(rt.signing_key_file),
-        client_id=client_id, wait_s=wait_s, chunk_size=rt.chunk_size, canary_timeout_s=rt.canary_timeout_s,
+        mqtt, registry, SigningKey.load(rt.signing_key_file),
+        client_id=mqtt.client_id, wait_s=wait_s, chunk_size=rt.chunk_size, canary_timeout_s=rt.canary_timeout_s,
         rollout_timeout_s=rt.rollout_timeout_s, events=events,
     )
 

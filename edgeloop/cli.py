@@ -12,8 +12,10 @@ small, and commands import their heavy modules (numpy, LiteRT, influxdb-client,
 TensorFlow) only when they run.
 
 Exit codes: 0 ok (also when the reader of stdout goes away: ``| head``),
-1 runtime failure (e.g. a drain that did not finish), 2 configuration error
-(a missing extra too), 3 model error, 4 peer unreachable at startup.
+1 runtime failure (e.g. a drain that did not finish, a deployment the fleet did
+not accept), 2 configuration error (a missing extra too), 3 model error, 4 no
+broker within 10 s (a TransientError: ``bridge run`` at startup and the
+one-shot commands that publish; ``edge run`` never exits for it, it retries).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the kind of file (default: told by its top-level keys)")
     check.set_defaults(_kinds=dict(cli.kinds))
     parser.epilog = cli.overview() + "\n\nexit codes: 0 ok, 1 runtime failure, 2 configuration error " \
-        "(or a missing extra), 3 model error, 4 peer unreachable at startup"
+        "(or a missing extra), 3 model error, 4 no broker within 10 s (bridge run and the one-shot commands; " \
+        "edge run keeps retrying)"
     return parser
 
 

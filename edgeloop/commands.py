@@ -114,9 +114,13 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def broker_flags(parser: argparse.ArgumentParser) -> None:
-    """``--broker`` and ``--mqtt-protocol``, overriding ``mqtt:`` of the config file."""
-    parser.add_argument("--broker", help="mqtt://[user:pass@]host[:port] or mqtts://... (default mqtt://127.0.0.1:1883)")
+def broker_flags(parser: argparse.ArgumentParser, fleet: bool = False) -> None:
+    """``--broker`` and ``--mqtt-protocol``, overriding ``mqtt:`` of the config file.
+
+    ``fleet``: a command that must reach the fleet (see :func:`fleet_mqtt`): it has no default broker.
+    """
+    default = "required unless -c gives mqtt:" if fleet else "default: mqtt.url of -c, else mqtt://127.0.0.1:1883"
+    parser.add_argument("--broker", help=f"mqtt://[user:pass@]host[:port] or mqtts://... ({default})")
     parser.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], help="MQTT protocol version (default 5)")
 
 
@@ -128,3 +132,35 @@ def mqtt_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "mqtt_protocol", None):
         out["protocol"] = args.mqtt_protocol
     return {"mqtt": out} if out else {}
+
+
+def fleet_mqtt(settings: Any, args: argparse.Namespace, purpose: str) -> Any:
+    """The MqttSettings for a one-shot command that must reach the fleet (deploy, retrain request).
+
+    ``settings``: the whole ``mqtt:`` section of the ``-c`` file (URL, TLS,
+    credentials, protocol) with :func:`mqtt_overrides` already merged in, as
+    the services load it -- so a command reaches the broker exactly as the
+    bridge does. Refuses when neither ``-c`` nor ``--broker`` was given: the
+    default ``mqtt://127.0.0.1:1883`` is right for a service on a laptop but a
+    deployment sent there silently reaches no fleet. The client id is the
+    command's own (``mqtt.client_id`` + ``-{purpose}-{random}`` when the file
+    sets one, so a broker policy on the prefix still holds), never the
+    file's: a second connection under the running bridge's id would log it off.
+    """
+    import uuid
+
+    from edgeloop.errors import ConfigError
+    from edgeloop.mqttconfig import redact_url
+
+    if not getattr(args, "broker", None) and not getattr(args, "config", None):
+        command = getattr(args, "_command", "this command")
+        raise ConfigError("command line", [
+            f"{command} talks to the fleet over MQTT: give -c bridge.yaml (its whole mqtt: section is used: "
+            "url, tls, username/password) or --broker mqtt[s]://[user:pass@]host[:port]"])
+    prefix = settings.client_id or "edgeloop"
+    client_id = f"{prefix[:100]}-{purpose[:16]}-{uuid.uuid4().hex[:8]}"
+    config, broker = getattr(args, "config", None), getattr(args, "broker", None)
+    origin = " + ".join(x for x in (config and f"mqtt: of {config}", broker and "--broker") if x)
+    tls = "" if settings.tls is None else ", TLS" + (" with client certificate" if settings.tls.cert_file else "")
+    log.info("%s: broker %s (%s%s), client id %s", purpose, redact_url(settings.url), origin, tls, client_id)
+    return settings.model_copy(update={"client_id": client_id})

@@ -2,6 +2,9 @@
 
     python -m lab.models [--out DIR] [--seed 7]      the vibration autoencoder (vibration_ae)
     python -m lab.models --vision                    the camera classifier (parts_cnn, parts_cnn_int8)
+    python -m lab.models --out DIR --version 1.1.0   a new version to add to a registry (default 1.0.0, the
+                                                     bundled one: a rebuild under the same version has other
+                                                     bytes, which a registry holding 1.0.0 refuses)
 
 Why here and not in the product: it needs the device simulators
 (``edgeloop.devices``), which the bridge must not import; the bridge keeps the
@@ -89,6 +92,7 @@ def build_model(
     batch_size: int = 256,
     threshold_quantile: float = ae.THRESHOLD_QUANTILE,
     pipeline_stages: list[dict[str, Any]] | None = None,
+    version: str = ae.MODEL_VERSION,
 ) -> tuple[Path, dict[str, float]]:
     """Train, convert, evaluate and write ``vibration_ae.tflite`` + ``.json`` into ``out_dir``.
 
@@ -177,7 +181,8 @@ def build_model(
             "data_s": round(data_s, 2),
         },
     )
-    meta = ae.make_metadata(content, n_features, threshold, Normalization(**stats), reference, training)
+    meta = ae.make_metadata(content, n_features, threshold, Normalization(**stats), reference, training,
+                            version=version)
     path = write_model_files(out_dir, content, meta)
     log.info("wrote %s (%d bytes, sha256 %s) in %.1fs", path, len(content), meta.sha256[:12], elapsed)
     return path, evaluation
@@ -189,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, help="training epochs (default: 80 vibration, 14 vision)")
     parser.add_argument("--vision", action="store_true", help="build the camera classifier (parts_cnn float + int8)")
+    parser.add_argument("--version", default="1.0.0",
+                        help="the version written into the metadata (default 1.0.0, the bundled models')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.vision:
         from lab.vision_model import build_vision_models
 
-        paths, figures = build_vision_models(args.out, args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+        paths, figures = build_vision_models(args.out, args.seed, version=args.version,
+                                             **({"epochs": args.epochs} if args.epochs else {}))
     else:
-        path, figures = build_model(args.out, args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+        path, figures = build_model(args.out, args.seed, version=args.version,
+                                    **({"epochs": args.epochs} if args.epochs else {}))
         paths = [path]
     print(json.dumps({"models": [str(p) for p in paths], "evaluation": figures}, indent=2))
     return 0

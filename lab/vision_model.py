@@ -138,10 +138,10 @@ def to_tflite_int8(model: Any, representative: np.ndarray) -> bytes:
 
 
 def metadata(name: str, content: bytes, dtype: str, reference: Reference | None = None,
-             training: TrainingInfo | None = None) -> ModelMetadata:
+             training: TrainingInfo | None = None, version: str = MODEL_VERSION) -> ModelMetadata:
     return ModelMetadata(
         name=name,
-        version=MODEL_VERSION,
+        version=version,
         sha256=sha256_bytes(content),
         task="classification",
         input=InputSpec(shape=[None, IMAGE.height, IMAGE.width, IMAGE.channels], dtype=dtype),
@@ -186,11 +186,12 @@ def _figures(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def _write_checked(out_dir: Path, name: str, content: bytes, dtype: str, x_test: np.ndarray,
-                   reference: Reference | None = None, training: TrainingInfo | None = None) -> tuple[Path, np.ndarray]:
+                   reference: Reference | None = None, training: TrainingInfo | None = None,
+                   version: str = MODEL_VERSION) -> tuple[Path, np.ndarray]:
     """Write the files and return the test-set probabilities from the edge's interpreter."""
     from edgeloop.edge.inference import TfliteModel
 
-    path = write_model_files(out_dir, content, metadata(name, content, dtype, reference, training))
+    path = write_model_files(out_dir, content, metadata(name, content, dtype, reference, training, version))
     return path, TfliteModel(path, max_batch=64).run(x_test)
 
 
@@ -203,8 +204,9 @@ def build_vision_models(
     epochs: int = 14,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
+    version: str = MODEL_VERSION,
 ) -> tuple[list[Path], dict[str, float]]:
-    """Train, convert (float + int8), evaluate and write both models; return their paths and figures."""
+    """Train, convert (float + int8), evaluate and write both models (as ``version``); return their paths and figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -284,7 +286,7 @@ def build_vision_models(
                 "data_s": round(data_s, 2),
             },
         )
-        path, _ = _write_checked(out, name, content, dtype, x_test[:1], reference, training)
+        path, _ = _write_checked(out, name, content, dtype, x_test[:1], reference, training, version)
         paths.append(path)
         log.info("wrote %s (%d bytes, sha256 %s)", path, len(content), sha256_bytes(content)[:12])
     return paths, figures

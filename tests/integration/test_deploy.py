@@ -364,3 +364,34 @@ def test_a_canary_already_running_the_version_passes_and_refused_versions_are_no
     with pytest.raises(DeployError, match="refused"):
         deployer.deploy(MODEL, "3.0.0")
     assert watcher.status("edge-same").models[MODEL].version == BASE_VERSION
+
+
+def test_a_promote_deploy_the_edge_rolls_back_leaves_the_registry_on_what_it_runs(mosquitto, tmp_path, keys, capsys):
+    from edgeloop.cli import main
+
+    registry = seeded_registry(tmp_path / "registry")
+    registry.add(MODEL, *variant("2.1.0", threshold=0.0), parent=BASE_VERSION)  # every window an anomaly
+    edge = start_edge(edge_config(mosquitto.url, "edge-p", keys, tmp_path))
+    watcher = watch_fleet(mosquitto.port)
+    stream = Stream(mosquitto.port, devices=2)
+    try:
+        eventually(lambda: watcher.status("edge-p"), timeout=15, message="edge-p not online")
+        stream.publish(10)
+        stream.run(per_s=150, limit=1500)
+        capsys.readouterr()
+        code = main(["model", "promote", MODEL, "2.1.0", "--deploy", "--wait-healthy", "--timeout", "60",
+                     "--broker", mosquitto.url, "--key", str(keys.public_file.parent / "deploy.key"),
+                     "--registry", str(tmp_path / "registry")])
+    finally:
+        stream.close()
+        edge.stop()
+        watcher.close()
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    report = json.loads(captured.out)
+    assert report["outcome"] == "fleet_failed" and report["nodes"]["edge-p"] == "rolled_back:unhealthy", report
+    assert report["current"] == BASE_VERSION and registry.current(MODEL) == BASE_VERSION
+    assert "2.1.0" in registry.refused(MODEL) and "registry current stays 1.0.0" in captured.err
+    assert {"action": "not_accepted", "version": "2.1.0", "current": BASE_VERSION}.items() <= \
+        registry.audit(MODEL)[-1].items()
+    assert edge.engine.runners["vibration"].model.version == BASE_VERSION

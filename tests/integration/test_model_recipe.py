@@ -21,9 +21,10 @@ def info(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_vibration_recipe_writes_a_model_the_edge_accepts(tmp_path):
-    path, evaluation = build_model(tmp_path, 7, duration_s=3.0, train_devices=4, eval_devices=4, epochs=1)
+    path, evaluation = build_model(tmp_path, 7, duration_s=3.0, train_devices=4, eval_devices=4, epochs=1,
+                                   version="1.1.0")  # a second version for a registry that holds 1.0.0
     _, meta = load_model_files(path)
-    assert meta.name == "vibration_ae" and meta.created_by == "python -m lab.models"
+    assert meta.name == "vibration_ae" and meta.created_by == "python -m lab.models" and meta.version == "1.1.0"
     assert meta.training.data["source"] == "edgeloop.devices.simulator.FleetSimulator"
     assert 0.0 <= evaluation["false_positive_rate_test"] <= 1.0
     run = info(path)
@@ -31,10 +32,11 @@ def test_the_vibration_recipe_writes_a_model_the_edge_accepts(tmp_path):
 
 
 def test_the_vision_recipe_writes_float_and_int8_models_the_edge_accepts(tmp_path):
-    paths, figures = build_vision_models(tmp_path, 7, train_frames=300, eval_frames=24, epochs=1)
+    paths, figures = build_vision_models(tmp_path, 7, train_frames=300, eval_frames=24, epochs=1, version="1.1.0")
     assert [p.name for p in paths] == ["parts_cnn.tflite", "parts_cnn_int8.tflite"]
     assert 0.0 <= figures["int8_float_agreement"] <= 1.0
     for path in paths:
-        assert load_model_files(path)[1].created_by == "python -m lab.models --vision"
+        meta = load_model_files(path)[1]
+        assert meta.created_by == "python -m lab.models --vision" and meta.version == "1.1.0"
         run = info(path)
         assert run.returncode == 0 and "ok, matches the metadata" in run.stdout, run.stderr

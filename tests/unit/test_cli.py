@@ -265,3 +265,58 @@ def test_a_closed_pipe_on_stdout_exits_0_with_nothing_on_stderr(args):
     finally:
         os.close(write_end)
     assert (run.returncode, run.stderr) == (0, "")
+
+
+def test_keys_generate_refuses_to_overwrite_and_names_force(tmp_path):
+    assert edgeloop("keys", "generate", "--out", str(tmp_path)).returncode == 0
+    before = (tmp_path / "deploy.key").read_bytes()
+    run = edgeloop("keys", "generate", "--out", str(tmp_path))
+    assert run.returncode == 2 and "already exists" in run.stderr and "--force overwrites them" in run.stderr, run.stderr
+    assert (tmp_path / "deploy.key").read_bytes() == before
+    assert edgeloop("keys", "generate", "--out", str(tmp_path), "--force").returncode == 0
+    assert (tmp_path / "deploy.key").read_bytes() != before
+
+
+@pytest.mark.parametrize("config, says", [
+    (None, "no -c bridge.yaml was given, so there is no sample store"),
+    ("samples: {enabled: false}\n", "samples.enabled is false, so there is no sample store"),
+    ("samples: {enabled: true, dir: '{tmp}/nowhere'}\n", "the sample store {tmp}/nowhere does not exist"),
+], ids=["no-config", "store-off", "store-empty"])
+def test_retrain_without_a_sample_store_says_so_and_how_to_turn_it_on(tmp_path, config, says):
+    args = ["model", "retrain", "vibration_ae", "--registry", str(tmp_path / "registry")]
+    if config is not None:
+        (tmp_path / "bridge.yaml").write_text(config.replace("{tmp}", str(tmp_path)))
+        args += ["-c", str(tmp_path / "bridge.yaml")]
+    run = edgeloop(*args)
+    assert run.returncode == 2 and says.replace("{tmp}", str(tmp_path)) in run.stderr, run.stderr
+    assert "samples: {enabled: true" in run.stderr or "samples.enabled: true" in run.stderr
+    assert "field samples" in run.stderr and "only 0" not in run.stderr
+
+
+def test_model_add_registers_a_file_as_another_version(tmp_path):
+    from edgeloop.bridge.registry import Registry
+    from edgeloop.modelfile import load_model_files, sha256_bytes, write_model_files
+
+    reg = ["--registry", str(tmp_path / "registry")]
+    assert edgeloop("model", "add", str(BUNDLED), "--promote", *reg).returncode == 0
+    run = edgeloop("model", "add", "vibration_ae", str(BUNDLED), "--version", "1.1.0", *reg)
+    assert run.returncode == 0 and "added vibration_ae 1.1.0" in run.stdout and "parent 1.0.0" in run.stdout, run.stderr
+    registry = Registry(tmp_path / "registry")
+    path, meta = registry.get("vibration_ae", "1.1.0")  # sha256 checked against the rewritten metadata
+    assert meta.version == "1.1.0" and meta.sha256 == sha256_bytes(BUNDLED.read_bytes()) == sha256_bytes(path.read_bytes())
+    assert meta.model_dump(exclude={"version"}) == load_model_files(BUNDLED)[1].model_dump(exclude={"version"})
+    assert registry.record("vibration_ae", "1.1.0")["parent"] == "1.0.0" and registry.current("vibration_ae") == "1.0.0"
+    assert {"action": "add", "version": "1.1.0", "from_version": "1.0.0"}.items() <= registry.audit()[-1].items()
+
+    # Other bytes under a version the registry holds: refused, naming the way out.
+    content, bundled_meta = load_model_files(BUNDLED)
+    other = write_model_files(tmp_path / "other", content + b"\0",
+                              bundled_meta.model_copy(update={"sha256": sha256_bytes(content + b"\0")}))
+    run = edgeloop("model", "add", str(other), *reg)
+    assert run.returncode == 1 and "`edgeloop model add vibration_ae FILE --version X.Y.Z`" in run.stderr, run.stderr
+    # A name that is not the file's, and a version that cannot be a topic level.
+    run = edgeloop("model", "add", "other_model", str(other), "--version", "2.0.0", *reg)
+    assert run.returncode == 2 and "holds model 'vibration_ae'" in run.stderr, run.stderr
+    run = edgeloop("model", "add", "vibration_ae", str(other), "--version", "2 0", *reg)
+    assert run.returncode == 1 and "must match" in run.stderr, run.stderr
+    assert registry.versions("vibration_ae") == ["1.0.0", "1.1.0"]
