@@ -311,12 +311,13 @@ def table(results: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[Outcome], path: Path = REPORT) -> None:
+def write_report(results: list[Outcome], elapsed_s: float, path: Path = REPORT) -> None:
     killed = sum(r.killed for r in results)
     survivors = [r for r in results if not r.killed]
     body = [BEGIN, "",
             f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {killed} of {len(results)} mutants "
-            f"killed, {len(survivors)} not.", "", table(results), ""]
+            f"killed, {len(survivors)} not; {elapsed_s / 60:.0f} min with the baseline run (s: each mutant's test run).",
+            "", table(results), ""]
     if survivors:
         body += ["Not killed:", ""]
         body += [f"- `{r.mutant.id}` ({r.status}): {r.mutant.note or 'no explanation recorded in its mutants file'}"
@@ -373,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutate: unknown mutant ids {sorted(unknown)}", file=sys.stderr)
             return 2
         mutants = [m for m in mutants if m.id in args.only]
+    t0 = time.monotonic()
     try:
         results = run(mutants, baseline=not args.no_baseline, timeout_s=args.timeout, keep=args.keep)
     except (StaleMutant, RuntimeError) as exc:
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     survivors = [r for r in results if not r.killed]
     if not args.only and not args.no_report:
-        write_report(results)
+        write_report(results, time.monotonic() - t0)
         print(f"\nmutate: report written to {REPORT.relative_to(REPO)}")
     if survivors:
         print(f"\nmutate: {len(survivors)} mutant(s) not killed: {', '.join(r.mutant.id for r in survivors)}")

@@ -60,3 +60,16 @@ def test_the_copy_is_what_python_imports(tmp_path):
     assert [p.resolve() for p in where.values()] == [(copy / f).resolve() for f in files], where
     with pytest.raises(RuntimeError, match="not from the mutated copy"):
         mutate.assert_in_copy(REPO / "runtime" / "delivery.py", copy, "edgeloop.edge.delivery")
+
+
+def test_the_report_replaces_its_own_block_and_explains_survivors(tmp_path):
+    m = mutate.load_mutants()[0]
+    doc = tmp_path / "testing.md"
+    doc.write_text("# Testing\n\nhand-written text\n")
+    killed = mutate.Outcome(m, "killed", ["tests/unit/test_x.py::test_y"], 1.0)
+    mutate.write_report([killed], 60.0, doc)
+    survived = mutate.Outcome(m, "survived", [], 2.0)
+    mutate.write_report([survived], 120.0, doc)  # the second run replaces the first block
+    text = doc.read_text()
+    assert text.startswith("# Testing\n\nhand-written text\n") and text.count(mutate.BEGIN) == 1
+    assert "0 of 1 mutants killed, 1 not" in text and f"`{m.id}` (survived)" in text and "test_y" not in text
