@@ -15,11 +15,11 @@ SERVER_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influ
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv venv-train test test-unit test-integration test-e2e demo bench reliability model docs dist clean distclean
+.PHONY: help deps venv venv-train test test-unit test-integration test-e2e mutate demo bench reliability model docs dist clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
-	@echo "  variables: PYTHON=$(PYTHON) PYTEST_ARGS= DEMO_ARGS= BENCH_ARGS="
+	@echo "  variables: PYTHON=$(PYTHON) PYTEST_ARGS= DEMO_ARGS= BENCH_ARGS= MUTATE_ARGS="
 
 deps: ## apt-get install the test servers and python3-venv, only what is missing
 	@missing=""; \
@@ -64,6 +64,9 @@ test-integration: deps venv-train ## tests/integration: real mosquitto, influxd,
 
 test-e2e: deps venv-train ## tests/e2e: the whole loop (retraining needs the train extra)
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+mutate: deps venv-train ## break each promise on purpose (tests/mutants/*.toml); report -> docs/testing.md; not in `make test` (MUTATE_ARGS=...)
+	$(PY) -m lab.mutate $(MUTATE_ARGS)
 
 demo: deps venv-train ## run the demo; its closed loop retrains a model: train extra (DEMO_ARGS=... passes through)
 	$(PY) -m lab.demo $(DEMO_ARGS)

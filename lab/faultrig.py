@@ -28,7 +28,8 @@ from lab.servers import InfluxDB1, Mosquitto, eventually
 from lab.tcpproxy import TcpProxy
 
 __all__ = ["BROKER_CONF", "Outcome", "Rig", "cut_network", "expected_windows", "fleet_readings", "kill_bridge",
-           "kill_broker", "kill_edge", "kill_edge_offline", "stop_influx", "stored_windows"]
+           "kill_bridge_while_influx_down", "kill_broker", "kill_edge", "kill_edge_offline",
+           "kill_edge_without_pubacks", "stop_influx", "stored_windows"]
 
 #: Broker settings the guarantees rely on (docs/reliability.md): mosquitto's default of 1000
 #: queued messages per client would drop readings for an edge that is down for long.
@@ -101,7 +102,8 @@ class Rig:
     """Broker, database, bridge(s) and edge for one scenario; ``run(fault)`` streams, breaks, counts.
 
     ``influx``: a running InfluxDB1 to use, or None to start one of its own (needed when the
-    fault stops the database). ``via_proxy``: the edge reaches the broker through a TcpProxy.
+    fault stops the database). ``via_proxy``: the edge reaches the broker through a TcpProxy
+    (``"mqtt"``: one that frames MQTT packets, for ``kill_edge_without_pubacks``).
     ``persistence``: mosquitto saves its state to disk after every change (what a kill -9 of
     the broker needs; it costs the broker about two thirds of its QoS 1 rate, docs/reliability.md);
     ``broker_conf`` is appended to its config.
@@ -109,7 +111,7 @@ class Rig:
 
     def __init__(self, workdir: Path, name: str, *, influx: InfluxDB1 | None = None, devices: int = 3,
                  per_device: int = 40, rate: float = 60.0, bridges: int = 1, share_group: str | None = None,
-                 via_proxy: bool = False, edge_over: dict | None = None, seed: int = 3,
+                 via_proxy: bool | str = False, edge_over: dict | None = None, seed: int = 3,
                  persistence: bool = False, broker_conf: str = "") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,7 @@ class Rig:
             self.bridges.append(CliProcess(["bridge", "run", "-c", str(cfg)], self.workdir / f"bridge{i}.log").start())
         url = self.broker.url
         if self.via_proxy:
-            self.proxy = TcpProxy(self.broker.port)
+            self.proxy = TcpProxy(self.broker.port, mqtt_frames=self.via_proxy == "mqtt")
             url = self.proxy.url
         own = {"outbox": {"path": str(self.workdir / f"outbox-{self.node}.sqlite")}, "drain_timeout_s": 10}
         cfg = write_config(self.workdir / "edge.yaml", edge_config(self.node, url, FAST_RECONNECT, own, self.edge_over))
@@ -277,4 +279,36 @@ def cut_network(down_s: float):
         lwt = "offline" in rig.watch.states(rig.node)[seen:]
         rig.watch.wait_online(rig.node, rig.edge, after=seen)
         return {"lwt_seen": lwt}
+    return fault
+
+
+def kill_edge_without_pubacks(down_s: float):
+    """The edge's own messages stop reaching the broker -- the proxy drops every PUBLISH it sends --
+    while its PUBACKs for the readings it receives still pass, so the broker forgets those readings.
+    Then the edge is SIGKILLed, the link comes back and it restarts. With a large
+    ``mqtt.max_inflight`` every result of that time was handed to paho (in memory, gone with the
+    process) and never acknowledged: the outbox on disk is the only copy left anywhere."""
+    def fault(rig: Rig) -> dict:
+        rig.proxy.drop_publishes()
+        time.sleep(down_s)
+        rig.edge.kill()
+        dropped = rig.proxy.dropped_publishes
+        rig.proxy.restore()
+        rig.restart(rig.edge, rig.node)
+        return {"publishes_dropped": dropped}
+    return fault
+
+
+def kill_bridge_while_influx_down(down_s: float):
+    """influxd stopped; for ``down_s`` the bridge receives results it cannot write; then it is
+    SIGKILLed, influxd comes back and the bridge restarts. Each result it received meanwhile was
+    held in its memory and, acknowledged only after a write, still held by the broker: that copy,
+    which the broker sends to the restarted bridge, is the only one left."""
+    def fault(rig: Rig) -> dict:
+        rig.influx.stop()
+        time.sleep(down_s)
+        rig.bridges[0].kill()
+        rig.influx.restart()
+        rig.restart(rig.bridges[0], rig.bridge_node(0))
+        return {}
     return fault

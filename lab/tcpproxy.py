@@ -18,9 +18,14 @@ class TcpProxy:
     (neither side sees FIN or RST, only silence, so keepalives must notice) and refuses new
     connections; ``cut(uplink_only=True)`` stops only client -> target, so the client still
     receives but nothing it sends (publishes, acks) arrives; ``restore()`` drops the stale
-    connections and forwards again."""
+    connections and forwards again.
 
-    def __init__(self, target_port: int, target_host: str = HOST) -> None:
+    ``mqtt_frames=True`` (plain MQTT only, not TLS) splits what clients send into MQTT packets, so
+    ``drop_publishes()`` can drop exactly their PUBLISH packets (counted in ``dropped_publishes``)
+    while everything else they send -- the PUBACKs for messages they receive, PINGREQ -- passes:
+    their acks get through, their own messages never arrive and are never acknowledged."""
+
+    def __init__(self, target_port: int, target_host: str = HOST, *, mqtt_frames: bool = False) -> None:
         self.target = (target_host, target_port)
         self._listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,6 +38,10 @@ class TcpProxy:
         self._up = True
         self._uplink = True
         self._closing = False
+        self._frames = mqtt_frames
+        self._pending: dict[socket.socket, bytearray] = {}  # client bytes after the last complete packet
+        self._drop_publish = False
+        self.dropped_publishes = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -48,9 +57,17 @@ class TcpProxy:
             else:
                 self._up = False
 
+    def drop_publishes(self) -> None:
+        if not self._frames:
+            raise RuntimeError("drop_publishes() needs TcpProxy(..., mqtt_frames=True)")
+        with self._lock:
+            self._drop_publish = True
+
     def restore(self) -> None:
         with self._lock:
             self._up = self._uplink = True
+            self._drop_publish = False
+            self._pending.clear()
             stale = list(self._peers)
             self._peers.clear()
             self._clients.clear()
@@ -96,12 +113,16 @@ class TcpProxy:
     def _forward(self, s: socket.socket) -> None:
         with self._lock:
             peer = self._peers.get(s)
+            from_client = s in self._clients
         if peer is None:
             return
         try:
             data = s.recv(65536)
             if data:
-                peer.sendall(data)
+                if self._frames and from_client:
+                    data = self._filter(s, data)
+                if data:
+                    peer.sendall(data)
                 return
         except OSError:
             pass
@@ -110,8 +131,41 @@ class TcpProxy:
             self._peers.pop(peer, None)
             self._clients.discard(s)
             self._clients.discard(peer)
+            self._pending.pop(s, None)
+            self._pending.pop(peer, None)
         _close(s)
         _close(peer)
+
+    def _filter(self, s: socket.socket, data: bytes) -> bytes:
+        """The complete MQTT packets in what ``s`` sent so far, minus PUBLISH while dropping; the rest waits."""
+        buf = self._pending.setdefault(s, bytearray())
+        buf += data
+        out = bytearray()
+        at = 0
+        while (size := _packet_size(buf, at)) is not None:
+            if self._drop_publish and buf[at] >> 4 == 3:  # PUBLISH
+                self.dropped_publishes += 1
+            else:
+                out += buf[at : at + size]
+            at += size
+        del buf[:at]
+        return bytes(out)
+
+
+def _packet_size(buf: bytearray, at: int) -> int | None:
+    """Bytes of the MQTT packet starting at ``at`` (fixed header + remaining length), None if incomplete."""
+    remaining, shift, i = 0, 0, at + 1
+    while True:
+        if i >= len(buf) or shift > 21:
+            return None
+        byte = buf[i]
+        remaining |= (byte & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not byte & 0x80:
+            break
+    size = i - at + remaining
+    return size if len(buf) - at >= size else None
 
 
 def _close(s: socket.socket) -> None:

@@ -136,6 +136,16 @@ def _wrong_key(deployer, registry, keys):
     deployer.publish_manifest(manifest, sign_manifest(manifest, keys.other))
 
 
+def _tampered_manifest(deployer, registry, keys):
+    """Signed by the trusted key for one canary node, then widened to the whole fleet in transit: the key id
+    is right, the signature no longer matches the bytes."""
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["some-canary"])
+    deployer.publish_artifact(manifest, content)
+    signed = json.loads(sign_manifest(manifest, keys.signing))
+    signed["targets"] = ["*"]
+    deployer.publish_manifest(manifest, canonical_bytes(signed))
+
+
 def _unsigned(deployer, registry, keys):
     manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
     deployer.publish_artifact(manifest, content)
@@ -165,6 +175,7 @@ def _spec_mismatch(deployer, registry, keys):
 REFUSALS = [
     ("tampered artifact", _tampered, "hash_mismatch", {}),
     ("wrong key", _wrong_key, "unknown_key", {}),
+    ("tampered manifest", _tampered_manifest, "bad_signature", {}),
     ("unsigned manifest", _unsigned, "unsigned", {}),
     ("truncated chunks", _truncated, "incomplete", {"chunk_timeout_s": 1.0}),
     ("bad self-test", _bad_selftest, "selftest_failed", {}),

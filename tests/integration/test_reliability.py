@@ -89,3 +89,28 @@ def test_shared_subscription_splits_the_load_and_survives_a_killed_replica(tmp_p
         written = [b.final_stats()["points_written"] for b in r.bridges]
         assert all(n > 0 for n in written), written  # both replicas took a share
         assert r.bridges[0].starts == 2
+
+
+# Decisive scenarios: the mechanism under test is the only thing between the data and its loss, so
+# breaking it loses most of the windows of the outage, not a few (tests/mutants/*.toml, `make mutate`).
+
+
+def test_bridge_killed_while_influxdb_is_down(tmp_path, unique_id):
+    """Every result the bridge received while influxd was down is in its memory only -- and in the
+    broker, because the bridge acknowledges a result after the write, not on receipt."""
+    with rig(tmp_path, f"held{unique_id}") as r:  # its own influxd: this test stops it
+        out = r.run(fk.kill_bridge_while_influx_down(down_s=1.5), timeout=45.0)
+        assert_nothing_lost(out, r)
+        assert r.bridges[0].starts == 2
+
+
+def test_edge_killed_while_its_results_get_no_puback(tmp_path, influxdb, unique_id):
+    """The edge's PUBLISHes are dropped on the way while its acks for the readings pass, so the broker
+    forgets the readings; every result of that time was handed to paho (max_inflight is large), which
+    dies with the process: only the outbox rows, deleted on PUBACK and not before, bring them back."""
+    with rig(tmp_path, f"nopuback{unique_id}", influxdb, via_proxy="mqtt",
+             edge_over={"mqtt": {"max_inflight": 65535}}) as r:
+        out = r.run(fk.kill_edge_without_pubacks(down_s=1.5), timeout=45.0)
+        assert_nothing_lost(out, r)
+        assert out.notes["publishes_dropped"] >= 30, out.notes  # the outage did hold back results
+        assert r.edge.final_stats()["outbox_replayed_at_start"] >= 30  # the new process sent the old one's rows

@@ -205,3 +205,70 @@ def test_edge_link_options_follow_the_config(tmp_path):
     opts = d.link_options()
     assert opts["clean_start"] is True and opts["manual_ack"] is False and opts["on_publish"] is None
     d.close()
+
+
+class DiskCheckingLink(FakeLink):
+    """Records, with each reading ack, what an independent reader of the outbox file sees at that moment."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        super().__init__()
+        self.outbox = outbox
+        self.seen_at_ack: list[tuple[int, int, int]] = []  # (mid, outbox synced_seq, rows in the file)
+
+    def set_max_inflight(self, n: int) -> None:  # noqa: ARG002 -- MqttLink's, called by EdgeDelivery.attach
+        pass
+
+    def ack(self, mid, qos, generation):  # noqa: ANN001
+        import sqlite3
+
+        with sqlite3.connect(self.outbox.path) as other:
+            rows = other.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self.seen_at_ack.append((mid, self.outbox.synced_seq, rows))
+        return super().ack(mid, qos, generation)
+
+
+def edge_delivery(tmp_path, **over) -> tuple[EdgeDelivery, DiskCheckingLink]:
+    """The real EdgeDelivery (outbox.fsync: batch) on a recording link. Not started: the test runs the
+    sync thread's turn itself (``_sync``), so "appended" and "on disk" are two moments it controls."""
+    cfg = load_edge_config(None, {"node_id": "n1", "outbox": {"path": str(tmp_path / "o.sqlite"), "fsync": "batch"},
+                                  **over})
+    d = EdgeDelivery(cfg)
+    link = DiskCheckingLink(d.outbox)
+    d.attach(link)
+    return d, link
+
+
+def test_edge_acks_a_reading_only_after_its_results_are_on_disk(tmp_path):
+    # No persistent session: no window history, so on-disk results are the only condition.
+    d, link = edge_delivery(tmp_path, mqtt={"session_expiry_s": 0})
+    try:
+        d.ingested("sensors/dev-1/vibration", 7, 1, 0, 64, engine_pending=1)  # completed a window, not flushed
+        assert link.acks == []  # its result exists nowhere yet
+        d.publish([("results/dev-1/vibration_ae", b"r7")], engine_pending=0)
+        assert link.acks == []  # appended, not yet fsynced: a power cut could still lose it
+        d._sync()  # the sync thread's group commit
+        assert [mid for mid, _, _ in link.acks] == [7]
+        assert link.seen_at_ack == [(7, 1, 1)]  # at the ack: append 1 fsynced, its row in the file
+        d.ingested("sensors/dev-1/vibration", 8, 1, 0, 0, engine_pending=0)  # rejected reading: nothing to wait for
+        assert [mid for mid, _, _ in link.acks] == [7, 8]
+    finally:
+        d.close()
+
+
+def test_edge_holds_the_readings_a_future_window_needs(tmp_path):
+    # Persistent session (the default): a 64-sample reading stays needed until 127 samples came after it.
+    d, link = edge_delivery(tmp_path)
+    try:
+        d.ingested("sensors/dev-1/vibration", 1, 1, 0, 64, engine_pending=0)
+        d.ingested("sensors/dev-1/vibration", 2, 1, 0, 64, engine_pending=1)
+        d.publish([("results/dev-1/vibration_ae", b"w2")], engine_pending=0)
+        d._sync()
+        assert link.acks == []  # reading 1 is half of the next window, reading 2 all of its first half
+        d.ingested("sensors/dev-1/vibration", 3, 1, 0, 64, engine_pending=1)
+        d.publish([("results/dev-1/vibration_ae", b"w3")], engine_pending=0)
+        assert link.acks == []  # w3 not on disk yet
+        d._sync()
+        assert [mid for mid, _, _ in link.acks] == [1]  # 128 samples after it: no window needs it any more
+        assert link.seen_at_ack == [(1, 2, 2)]
+    finally:
+        d.close()
