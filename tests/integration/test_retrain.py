@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from unit.test_drift import device_windows, fleet_stream
+from helpers import device_windows, fleet_stream
 
 from edgeloop.bridge.loopconfig import RetrainSettings, SampleStoreSettings
 from edgeloop.bridge.registry import Registry
