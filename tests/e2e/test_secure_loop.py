@@ -19,6 +19,7 @@ import json
 import numpy as np
 import pytest
 from certs import TestCA
+from helpers import result_payload
 from securebroker import OBSERVER, secure_broker
 from lab.procs import CliProcess, logs, terminate_all
 from lab.servers import eventually
@@ -28,7 +29,6 @@ from edgeloop.contract import DeadLetter
 
 SECRET = "kP4-e2e-secret-never-logged"
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
-SHA = "ab" * 32
 
 
 def peer(port: int, ca: TestCA, cn: str, subscriptions=(), on_message=None) -> MqttLink:
@@ -46,9 +46,8 @@ def reading(seq: int) -> bytes:
 
 
 def forged_result(device: str, seq: int) -> bytes:
-    return json.dumps({"device": device, "sensor": "vibration", "model": "vibration_ae", "model_version": "6.6.6",
-                       "model_sha256": SHA, "ts": 1_795_740_999.0 + seq, "seq": 10_000 + seq, "outputs": [0.0],
-                       "score": 0.0, "anomaly": False, "label": "normal", "latency_ms": 1.0}).encode()
+    return result_payload(device, "vibration_ae", 10_000 + seq, sensor="vibration", model_version="6.6.6",
+                          ts=1_795_740_999.0 + seq, outputs=[0.0], score=0.0, label="normal")
 
 
 @pytest.mark.timeout(180)
