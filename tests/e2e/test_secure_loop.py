@@ -26,6 +26,8 @@ from lab.servers import eventually
 
 from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
 from edgeloop.contract import DeadLetter
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.edge.inference import TfliteModel
 
 SECRET = "kP4-e2e-secret-never-logged"
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
@@ -110,7 +112,7 @@ influx:
         try:
             # Both services are up when their retained "online" status is on the broker.
             eventually(lambda: all(b'"online"' in online.get(f"status/{n}", b"") for n in ("dev-a", "edgeloop-bridge")),
-                       timeout=60, message="edge or bridge not online (see edge.log, bridge.log)")
+                       timeout=60, message="edge or bridge not online", alive=[edge, bridge])
 
             device = peer(broker.port, ca, "dev-a")
             forger = peer(broker.port, ca, "dev-b")
@@ -129,8 +131,10 @@ influx:
             def stored() -> list[dict]:
                 return influx.points('SELECT * FROM "inference"', db)
 
-            eventually(lambda: len(stored()) >= READINGS - 1, timeout=60, message="results not stored")
-            eventually(lambda: [m for m in letters if m.topic == "deadletter/bridge"], timeout=30)
+            eventually(lambda: len(stored()) >= READINGS - 1, timeout=60, message="results not stored",
+                       alive=[edge, bridge])
+            eventually(lambda: [m for m in letters if m.topic == "deadletter/bridge"], timeout=30,
+                       message="the bridge's dead letter for the mismatched result", alive=[edge, bridge])
         finally:
             codes = terminate_all(edge, bridge)
             for link in (observer, device, forger, evil):
@@ -141,7 +145,10 @@ influx:
         rows = influx.points('SELECT * FROM "inference"', db)
         assert len(rows) == READINGS - 1
         assert {r["device"] for r in rows} == {"dev-a"} and {r["node"] for r in rows} == {"dev-a"}
-        assert {r["model_version"] for r in rows} != {"6.6.6"} and all(r["seq"] < 10_000 for r in rows)
+        # Exactly the windows of dev-a's readings (each ends at the reading that completed it), all scored by
+        # the edge's model: a forged row (seq >= 10000, version 6.6.6) in place of a genuine one fails either.
+        assert sorted(r["seq"] for r in rows) == list(range(1, READINGS))
+        assert {r["model_version"] for r in rows} == {TfliteModel(BUNDLED_MODEL).version}
         mismatch = [DeadLetter.model_validate_json(m.payload) for m in letters if m.topic == "deadletter/bridge"]
         assert [(d.reason, d.topic) for d in mismatch] == [("topic_mismatch", "results/dev-b/vibration_ae")]
     # dev-b's reading on sensors/dev-a/... would have made one more window: the broker refused it,
