@@ -23,7 +23,6 @@ from lab.procs import REPO, CliProcess, logs, terminate_all
 from lab.servers import eventually
 
 from edgeloop.devices.scenes import write_video
-from edgeloop.contract import InferenceResult
 from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.vision.config import BUNDLED_VISION_MODEL
 from edgeloop.edge.vision.pipeline import build_image_pipeline
@@ -59,6 +58,7 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
     assert len(known) >= FRAMES * 3 // 4, (truth, offline)  # the bundled model knows most of these frames
 
     (tmp_path / "edge.yaml").write_text(f"node_id: {node}\nvision:\n  cameras:\n    - camera: belt\n")
+    query = "SELECT \"label\", \"score\", \"seq\", \"anomaly\" FROM \"inference\" WHERE \"sensor\" = 'belt'"
     watcher = Watcher(mosquitto.port, ["status/#", "results/#", "deadletter/#"])
     bridge = CliProcess(["bridge", "run", "--broker", mosquitto.url, "--influx-api", "v1", "--influx-url", influx.url,
                          "--influx-db", db], tmp_path / "bridge.log").start()
@@ -75,22 +75,28 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
         assert camera.returncode == 0, camera.stderr
         assert json.loads(camera.stdout)["published"] == FRAMES
 
-        results = eventually(lambda: (r := watcher.on("results/")) and len(r) >= FRAMES // 2 and r, timeout=60,
-                             message="results from the edge")
-        query = "SELECT \"label\", \"score\", \"seq\", \"anomaly\" FROM \"inference\" WHERE \"sensor\" = 'belt'"
-        rows = eventually(lambda: (p := influx.points(query + ' GROUP BY "device", "model", "node"', db))
-                          and len(p) >= len(watcher.on("results/")) and p, timeout=60, message="points in influxd")
-        assert edge.alive() and bridge.alive()
+        # Newest wins: the last frame is never overwritten, so its result means every frame was classified or shed.
+        eventually(lambda: FRAMES - 1 in {r.seq for r in watcher.results(node)}, timeout=60,
+                   message="the last frame's result", alive=[edge, bridge])
+        eventually(lambda: len(influx.points(query, db)) >= len(watcher.results(node)), timeout=60,
+                   message="points in influxd", alive=[edge, bridge])
     finally:
         codes = terminate_all(edge, bridge)
+        watcher.sync("deadletter/sync")
         watcher.close()
     assert codes == [0, 0], logs(edge, bridge)
-    results = [InferenceResult.model_validate_json(p) for p in watcher.on("results/")]
+    results = watcher.results(node)
     rows = influx.points(query + ' GROUP BY "device", "model", "node"', db)
     assert watcher.on("deadletter/") == []
-    # Every result stored once; frames shed by newest-wins (if the edge fell behind) have neither.
-    assert sorted(int(r["seq"]) for r in rows) == sorted(r.seq for r in results)
-    assert len(rows) >= FRAMES // 2
+    # Every frame is accounted for: classified (one result, stored once) or shed by newest-wins because the
+    # edge was busy when the next frame came (on a loaded machine; ~1 ms of inference here when idle).
+    # Nothing else may lose a frame; the last one is always classified.
+    stats = edge.final_stats()
+    assert stats["frames_received"] == FRAMES and stats["frames_classified"] + stats["frames_dropped_stale"] == FRAMES
+    assert stats["frames_dropped_streams"] == stats["frames_dropped_oversized"] == 0, stats
+    assert sorted(r.seq for r in results) == sorted(int(r["seq"]) for r in rows)
+    assert len(results) == len(set(r.seq for r in results)) == stats["frames_classified"] and FRAMES - 1 in {
+        r.seq for r in results}
     assert {(r["device"], r["model"], r["node"]) for r in rows} == {(f"line-{unique_id}", "parts_cnn_int8", node)}
     for row in rows:
         seq = int(row["seq"])
