@@ -11,15 +11,13 @@ offline with confidence, that label is the ground truth.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from lab.mqtt import Watcher
-from lab.procs import REPO, CliProcess, logs, terminate_all
+from lab.procs import CliProcess, logs, run_cli, terminate_all
 from lab.servers import eventually
 
 from edgeloop.devices.scenes import write_video
@@ -67,11 +65,8 @@ def test_camera_frames_are_classified_and_stored_with_the_right_labels(mosquitto
     try:
         watcher.wait_online(node, edge)
         watcher.wait_online("edgeloop-bridge", bridge)
-        camera = subprocess.run(
-            [sys.executable, "-m", "edgeloop.cli", "devices", "camera", "--source", str(video), "--broker", mosquitto.url,
-             "--device", f"line-{unique_id}", "--camera", "belt", "--fps", "8", "--qos", "1"],
-            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-        )
+        camera = run_cli("devices", "camera", "--source", str(video), "--broker", mosquitto.url,
+                         "--device", f"line-{unique_id}", "--camera", "belt", "--fps", "8", "--qos", "1", timeout=60)
         assert camera.returncode == 0, camera.stderr
         assert json.loads(camera.stdout)["published"] == FRAMES
 
