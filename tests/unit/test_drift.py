@@ -6,6 +6,8 @@ fleet scenarios are deterministic and take no wall-clock time.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -90,12 +92,18 @@ def run_monitor(events: list, settings: DriftSettings = SETTINGS) -> tuple[Drift
     return monitor, triggers
 
 
-def test_a_stable_fleet_with_ordinary_faults_does_not_trigger(model):
+def test_a_stable_fleet_with_ordinary_faults_does_not_trigger(model, caplog):
     sims = [FleetSimulator(3, seed=42, anomaly_rate=0.004)] * 3
-    monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
+    with caplog.at_level(logging.DEBUG, logger="edgeloop.bridge.drift"):
+        monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
     assert triggers == []
     [ev] = monitor.last_evaluations()
     assert ev.status == "stable" and ev.evidence["compared_devices"] == 3
+    # Every evaluation is one DEBUG line (what an operator, and the closed-loop e2e test, read).
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drift evaluation ")]
+    assert len(logged) == len(monitor.history) > 0
+    assert logged[-1] == (f"drift evaluation {ev.model}/{ev.cohort} at={ev.at:.3f}: stable "
+                          f"(devices 3, compared 3, changed 0, mismatched 0)")
 
 
 def test_a_fleet_wide_regime_change_triggers_once_with_evidence(model):
