@@ -4,6 +4,8 @@
   contract's ``InferenceResult``), every field overridable;
 - ``ScriptedSink``: the bridge's sink seam (``Bridge(cfg, sink=...)``), raising scripted errors
   in order and recording what it accepted;
+- ``RecordingLink``: what the edge's delivery needs of an ``MqttLink`` (``EdgeDelivery.attach``,
+  ``OutboxSender(box, link)``), recording publishes and acks;
 - ``device_windows()`` / ``fleet_stream()``: simulated vibration windows and the sample batches
   an edge would send for them (the drift and retrain tests of the unit and integration tiers).
 
@@ -58,6 +60,36 @@ class ScriptedSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class RecordingLink:
+    """What the edge's delivery uses of ``MqttLink``: ``connected``, ``publish`` (returns an info with a
+    ``mid``), ``ack`` and ``set_max_inflight``; every publish and ack is recorded."""
+
+    class Info:
+        def __init__(self, mid: int) -> None:
+            self.mid = mid
+
+    def __init__(self) -> None:
+        import threading
+
+        self.connected = threading.Event()
+        self.connected.set()
+        self.sent: list[tuple[int, str, bytes]] = []
+        self.acks: list[tuple[int, int, int]] = []
+        self._mid = 0
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Info:
+        self._mid += 1
+        self.sent.append((self._mid, topic, payload))
+        return self.Info(self._mid)
+
+    def ack(self, mid: int, qos: int, generation: int) -> bool:
+        self.acks.append((mid, qos, generation))
+        return True
+
+    def set_max_inflight(self, limit: int) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- simulated fleets (drift, retrain)

@@ -3,8 +3,6 @@ settings in both configs. The bridge's manual acks, against a real broker: tests
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from edgeloop.bridge.config import BridgeConfig
@@ -13,36 +11,13 @@ from edgeloop.edge.config import load_edge_config
 from edgeloop.edge.delivery import EdgeDelivery, session_expiry_s, window_history
 from edgeloop.edge.outbox import Outbox
 from edgeloop.edge.sender import OutboxSender
+from helpers import RecordingLink
 from lab.servers import eventually
-
-
-class FakeLink:
-    """What the sender needs from MqttLink: ``connected`` and ``publish`` returning an info with a mid."""
-
-    class Info:
-        def __init__(self, mid: int) -> None:
-            self.mid = mid
-
-    def __init__(self) -> None:
-        self.connected = threading.Event()
-        self.connected.set()
-        self.sent: list[tuple[int, str, bytes]] = []
-        self._mid = 0
-        self.acks: list = []
-
-    def publish(self, topic, payload, qos=1, retain=False):  # noqa: ANN001
-        self._mid += 1
-        self.sent.append((self._mid, topic, payload))
-        return self.Info(self._mid)
-
-    def ack(self, mid, qos, generation):  # noqa: ANN001
-        self.acks.append((mid, qos, generation))
-        return True
 
 
 def test_sender_keeps_at_most_window_in_flight_and_deletes_only_acked(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
-    link = FakeLink()
+    link = RecordingLink()
     sender = OutboxSender(box, link, window=3)
     box.append([("results/d/m", str(i).encode()) for i in range(10)])
     sender.start()
@@ -78,7 +53,7 @@ def test_sender_keeps_at_most_window_in_flight_and_deletes_only_acked(tmp_path):
 
 def test_sender_drain_gives_up_after_its_timeout_and_keeps_the_rest(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
-    link = FakeLink()
+    link = RecordingLink()
     link.connected.clear()
     sender = OutboxSender(box, link, window=3)
     box.append([("results/d/m", b"x")])
