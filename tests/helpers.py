@@ -6,6 +6,7 @@
   in order and recording what it accepted;
 - ``RecordingLink``: what the edge's delivery needs of an ``MqttLink`` (``EdgeDelivery.attach``,
   ``OutboxSender(box, link)``), recording publishes and acks;
+- ``video_frames()``: every frame of a video file, decoded by OpenCV;
 - ``device_windows()`` / ``fleet_stream()``: simulated vibration windows and the sample batches
   an edge would send for them (the drift and retrain tests of the unit and integration tiers).
 
@@ -90,6 +91,22 @@ class RecordingLink:
 
     def set_max_inflight(self, limit: int) -> None:
         pass
+
+
+def video_frames(path: Any) -> list[np.ndarray]:
+    """Every frame of the video at ``path`` (BGR arrays, as OpenCV and the camera publisher read them)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames
+            frames.append(frame)
+    finally:
+        cap.release()
 
 
 # --------------------------------------------------------------------------- simulated fleets (drift, retrain)

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import video_frames
 from lab.mqtt import Watcher
 from lab.procs import CliProcess, logs, run_cli, terminate_all
 from lab.servers import eventually
@@ -33,15 +34,8 @@ def offline_predictions(video: Path) -> list[tuple[str, float]]:
     """(label, top-1 probability) per frame of the video, from the bytes the camera will publish."""
     model = TfliteModel(BUNDLED_VISION_MODEL)
     pipeline = build_image_pipeline(None, model)
-    cap = cv2.VideoCapture(str(video))
-    rows = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1].tobytes()
-        rows.append(pipeline.process(jpeg))
-    cap.release()
+    rows = [pipeline.process(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1].tobytes())
+            for frame in video_frames(video)]
     probs = model.run(np.stack(rows))
     return [(model.labels[int(p.argmax())], float(p.max())) for p in probs]
 
