@@ -136,7 +136,11 @@ def test_drift_is_detected_retrained_deployed_and_the_anomaly_rate_returns(mosqu
         trigger = until(lambda: events("drift"), 90, "no drift trigger")[0]
         assert trigger["version"] == base and trigger["changed_devices"] >= 2 and trigger["score_psi"] > 0
         registry = Registry(tmp_path / "registry")
-        running.append(lambda: not events("refused"))  # a failed retrain job ends the wait at once
+
+        def no_refused_retrain() -> bool:
+            return not events("refused")
+
+        running.append(no_refused_retrain)  # a failed retrain job ends the wait at once, with its event
         deploy = until(lambda: [e for e in events("deploy") if e["version"] != base], 900,
                        "retrain/deploy did not finish")[0]
         new = deploy["version"]
