@@ -210,14 +210,8 @@ class Watcher:
         With ``proc`` (anything with ``alive()``, ``returncode`` and ``log_tail()``,
         e.g. a ``lab.procs.CliProcess``), fails at once, with its log, if it exits first.
         """
-        deadline = time.monotonic() + timeout
-        while "online" not in self.states(node)[after:]:
-            if proc is not None and not proc.alive():
-                raise AssertionError(f"{node} exited with code {proc.returncode} before it came online:\n"
-                                     f"{proc.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{node} never published an online status within {timeout}s")
-            time.sleep(0.05)
+        eventually(lambda: "online" in self.states(node)[after:], timeout=timeout,
+                   message=f"{node} never published an online status", alive=[] if proc is None else [proc])
 
     def close(self) -> None:
         close(self.client)

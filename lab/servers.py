@@ -69,7 +69,7 @@ def _check_alive(thing: Any, message: str) -> None:
         if not thing.alive():
             code = getattr(thing, "returncode", None)
             tail = thing.log_tail() if hasattr(thing, "log_tail") else ""
-            raise AssertionError(f"{message}: {thing!r} exited (code {code}) while waiting\n{tail}")
+            raise AssertionError(f"{message}: {thing!r} exited with code {code} while waiting\n{tail}")
     elif not thing():
         raise AssertionError(f"{message}: {getattr(thing, '__name__', thing)!r} no longer holds")
 

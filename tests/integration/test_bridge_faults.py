@@ -70,7 +70,8 @@ def test_missing_database_drops_loudly_and_recovers_when_it_exists(mosquitto, in
         eventually(lambda: bridge.stats()["batches"] == 1, timeout=10, message="birth status batch")
         publish(mosquitto, unique_id, messages(unique_id, range(10)))
         eventually(lambda: bridge.stats()["points_dropped"] == 1 + 10, timeout=15, message="404 batch dropped")
-        assert bridge.stats()["write_errors"] == {"fatal": 2} and bridge.stats()["retries"] == 0
+        # Every failure was fatal and none was retried (how many batches the 10 results made is timing).
+        assert set(bridge.stats()["write_errors"]) == {"fatal"} and bridge.stats()["retries"] == 0
         influxdb.create_database(db)
         publish(mosquitto, unique_id, messages(unique_id, range(10, 20)))
         eventually(lambda: count(influxdb, db) == 10, timeout=15, message="written once the database exists")

@@ -52,7 +52,7 @@ def test_a_process_that_dies_ends_the_wait_at_the_next_poll(tmp_path):
         eventually(fn, timeout=60, interval=0.001, message="results stored", alive=[proc])
     assert len(polls) == 3  # not one poll more: the wait ended, it did not run into the 60 s
     text = str(info.value)
-    assert text.startswith("results stored: CliProcess(") and "exited (code -9)" in text and "sleeper up" in text
+    assert text.startswith("results stored: CliProcess(") and "exited with code -9" in text and "sleeper up" in text
 
 
 def test_a_process_dead_before_the_wait_means_no_poll_at_all(tmp_path):
