@@ -259,6 +259,10 @@ class DriftMonitor:
             ev.evidence["consecutive"] = float(cohort.consecutive)
             self.history.append((now, model, cohort_name, ev.status, ev.evidence.get("changed_devices", 0.0),
                                  ev.evidence.get("mismatched_devices", 0.0)))
+            log.debug("drift evaluation %s/%s at=%.3f: %s (devices %d, compared %d, changed %d, mismatched %d)",
+                      model, cohort_name, now, ev.status, ev.evidence.get("devices", 0),
+                      ev.evidence.get("compared_devices", 0), ev.evidence.get("changed_devices", 0),
+                      ev.evidence.get("mismatched_devices", 0))
             if cohort.consecutive >= s.consecutive and not self.in_cooldown(model, now):
                 since = cohort.first_drifted
                 trigger = Trigger(

@@ -8,7 +8,8 @@ measure MQTT itself (the broker's limit, the naive baseline) keep bare paho.
 - ``connect()``: a paho client connected to a broker, network loop running.
 - ``publish_all()``: publish and wait until the broker acknowledged everything.
 - ``Watcher``: subscribes (again after a broker restart), keeps every message,
-  tracks node statuses, parses results on demand, waits for a node to come online.
+  tracks node statuses, parses results on demand, waits for a node to come online,
+  and ``sync()``s: waits until everything the broker routed to it so far has arrived.
 - ``Publisher``: publishes a schedule of messages from a thread, each at its
   time (``paced()`` makes a steady-rate schedule from a list).
 """
@@ -121,6 +122,7 @@ class Watcher:
         self._statuses: dict[str, list[tuple[float, NodeStatus]]] = {}
         self._results: list[InferenceResult] = []
         self._parsed = 0  # messages looked at by results()
+        self._markers: dict[bytes, threading.Event] = {}  # sync() markers on their way back
         subscribed = threading.Event()
         self.client = connect(port, host=host, timeout=timeout, on_message=self._on_message,
                               on_subscribe=lambda *_a: subscribed.set(),
@@ -130,6 +132,10 @@ class Watcher:
             raise RuntimeError(f"no SUBACK for {subscriptions} within {timeout}s")
 
     def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001 -- paho's callback
+        marker = self._markers.get(msg.payload)
+        if marker is not None:
+            marker.set()
+            return
         props = getattr(msg.properties, "UserProperty", None) if msg.properties is not None else None
         message = Message(msg.topic, msg.payload, time.time(), tuple(props) if props else (), msg.qos, bool(msg.retain))
         status = None
@@ -181,20 +187,31 @@ class Watcher:
 
     # ------------------------------------------------------------ waiting
 
+    def sync(self, topic: str, timeout: float = 10.0) -> None:
+        """Publish a marker on ``topic`` (inside this watcher's subscriptions) and wait until it comes back.
+
+        The broker keeps the order of what it sends one subscriber, so every message it had routed to this
+        watcher before the marker has arrived by then: "nothing more came" is an event, not a sleep.
+        The marker itself is not kept.
+        """
+        token = f"lab-sync-{os.getpid()}-{next(_ids)}".encode()
+        back = threading.Event()
+        self._markers[token] = back
+        try:
+            publish_all(self.client, [(topic, token)], timeout=timeout)
+            if not back.wait(timeout):
+                raise AssertionError(f"the sync marker on {topic!r} did not come back within {timeout}s")
+        finally:
+            del self._markers[token]
+
     def wait_online(self, node: str, proc=None, timeout: float = 60.0, after: int = 0) -> None:  # noqa: ANN001
         """Until ``node`` published an ``online`` status (after its first ``after`` statuses).
 
         With ``proc`` (anything with ``alive()``, ``returncode`` and ``log_tail()``,
         e.g. a ``lab.procs.CliProcess``), fails at once, with its log, if it exits first.
         """
-        deadline = time.monotonic() + timeout
-        while "online" not in self.states(node)[after:]:
-            if proc is not None and not proc.alive():
-                raise AssertionError(f"{node} exited with code {proc.returncode} before it came online:\n"
-                                     f"{proc.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{node} never published an online status within {timeout}s")
-            time.sleep(0.05)
+        eventually(lambda: "online" in self.states(node)[after:], timeout=timeout,
+                   message=f"{node} never published an online status", alive=[] if proc is None else [proc])
 
     def close(self) -> None:
         close(self.client)

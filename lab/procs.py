@@ -8,6 +8,8 @@ starts, stops, kills and measures processes the same way:
 - ``terminate()`` is SIGTERM (the component drains), then SIGKILL after a
   timeout; ``kill()`` is SIGKILL, as in a crash or a power cut;
 - ``final_stats()`` reads the counters the last run logged when it stopped;
+- ``run()`` (and ``run_cli()``) runs a one-shot command (``config check``, ``model info``,
+  ``devices camera`` on a file) to completion, its output captured as text;
 - ``cpu_seconds()`` and ``peak_rss_mb()`` read ``/proc`` (the benchmarks).
 
 Each process gets its own session, so a Ctrl-C meant for the rig does not
@@ -35,13 +37,14 @@ class CliProcess:
     the log (readable through ``stdout``) for programs that answer on it.
     """
 
-    def __init__(self, args: list[str], log_path: Path, *, env: dict[str, str] | None = None,
+    def __init__(self, args: list[str], log_path: Path | None, *, env: dict[str, str] | None = None,
                  module: str = "edgeloop.cli", pipe_stdout: bool = False, program: list[str] | None = None,
                  cwd: Path = REPO, base_env: Mapping[str, str] | None = None) -> None:
         """``program`` replaces ``python -m MODULE`` (e.g. the ``edgeloop`` console script of another venv);
-        ``base_env`` replaces this process's environment as the one ``env`` is added to."""
+        ``base_env`` replaces this process's environment as the one ``env`` is added to. ``log_path`` may be
+        None for a process that is only ``run()``."""
         self.args = list(args)
-        self.log_path = Path(log_path)
+        self.log_path = None if log_path is None else Path(log_path)
         self.env = {**(os.environ if base_env is None else base_env), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.module = module
         self.program = list(program) if program else [sys.executable, "-m", module]
@@ -51,6 +54,8 @@ class CliProcess:
         self.starts = 0
 
     def start(self) -> CliProcess:
+        if self.log_path is None:
+            raise RuntimeError(f"{self}: start() needs a log_path")
         if self.alive():
             raise RuntimeError(f"{self} already running (pid {self.proc.pid})")
         with open(self.log_path, "a") as log:
@@ -101,8 +106,16 @@ class CliProcess:
                 self.kill()
         return self.proc.returncode
 
+    def run(self, timeout: float = 120.0, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run to completion (no log file, no new session): exit code, stdout and stderr as text."""
+        return subprocess.run(
+            [*self.program, *self.args], cwd=self.cwd, env=self.env, input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log()[-chars:]
@@ -131,6 +144,12 @@ class CliProcess:
 
     def __repr__(self) -> str:
         return f"CliProcess({self.program[-1]} {' '.join(self.args)!r})"
+
+
+def run_cli(*args: str, timeout: float = 120.0, env: dict[str, str] | None = None,
+            module: str = "edgeloop.cli", input: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m edgeloop.cli ARGS`` run to completion (``CliProcess.run``), e.g. ``run_cli("config", "check", f)``."""
+    return CliProcess(list(args), None, env=env, module=module).run(timeout, input)
 
 
 def terminate_all(*procs: CliProcess, timeout: float = 60.0) -> list[int | None]:

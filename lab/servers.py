@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 HOST = "127.0.0.1"
@@ -37,11 +38,21 @@ def free_port() -> int:
 
 
 def eventually(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-               message: str = "condition not met") -> Any:
-    """Poll ``fn`` until it returns something truthy and return that; raise AssertionError otherwise."""
+               message: str = "condition not met", *, alive: Iterable[Any] = ()) -> Any:
+    """Poll ``fn`` until it returns something truthy and return that; raise AssertionError otherwise.
+
+    An exception from ``fn`` counts as "not yet" (a server still starting, a row not there yet)
+    and is reported with the timeout. What must stay true meanwhile goes in ``alive``: processes
+    (anything with ``alive()``, e.g. ``lab.procs.CliProcess``; its exit code and log tail go into
+    the failure) or callables returning a bool. They are checked before every poll, and the first
+    one that fails ends the wait at once instead of at the timeout.
+    """
+    watched = list(alive)
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
+        for thing in watched:
+            _check_alive(thing, message)
         try:
             last = fn()
             if last:
@@ -51,6 +62,17 @@ def eventually(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} (after {timeout}s; last: {last!r})")
         time.sleep(interval)
+
+
+def _check_alive(thing: Any, message: str) -> None:
+    """AssertionError now if ``thing`` (a process with ``alive()`` or a bool callable) is no longer alive."""
+    if hasattr(thing, "alive"):
+        if not thing.alive():
+            code = getattr(thing, "returncode", None)
+            tail = thing.log_tail() if hasattr(thing, "log_tail") else ""
+            raise AssertionError(f"{message}: {thing!r} exited with code {code} while waiting\n{tail}")
+    elif not thing():
+        raise AssertionError(f"{message}: {getattr(thing, '__name__', thing)!r} no longer holds")
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0,

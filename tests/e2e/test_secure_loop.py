@@ -19,16 +19,18 @@ import json
 import numpy as np
 import pytest
 from certs import TestCA
+from helpers import result_payload
 from securebroker import OBSERVER, secure_broker
 from lab.procs import CliProcess, logs, terminate_all
 from lab.servers import eventually
 
 from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
 from edgeloop.contract import DeadLetter
+from edgeloop.edge.config import BUNDLED_MODEL
+from edgeloop.edge.inference import TfliteModel
 
 SECRET = "kP4-e2e-secret-never-logged"
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
-SHA = "ab" * 32
 
 
 def peer(port: int, ca: TestCA, cn: str, subscriptions=(), on_message=None) -> MqttLink:
@@ -46,9 +48,8 @@ def reading(seq: int) -> bytes:
 
 
 def forged_result(device: str, seq: int) -> bytes:
-    return json.dumps({"device": device, "sensor": "vibration", "model": "vibration_ae", "model_version": "6.6.6",
-                       "model_sha256": SHA, "ts": 1_795_740_999.0 + seq, "seq": 10_000 + seq, "outputs": [0.0],
-                       "score": 0.0, "anomaly": False, "label": "normal", "latency_ms": 1.0}).encode()
+    return result_payload(device, "vibration_ae", 10_000 + seq, sensor="vibration", model_version="6.6.6",
+                          ts=1_795_740_999.0 + seq, outputs=[0.0], score=0.0, label="normal")
 
 
 @pytest.mark.timeout(180)
@@ -111,7 +112,7 @@ influx:
         try:
             # Both services are up when their retained "online" status is on the broker.
             eventually(lambda: all(b'"online"' in online.get(f"status/{n}", b"") for n in ("dev-a", "edgeloop-bridge")),
-                       timeout=60, message="edge or bridge not online (see edge.log, bridge.log)")
+                       timeout=60, message="edge or bridge not online", alive=[edge, bridge])
 
             device = peer(broker.port, ca, "dev-a")
             forger = peer(broker.port, ca, "dev-b")
@@ -130,8 +131,10 @@ influx:
             def stored() -> list[dict]:
                 return influx.points('SELECT * FROM "inference"', db)
 
-            eventually(lambda: len(stored()) >= READINGS - 1, timeout=60, message="results not stored")
-            eventually(lambda: [m for m in letters if m.topic == "deadletter/bridge"], timeout=30)
+            eventually(lambda: len(stored()) >= READINGS - 1, timeout=60, message="results not stored",
+                       alive=[edge, bridge])
+            eventually(lambda: [m for m in letters if m.topic == "deadletter/bridge"], timeout=30,
+                       message="the bridge's dead letter for the mismatched result", alive=[edge, bridge])
         finally:
             codes = terminate_all(edge, bridge)
             for link in (observer, device, forger, evil):
@@ -142,7 +145,10 @@ influx:
         rows = influx.points('SELECT * FROM "inference"', db)
         assert len(rows) == READINGS - 1
         assert {r["device"] for r in rows} == {"dev-a"} and {r["node"] for r in rows} == {"dev-a"}
-        assert {r["model_version"] for r in rows} != {"6.6.6"} and all(r["seq"] < 10_000 for r in rows)
+        # Exactly the windows of dev-a's readings (each ends at the reading that completed it), all scored by
+        # the edge's model: a forged row (seq >= 10000, version 6.6.6) in place of a genuine one fails either.
+        assert sorted(r["seq"] for r in rows) == list(range(1, READINGS))
+        assert {r["model_version"] for r in rows} == {TfliteModel(BUNDLED_MODEL).version}
         mismatch = [DeadLetter.model_validate_json(m.payload) for m in letters if m.topic == "deadletter/bridge"]
         assert [(d.reason, d.topic) for d in mismatch] == [("topic_mismatch", "results/dev-b/vibration_ae")]
     # dev-b's reading on sensors/dev-a/... would have made one more window: the broker refused it,

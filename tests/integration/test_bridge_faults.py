@@ -3,26 +3,19 @@ credentials: tests/integration/test_bridge_influx_setup.py)."""
 
 from __future__ import annotations
 
-import json
 import time
 
+from helpers import result_payload
 from lab.servers import InfluxDB1, eventually
 
 from edgeloop.bridge import Bridge, BridgeConfig
 from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
 
-SHA = "ab" * 32
 NOW = time.time() - 600
 
 
 def messages(uid: str, seqs: range) -> list[tuple[str, bytes]]:
-    topic = f"results/dev-{uid}/m1"
-    return [
-        (topic, json.dumps({"device": f"dev-{uid}", "sensor": "s", "model": "m1", "model_version": "1",
-                            "model_sha256": SHA, "ts": NOW + seq, "seq": seq, "outputs": [0.5], "score": 0.1,
-                            "anomaly": False, "label": "ok", "latency_ms": 1.0}).encode())
-        for seq in seqs
-    ]
+    return [(f"results/dev-{uid}/m1", result_payload(f"dev-{uid}", seq=seq, ts=NOW + seq)) for seq in seqs]
 
 
 def publish(mosquitto, uid: str, items: list[tuple[str, bytes]]) -> None:

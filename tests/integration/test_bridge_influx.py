@@ -8,6 +8,7 @@ import time
 import urllib.parse
 
 import pytest
+import helpers
 from lab.servers import eventually, http
 
 from edgeloop.bridge import Bridge, BridgeConfig, run_bridge
@@ -18,24 +19,14 @@ NOW = time.time() - 600  # VictoriaMetrics keeps a retention window; stay inside
 
 
 def result(uid: str, seq: int, device: str | None = None, model: str = "m1", **over) -> dict:
-    r = {
-        "device": device or f"dev-{uid}",
-        "sensor": "accel",
-        "model": model,
-        "model_version": "1.2.0",
-        "model_sha256": SHA,
-        "ts": round(NOW + seq * 0.01, 6),
-        "seq": seq,
+    fault = seq % 3 == 0
+    fields = {
+        "sensor": "accel", "model_version": "1.2.0", "model_sha256": SHA, "ts": round(NOW + seq * 0.01, 6),
         "outputs": [1, seq * 0.5],  # an integral output must still be stored as a float
-        "score": seq / 10,
-        "anomaly": seq % 3 == 0,
-        "label": "fault" if seq % 3 == 0 else "normal",
-        "latency_ms": 0.25,
-        "node": f"edge-{uid}",
-        "site": "plant-a",
+        "score": seq / 10, "anomaly": fault, "label": "fault" if fault else "normal", "latency_ms": 0.25,
+        "node": f"edge-{uid}", "site": "plant-a",
     }
-    r.update(over)
-    return r
+    return helpers.result(device or f"dev-{uid}", model, seq, **{**fields, **over})
 
 
 def bridge_config(mosquitto, uid: str, influx: dict, **over) -> BridgeConfig:

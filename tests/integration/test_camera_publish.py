@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from lab.mqtt import Watcher
+from lab.procs import run_cli
 from lab.servers import eventually, free_port
 
 from edgeloop.devices.scenes import SceneSimulator, encode_jpeg, write_video
@@ -37,8 +38,7 @@ def collector(mosquitto):
 
 
 def camera(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeloop.cli", "devices", "camera", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return run_cli("devices", "camera", *args, timeout=timeout)
 
 
 def test_a_video_file_is_published_frame_by_frame_with_metadata(mosquitto, collector, tmp_path):

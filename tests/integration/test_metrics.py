@@ -21,6 +21,7 @@ from edgeloop.edge.app import EdgeApp
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import load_edge_config
 from lab.mqtt import close, connect, publish_all
+from helpers import result_payload
 from lab.servers import eventually, free_port, http
 
 READINGS = 12  # per device: 11 windows each with the default window (size 128, hop 64, 64-sample chunks)
@@ -101,14 +102,7 @@ def test_bridge_metrics_scraped_over_http(mosquitto, influx_db, unique_id):
     server = bridge.serve_metrics()
     bridge.start()
     client = connect(mosquitto.port)
-    sha = "ab" * 32
-    results = [
-        (f"results/dev-{i}/m1", (
-            f'{{"device":"dev-{i}","sensor":"vibration","model":"m1","model_version":"1","model_sha256":"{sha}",'
-            f'"ts":1790000000.{i},"seq":{i},"outputs":[0.5],"score":0.5,"anomaly":false,"label":"normal",'
-            f'"latency_ms":1.0}}').encode())
-        for i in range(5)
-    ]
+    results = [(f"results/dev-{i}/m1", result_payload(f"dev-{i}", seq=i, sensor="vibration")) for i in range(5)]
     try:
         publish_all(client, results + [("results/dev-x/m1", b"[1,2")])
         eventually(lambda: bridge.stats()["points_written"] >= 5, timeout=10, message="points written")

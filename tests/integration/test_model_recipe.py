@@ -4,20 +4,17 @@ writes models that ``edgeloop model info`` accepts (TensorFlow: the train extra,
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from lab.models import build_model
+from lab.procs import run_cli
 from lab.vision_model import build_vision_models
 
 from edgeloop.modelfile import load_model_files
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def info(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeloop", "model", "info", str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("model", "info", str(path))
 
 
 def test_the_vibration_recipe_writes_a_model_the_edge_accepts(tmp_path):

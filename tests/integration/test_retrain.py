@@ -8,14 +8,12 @@ edge would have sent them); the registry holds the bundled model as the current 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from unit.test_drift import device_windows, fleet_stream
+from helpers import device_windows, fleet_stream
 
 from edgeloop.bridge.loopconfig import RetrainSettings, SampleStoreSettings
 from edgeloop.bridge.registry import Registry
@@ -25,8 +23,7 @@ from edgeloop.devices.simulator import FleetSimulator
 from edgeloop.edge.config import BUNDLED_MODEL
 from edgeloop.edge.inference import TfliteModel
 from lab.loopscenario import seed_registry
-
-REPO = Path(__file__).resolve().parents[2]
+from lab.procs import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +65,7 @@ def test_cli_retrains_gates_and_registers_an_int8_model(field, tmp_path):
         "samples": {"enabled": True, "dir": str(field / "samples")},
         "retrain": {"registry": str(field / "registry"), "min_train_samples": 500, "epochs": 30, "quantize": "int8"},
     }))
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgeloop.cli", "model", "retrain", "vibration_ae", "-c", str(config), "--no-deploy"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-    )
+    proc = run_cli("model", "retrain", "vibration_ae", "-c", str(config), "--no-deploy", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
     assert result["passed"] and result["gate"]["max_fpr"] is True and result["gate"]["recall"] is True

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from lab.mqtt import Watcher
-from lab.servers import Mosquitto
+from lab.servers import Mosquitto, eventually
 
 from edgeloop.devices.publisher import simulate
 from edgeloop.contract import SensorReading, parse_sensor_topic
@@ -20,10 +19,9 @@ def subscriber(mosquitto: Mosquitto):
 
 
 def _drain(watcher: Watcher, expected: int, timeout: float = 10.0) -> list[tuple[str, bytes]]:
-    deadline = time.monotonic() + timeout
-    while len(watcher.messages()) < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # anything beyond the expected count would show up now
+    """Every message once ``expected`` arrived and anything sent before them has arrived too (``sync``)."""
+    eventually(lambda: len(watcher.messages()) >= expected, timeout=timeout, message=f"{expected} messages")
+    watcher.sync("sensors/sync")
     return [(m.topic, m.payload) for m in watcher.messages()]
 
 
@@ -46,8 +44,9 @@ def test_paced_run_delivers_exactly_the_reported_count(mosquitto, subscriber, tm
     assert all(sum(sensors.values()) == 40 for sensors in report.sent.values())
     if qos:
         assert report.acknowledged is True
-    # 120 messages at 600/s: about 0.2 s, and the schedule holds
-    assert 0.15 < report.elapsed_s < 2.0
+    # 40 readings per device at 200/s: the schedule spans 0.195 s and is never run ahead of (how far
+    # behind a busy machine falls is not asserted)
+    assert report.elapsed_s >= 0.15
 
     got = _drain(subscriber, report.total_sent)
     assert len(got) == report.total_sent
@@ -61,8 +60,9 @@ def test_paced_run_delivers_exactly_the_reported_count(mosquitto, subscriber, tm
     assert lines[0]["kind"] == "run" and lines[0]["devices"] == 3
     assert sum(1 for x in lines if x["kind"] == "fault") == report.fault_readings
     assert [x["ts"] for x in lines if x["kind"] == "drift"] == [report.drift_ts]
-    # ts follow the wall clock of the run
-    assert all(report.start_ts <= r.ts < report.start_ts + 5.0 for _, r in readings)
+    # ts follow the schedule from the start of the run (ts = start + time_scale * simulated time), whatever
+    # the wall clock did: 40 readings per device at 200/s span less than 0.2 s
+    assert all(report.start_ts <= r.ts < report.start_ts + 40 / 200 for _, r in readings)
 
 
 def test_flat_out_run_with_duration(mosquitto, subscriber):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from edgeloop.bridge.config import InfluxSettings
@@ -128,7 +130,22 @@ def test_connection_refused_is_unavailable():
         sink.close()
 
 
-def test_empty_batch_is_a_no_op():
-    sink = make_sink(InfluxSettings(api="v1", url="http://127.0.0.1:9"))
-    sink.write([])
-    sink.close()
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_an_empty_batch_sends_no_request(api):
+    # A socket that listens but never accepts: any request would be a connection waiting in its backlog.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.setblocking(False)
+        sink = make_sink(InfluxSettings(api=api, url=f"http://127.0.0.1:{server.getsockname()[1]}", token="t",
+                                        timeout_s=2))
+        try:
+            assert sink.write([]) is None
+            with pytest.raises(BlockingIOError):  # nobody connected
+                server.accept()
+            with pytest.raises(Unavailable):  # while a batch with a line does reach the server (and times out)
+                sink.write(["m x=1.0 1"])
+            conn, _ = server.accept()
+            conn.close()
+        finally:
+            sink.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import cv2
 import numpy as np
 import pytest
+from helpers import video_frames
 
 from edgeloop.devices.scenes import LABELS, SceneSimulator, labels_path, read_labels, write_video
 
@@ -50,14 +50,7 @@ def test_video_file_round_trips_with_its_labels_sidecar(tmp_path):
     assert labels == SceneSimulator(160, 120, seed=8, frames_per_item=3).labels(12)
     assert read_labels(path) == read_labels(labels_path(path)) == labels
     assert json.loads(labels_path(path).read_text())["fps"] == 10
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = video_frames(path)
     assert len(frames) == 12 and frames[0].shape == (120, 160, 3)
     original = SceneSimulator(160, 120, seed=8, frames_per_item=3).render(0)[0]
     assert np.abs(frames[0].astype(int) - original).mean() < 6  # MJPG is lossy, but close

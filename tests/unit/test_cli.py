@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from lab.procs import run_cli
 
 from edgeloop.extras import EXTRAS
 from edgeloop.modelfile import metadata_path
@@ -35,9 +37,8 @@ THIRD_PARTY = ("numpy", "paho", "pydantic", "yaml", "cv2", "ai_edge_litert", "tf
                "influxdb_client", "urllib3", "pyarrow", "scipy", "river", "cryptography", "prometheus_client")
 
 
-def edgeloop(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeloop", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env, **kw)
+#: ``python -m edgeloop ARGS`` to completion, as a user runs it.
+edgeloop = functools.partial(run_cli, module="edgeloop")
 
 
 def refusing(tmp_path: Path, *modules: str) -> dict[str, str]:

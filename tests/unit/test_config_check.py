@@ -3,11 +3,11 @@ pre-flight that fails exactly as ``edgeloop edge run`` would (the real CLI, as p
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import pytest
+from lab.procs import run_cli
 
 from edgeloop.bridge.config import BridgeConfig
 from edgeloop.cli import detect_kind
@@ -20,9 +20,8 @@ KINDS = {"edge": set(EdgeConfig.model_fields), "bridge": set(BridgeConfig.model_
 BOARDS = sorted((REPO / "devices" / "boards").glob("*.yaml"))
 
 
-def edgeloop(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeloop", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env)
+#: ``python -m edgeloop ARGS`` to completion, as a user runs it.
+edgeloop = functools.partial(run_cli, module="edgeloop")
 
 
 def our_message(stderr: str) -> str:

@@ -1,60 +1,23 @@
-"""At-least-once plumbing without a broker: the outbox sender's window and acks, the bridge's
-manual acks, and the reliability settings in both configs."""
+"""At-least-once plumbing without a broker: the outbox sender's window and acks, and the reliability
+settings in both configs. The bridge's manual acks, against a real broker: tests/integration/test_bridge_acks.py."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-
 import pytest
 
-import edgeloop.bridge.batching as batching_module
-from edgeloop.bridge.app import Bridge
 from edgeloop.bridge.config import BridgeConfig
-from edgeloop.bridge.errors import Unavailable
 from edgeloop.errors import ConfigError
-from edgeloop.mqtt import Message
 from edgeloop.edge.config import load_edge_config
 from edgeloop.edge.delivery import EdgeDelivery, session_expiry_s, window_history
 from edgeloop.edge.outbox import Outbox
 from edgeloop.edge.sender import OutboxSender
-
-
-def eventually(fn, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not fn():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.005)
-
-
-class FakeLink:
-    """What the sender needs from MqttLink: ``connected`` and ``publish`` returning an info with a mid."""
-
-    class Info:
-        def __init__(self, mid: int) -> None:
-            self.mid = mid
-
-    def __init__(self) -> None:
-        self.connected = threading.Event()
-        self.connected.set()
-        self.sent: list[tuple[int, str, bytes]] = []
-        self._mid = 0
-        self.acks: list = []
-
-    def publish(self, topic, payload, qos=1, retain=False):  # noqa: ANN001
-        self._mid += 1
-        self.sent.append((self._mid, topic, payload))
-        return self.Info(self._mid)
-
-    def ack(self, mid, qos, generation):  # noqa: ANN001
-        self.acks.append((mid, qos, generation))
-        return True
+from helpers import RecordingLink
+from lab.servers import eventually
 
 
 def test_sender_keeps_at_most_window_in_flight_and_deletes_only_acked(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
-    link = FakeLink()
+    link = RecordingLink()
     sender = OutboxSender(box, link, window=3)
     box.append([("results/d/m", str(i).encode()) for i in range(10)])
     sender.start()
@@ -90,7 +53,7 @@ def test_sender_keeps_at_most_window_in_flight_and_deletes_only_acked(tmp_path):
 
 def test_sender_drain_gives_up_after_its_timeout_and_keeps_the_rest(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
-    link = FakeLink()
+    link = RecordingLink()
     link.connected.clear()
     sender = OutboxSender(box, link, window=3)
     box.append([("results/d/m", b"x")])
@@ -101,69 +64,6 @@ def test_sender_drain_gives_up_after_its_timeout_and_keeps_the_rest(tmp_path):
     finally:
         sender.stop()
         box.close()
-
-
-def msg(topic: str, payload: dict, mid: int, qos: int = 1) -> Message:
-    return Message(topic, json.dumps(payload).encode(), qos=qos, mid=mid)
-
-
-def result(seq: int) -> dict:
-    return {"device": "dev-1", "sensor": "s", "model": "m1", "model_version": "1", "model_sha256": "ab" * 32,
-            "ts": 1795740561.0 + seq, "seq": seq, "outputs": [0.5], "score": 0.1, "anomaly": False,
-            "label": "ok", "latency_ms": 1.0}
-
-
-class Sink:
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.batches: list[list[str]] = []
-
-    def write(self, lines):  # noqa: ANN001
-        if self.errors:
-            raise self.errors.pop(0)
-        self.batches.append(list(lines))
-
-    def close(self) -> None:
-        pass
-
-
-def bridge_with(sink: Sink) -> tuple[Bridge, FakeLink]:
-    cfg = BridgeConfig.model_validate({"influx": {"api": "v1", "batch_size": 5, "flush_interval_ms": 20}})
-    bridge = Bridge(cfg, sink=sink)
-    link = FakeLink()
-    bridge._link.ack = link.ack  # the MQTT acks, recorded
-    bridge.rejects.publish = None
-    bridge._started = True
-    bridge._writer = batching_module.BatchWriter(sink, bridge.rejects, "influx:test", bridge._settle)
-    bridge._thread.start()
-    return bridge, link
-
-
-def test_bridge_acks_a_result_only_after_its_batch_is_written(monkeypatch):
-    monkeypatch.setattr(batching_module, "RETRY_FIRST_S", 0.05)
-    sink = Sink(Unavailable("down"), Unavailable("down"))
-    bridge, link = bridge_with(sink)
-    for seq in range(5):
-        bridge._on_message(msg("results/dev-1/m1", result(seq), mid=100 + seq))
-    eventually(lambda: bridge.stats()["retries"] >= 1)
-    assert link.acks == []  # the database has not taken them: nothing acknowledged
-    eventually(lambda: len(link.acks) == 5)
-    assert [mid for mid, _, _ in link.acks] == [100, 101, 102, 103, 104] and sink.batches
-    bad = msg("results/dev-1/m1", {"not": "a result"}, mid=200)
-    bridge._on_message(bad)
-    eventually(lambda: (200, 1, 0) in link.acks)  # rejected and dead-lettered: handled, so acknowledged
-    assert bridge.stop(timeout_s=5)
-
-
-def test_bridge_does_not_ack_a_batch_it_gave_up_at_stop(monkeypatch):
-    monkeypatch.setattr(batching_module, "RETRY_FIRST_S", 0.01)
-    bridge, link = bridge_with(Sink(*[Unavailable("down")] * 10_000))
-    for seq in range(3):
-        bridge._on_message(msg("results/dev-1/m1", result(seq), mid=10 + seq))
-    eventually(lambda: bridge.stats()["retries"] >= 2)
-    assert bridge.stop(timeout_s=0.3) is False
-    assert link.acks == []  # a persistent session delivers them to the next start
-    assert bridge.stats()["given_up_at_stop"] == 3
 
 
 def test_bridge_config_share_group_and_client_id():
@@ -207,16 +107,13 @@ def test_edge_link_options_follow_the_config(tmp_path):
     d.close()
 
 
-class DiskCheckingLink(FakeLink):
+class DiskCheckingLink(RecordingLink):
     """Records, with each reading ack, what an independent reader of the outbox file sees at that moment."""
 
     def __init__(self, outbox: Outbox) -> None:
         super().__init__()
         self.outbox = outbox
         self.seen_at_ack: list[tuple[int, int, int]] = []  # (mid, outbox synced_seq, rows in the file)
-
-    def set_max_inflight(self, n: int) -> None:  # noqa: ARG002 -- MqttLink's, called by EdgeDelivery.attach
-        pass
 
     def ack(self, mid, qos, generation):  # noqa: ANN001
         import sqlite3

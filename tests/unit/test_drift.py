@@ -6,20 +6,21 @@ fleet scenarios are deterministic and take no wall-clock time.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
+from helpers import SHA, fleet_stream
+
 from edgeloop.bridge.drift import DriftMonitor, changed, ks_against_quantiles, psi, psi_against_quantiles
 from edgeloop.bridge.loopconfig import DriftSettings
-from edgeloop.bridge.training.autoencoder import DEFAULT_VIBRATION_PIPELINE, raw_features
 from edgeloop.devices.simulator import FleetSimulator
 from edgeloop.edge.config import BUNDLED_MODEL
 from edgeloop.contract import SampleBatch, SampleRow
 from edgeloop.edge.inference import TfliteModel
 from edgeloop.modelfile import load_metadata, metadata_path
-from edgeloop.edge.stages import build_pipeline
 
-SHA = "ab" * 32
 LEVELS = np.arange(1, 10) / 10
 
 
@@ -71,52 +72,11 @@ SETTINGS = DriftSettings(
     enabled=True, window_s=20, interval_s=5, consecutive=3, min_samples=60, min_device_samples=15,
     baseline_samples=40, cooldown_s=1000,
 )
-FRACTION = 0.3
-STAGES = DEFAULT_VIBRATION_PIPELINE
 
 
 @pytest.fixture(scope="module")
 def model() -> TfliteModel:
     return TfliteModel(BUNDLED_MODEL)
-
-
-def device_windows(sim: FleetSimulator, device: int, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(end time of each window in simulated seconds, its raw features), as the edge cuts them."""
-    pipeline = build_pipeline([s for s in STAGES if s["type"] != "normalize"], in_channels=3)
-    n = int(duration_s / sim.chunk_s)
-    block = sim.vibration_samples(device, 0, n * sim.chunk_size)
-    times, windows = [], []
-    for k in range(n):
-        lo = k * sim.chunk_size
-        for w in pipeline.push(("d", "v"), block.samples[lo : lo + sim.chunk_size], float(block.t[lo]), None, k):
-            windows.append(w.data)
-            times.append(float(block.t[lo + sim.chunk_size - 1]))
-    return np.array(times), raw_features(windows, STAGES)
-
-
-def fleet_stream(
-    model: TfliteModel, sims: list[FleetSimulator], duration_s: float, seed: int = 0,
-    switch: dict[int, tuple[float, FleetSimulator]] | None = None,
-) -> list[SampleBatch]:
-    """Random-fraction SampleBatches (one row each), in time order; device i comes from ``sims[i]``,
-    or from ``switch[i][1]`` from simulated time ``switch[i][0]`` on."""
-    rng = np.random.default_rng(seed)
-    norm = model.normalization
-    events = []
-    for i, sim in enumerate(sims):
-        t, raw = device_windows(sim, i, duration_s)
-        if switch and i in switch:
-            at, other = switch[i]
-            raw = np.where((t >= at)[:, None], device_windows(other, i, duration_s)[1], raw)
-        x = ((raw - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)).astype(np.float32)
-        scores = model.run(x)[:, 0]
-        for k in np.flatnonzero(rng.random(len(t)) < FRACTION):
-            row = SampleRow(ts=1.7e9 + t[k], seq=int(k), features=raw[k].tolist(), score=float(scores[k]),
-                            anomaly=bool(scores[k] > model.threshold), reason="random")
-            events.append((t[k], SampleBatch(device=f"dev-{i:03d}", sensor="vibration", model=model.name,
-                                             model_version=model.version, model_sha256=SHA, rows=[row])))
-    events.sort(key=lambda e: e[0])
-    return events
 
 
 def run_monitor(events: list, settings: DriftSettings = SETTINGS) -> tuple[DriftMonitor, list]:
@@ -132,12 +92,18 @@ def run_monitor(events: list, settings: DriftSettings = SETTINGS) -> tuple[Drift
     return monitor, triggers
 
 
-def test_a_stable_fleet_with_ordinary_faults_does_not_trigger(model):
+def test_a_stable_fleet_with_ordinary_faults_does_not_trigger(model, caplog):
     sims = [FleetSimulator(3, seed=42, anomaly_rate=0.004)] * 3
-    monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
+    with caplog.at_level(logging.DEBUG, logger="edgeloop.bridge.drift"):
+        monitor, triggers = run_monitor(fleet_stream(model, sims, 150.0))
     assert triggers == []
     [ev] = monitor.last_evaluations()
     assert ev.status == "stable" and ev.evidence["compared_devices"] == 3
+    # Every evaluation is one DEBUG line (what an operator, and the closed-loop e2e test, read).
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drift evaluation ")]
+    assert len(logged) == len(monitor.history) > 0
+    assert logged[-1] == (f"drift evaluation {ev.model}/{ev.cohort} at={ev.at:.3f}: stable "
+                          f"(devices 3, compared 3, changed 0, mismatched 0)")
 
 
 def test_a_fleet_wide_regime_change_triggers_once_with_evidence(model):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import re
 
+import helpers
+from helpers import SHA, ScriptedSink
 from fuzzing import NASTY_TEXT, fuzz, json_bytes, json_values, near_miss, tally
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -35,22 +37,11 @@ from edgeloop.contract import (
 )
 
 MAX_PAYLOAD = 4096
-SHA = "ab" * 32
 DEVICES = ["dev-1", "dev-2"]
 
 
-class Sink:
-    def write(self, lines: list[str]) -> None:  # never called: the writer thread is not started
-        raise AssertionError("no writes expected")
-
-    def close(self) -> None:
-        pass
-
-
 def result(device: str = "dev-1", model: str = "m1", seq: int = 0) -> dict:
-    return {"v": 1, "device": device, "sensor": "vibration", "model": model, "model_version": "1.0.0",
-            "model_sha256": SHA, "ts": 1_795_740_561.0 + seq, "seq": seq, "outputs": [0.25, 1.0], "score": 0.1,
-            "anomaly": False, "label": "normal", "latency_ms": 1.5, "node": "edge-1"}
+    return helpers.result(device, model, seq, v=1, node="edge-1")
 
 
 def status(node: str = "edge-1") -> dict:
@@ -126,7 +117,7 @@ def contract_verdict(topic: str, payload: bytes) -> tuple[str | None, list]:
 @given(message=messages())
 def test_bridge_writes_only_what_the_contract_accepts_under_the_topics_identity(message):
     topic, payload = message
-    bridge = Bridge(BridgeConfig(max_payload_bytes=MAX_PAYLOAD), sink=Sink())
+    bridge = Bridge(BridgeConfig(max_payload_bytes=MAX_PAYLOAD), sink=ScriptedSink())  # never written to: the writer is not started
     letters: list[tuple[str, bytes]] = []
     bridge.rejects.publish = lambda t, p: letters.append((t, p))
     batch = Batch()

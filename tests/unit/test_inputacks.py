@@ -1,7 +1,14 @@
-"""When the edge acknowledges readings: after commit, and only once no future window needs them."""
+"""When the edge acknowledges readings: after commit, and only once no future window needs them.
+
+``InputAcks`` on its own, table by table; the last test goes through ``EdgeDelivery``, as the app wires it.
+"""
 
 from __future__ import annotations
 
+from helpers import RecordingLink
+
+from edgeloop.edge.config import load_edge_config
+from edgeloop.edge.delivery import EdgeDelivery
 from edgeloop.edge.inputacks import InputAcks
 
 
@@ -87,3 +94,26 @@ def test_release_all_acknowledges_everything_held():
     assert acked == []
     acks.release_all()
     assert acked == [1] and acks.held == 0
+
+
+def test_through_edge_delivery_the_window_config_and_the_outbox_decide_the_acks(tmp_path):
+    """The app's wiring: ``EdgeDelivery`` builds ``InputAcks`` from the config (hold ``size - 1`` samples per
+    sensor: window 128, hop 64), commits after the outbox append, and acks through the attached link."""
+    cfg = load_edge_config(None, {"node_id": "n1", "outbox": {"path": str(tmp_path / "o.sqlite"), "fsync": "full"}})
+    delivery = EdgeDelivery(cfg)
+    link = RecordingLink()
+    delivery.attach(link)
+    try:
+        for mid in range(1, 6):  # five 64-sample readings of one stream; windows still pending in the engine
+            delivery.ingested("sensors/a/vibration", mid, 1, 7, 64, engine_pending=1)
+        delivery.ingested("sensors/b/vibration", 100, 1, 7, 64, engine_pending=1)
+        assert link.acks == []  # nothing before the results are in the outbox
+        delivery.publish([("results/a/vibration_ae", b"{}")], engine_pending=0)
+        # On disk (fsync: full): acked on the link, with the connection generation it came on, except the
+        # readings a future window of their stream still needs.
+        assert link.acks == [(1, 1, 7), (2, 1, 7), (3, 1, 7)]
+        assert delivery.counters()["input_held"] == 3
+        delivery.ingested("sensors/a/vibration", 6, 1, 7, 64, engine_pending=0)
+        assert [mid for mid, _, _ in link.acks] == [1, 2, 3, 4]
+    finally:
+        delivery.close()

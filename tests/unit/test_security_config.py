@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from certs import TestCA
+from lab.procs import run_cli
 
 from edgeloop.bridge.config import load_bridge_config
 from edgeloop.configfile import redacted
@@ -24,7 +23,6 @@ from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
 from edgeloop.secrets import MAX_SECRET_FILE_BYTES
 from edgeloop.edge.config import load_edge_config
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Zq8vLx-never-shown"
 
 
@@ -180,14 +178,12 @@ mqtt: {{url: 'mqtts://dev-1:{SECRET}-url@127.0.0.1', tls: {{ca_file: {ca.ca_file
     stderr = {}
     for path, kind in ((bridge, "bridge"), (edge, "edge")):
         # --kind: a file with only an mqtt: section could be either kind
-        run = subprocess.run([sys.executable, "-m", "edgeloop.cli", "--log-level", "DEBUG", "config", "check",
-                              "--kind", kind, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        run = run_cli("--log-level", "DEBUG", "config", "check", "--kind", kind, str(path), timeout=60)
         assert run.returncode == 0, run.stderr
         assert f"valid {kind} configuration" in run.stdout and "********" in run.stdout
         assert SECRET not in run.stdout + run.stderr
         stderr[kind] = run.stderr
     assert "readable by every user" in stderr["bridge"] and str(token_file) in stderr["bridge"]
     refused = write(tmp_path / "inline.yaml", f"influx: {{token: {SECRET}}}\n", 0o644)
-    run = subprocess.run([sys.executable, "-m", "edgeloop.cli", "config", "check", str(refused)], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    run = run_cli("config", "check", str(refused), timeout=60)
     assert run.returncode == 2 and "influx.token" in run.stderr and SECRET not in run.stdout + run.stderr

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from hypothesis import given, settings
+from helpers import result
 from hypothesis import strategies as st
 
 from edgeloop.contract import (
@@ -100,11 +101,7 @@ def test_decode_frame_raises_only_contract_errors(payload, props):
 
 
 def _result(**extra) -> dict:
-    return {
-        "device": "cam-1", "sensor": "belt", "model": "parts_cnn", "model_version": "1.0.0",
-        "model_sha256": "0" * 64, "ts": 1.7e9, "seq": 3, "outputs": [0.1, 0.7, 0.2], "score": 0.7,
-        "anomaly": False, "label": "ok", "latency_ms": 2.5, **extra,
-    }
+    return result("cam-1", "parts_cnn", 3, sensor="belt", outputs=[0.1, 0.7, 0.2], score=0.7, **extra)
 
 
 def test_results_carry_optional_topk():
