@@ -132,14 +132,14 @@ class BatchWriter:
         on_settled: Callable[[list[Delivery]], None],
         *,
         retry_max_s: float = RETRY_MAX_S,
-        probe_budget: int = PROBE_BUDGET,
+        probe_budget: int | None = None,
     ) -> None:
         self.sink = sink
         self.rejects = rejects
         self.target = target
         self.on_settled = on_settled
         self.retry_max_s = retry_max_s
-        self.probe_budget = probe_budget
+        self.probe_budget = PROBE_BUDGET if probe_budget is None else probe_budget
         self.give_up_at: float | None = None  # monotonic deadline while stopping
         self.halt = False
         self.points_written = 0  # in a request the server answered 2xx
