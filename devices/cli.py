@@ -69,7 +69,8 @@ def cmd_devices_simulate(args: argparse.Namespace) -> int:
         settings_for=settings_for,
     )
     print(json.dumps(report.summary(), indent=2))
-    return 0 if report.acknowledged is not False else 1
+    # A reading that could not be sent, or (QoS 1) that the broker never acknowledged, fails the run.
+    return 0 if report.failed == 0 and report.acknowledged is not False else 1
 
 
 def cmd_devices_camera(args: argparse.Namespace) -> int:
@@ -115,8 +116,8 @@ def register(cli: Commands) -> None:
     p.add_argument("--drift-at", type=float, help="seconds after start when every device changes regime")
     p.add_argument("--truth", help="write injected faults (ground truth) as JSON lines to this file")
     p.add_argument("--qos", type=int, choices=[0, 1], default=0,
-                   help="1: the broker acknowledges every reading; the run waits for the acks and exits 1 "
-                   "if some never came")
+                   help="1: the broker acknowledges every reading and the run waits for the acks. Either way "
+                   "it exits 1 if a reading could not be sent or was never acknowledged")
     p.add_argument("--ca-file", help="TLS (mqtts://): trust this CA for the broker's certificate")
     p.add_argument("--cert-dir", help="mutual TLS: each device connects as itself with DIR/ID.crt and DIR/ID.key "
                    "(what docker/mosquitto/make-certs.sh DIR client ID writes); needs --device-ids")

@@ -113,3 +113,23 @@ def test_the_cli_names_a_missing_certificate(tmp_path):
                           "--device-ids", "dev-1", "--cert-dir", str(tmp_path), "--count", "1"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and f"{tmp_path}/dev-1.crt" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_the_cli_exits_1_when_the_broker_did_not_take_every_reading(mosquitto):
+    """The broker dies mid-run: readings it never took (failed to send, or never acknowledged) fail the run."""
+    with Watcher(mosquitto.port, [("sensors/#", 1)]) as watcher:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "edgeloop.cli", "devices", "simulate", "--broker", mosquitto.url, "--devices", "1",
+             "--duration", "4", "--rate", "20", "--qos", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not watcher.messages() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert watcher.messages(), "the simulator published nothing"
+            mosquitto.kill()
+            out, err = sim.communicate(timeout=120)
+        finally:
+            sim.kill()
+    assert sim.returncode == 1, err
+    report = json.loads(out)
+    assert report["failed"] > 0 or report["acknowledged"] is False, report
