@@ -47,7 +47,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev]'
 	@touch $@
 
-venv-train: $(STAMP_TRAIN) ## .venv plus the train extra (tensorflow-cpu, large; for `make model`)
+venv-train: $(STAMP_TRAIN) ## .venv plus the train extra (tensorflow-cpu, large; for `make model`, `make demo`)
+	@# The stamp says it was installed once; a venv that lost TensorFlow since (pip uninstall, a
+	@# rebuilt venv with an old stamp) is repaired here, so `make demo` never runs without it.
+	@$(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is None)' 2>/dev/null || \
+	  $(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,train]'
 
 $(STAMP_TRAIN): $(STAMP) pyproject.toml $(CONSTRAINTS)
 	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,train]'
@@ -68,7 +72,7 @@ test-e2e: deps venv-train ## tests/e2e: the whole loop (retraining needs the tra
 mutate: deps venv-train ## break each promise on purpose (tests/mutants/*.toml); report -> docs/testing.md; not in `make test` (MUTATE_ARGS=...)
 	$(PY) -m lab.mutate $(MUTATE_ARGS)
 
-demo: deps venv-train ## run the demo; its closed loop retrains a model: train extra (DEMO_ARGS=... passes through)
+demo: deps venv-train ## the closed-loop demo, ~4 min (DEMO_ARGS="--no-drift --duration 30": the ingest demo; --check)
 	$(PY) -m lab.demo $(DEMO_ARGS)
 
 bench: deps venv ## run the benchmarks (BENCH_ARGS=... passes through)

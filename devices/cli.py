@@ -13,13 +13,49 @@ import json
 from edgeloop.commands import Commands
 
 
+def _simulate_connections(args: argparse.Namespace):  # noqa: ANN202
+    """(settings, device ids, settings_for) from the flags; ConfigError naming the flag."""
+    from pathlib import Path
+
+    from edgeloop.contract import check_level
+    from edgeloop.errors import ConfigError
+    from edgeloop.mqtt import MqttSettings, TlsSettings
+
+    try:
+        ids = [check_level(d.strip(), "--device-ids: id") for d in args.device_ids.split(",")] if args.device_ids else None
+    except ValueError as exc:
+        raise ConfigError("command line", [str(exc)]) from None
+    if ids is not None and len(set(ids)) != len(ids):
+        raise ConfigError("command line", [f"--device-ids names a device twice: {args.device_ids}"])
+    if ids is not None and args.devices is not None and args.devices != len(ids):
+        raise ConfigError("command line", [f"--devices {args.devices} but --device-ids names {len(ids)}"])
+    if args.cert_dir is not None and ids is None:
+        raise ConfigError("command line", ["--cert-dir needs --device-ids: each device connects with "
+                                           "DIR/ID.crt and DIR/ID.key, its certificate's CN being ID"])
+    tls = None
+    try:
+        if args.ca_file is not None or args.cert_dir is not None:
+            tls = TlsSettings(ca_file=args.ca_file)
+        settings = MqttSettings(url=args.broker, tls=tls)
+        settings_for = None
+        if args.cert_dir is not None:
+            certs = Path(args.cert_dir)
+            per_device = {d: settings.model_copy(update={"tls": TlsSettings(
+                ca_file=args.ca_file, cert_file=certs / f"{d}.crt", key_file=certs / f"{d}.key")}) for d in ids}
+            settings_for = per_device.__getitem__
+    except ValueError as exc:  # pydantic's ValidationError too: a missing file, a key that does not match
+        raise ConfigError("command line", [str(exc).replace("\n", "; ")]) from None
+    return settings, ids, settings_for
+
+
 def cmd_devices_simulate(args: argparse.Namespace) -> int:
     from edgeloop.commands import stop_on_signals
     from edgeloop.devices.publisher import simulate
 
+    settings, ids, settings_for = _simulate_connections(args)
     report = simulate(
-        broker_url=args.broker,
-        n_devices=args.devices,
+        broker_url=settings,
+        n_devices=len(ids) if ids else (5 if args.devices is None else args.devices),
         rate_hz=args.rate,
         count=args.count,
         duration_s=args.duration,
@@ -27,10 +63,14 @@ def cmd_devices_simulate(args: argparse.Namespace) -> int:
         anomaly_rate=args.anomaly_rate,
         drift_at_s=args.drift_at,
         truth_path=args.truth,
+        qos=args.qos,
         stop=stop_on_signals(),
+        device_ids=ids,
+        settings_for=settings_for,
     )
     print(json.dumps(report.summary(), indent=2))
-    return 0
+    # A reading that could not be sent, or (QoS 1) that the broker never acknowledged, fails the run.
+    return 0 if report.failed == 0 and report.acknowledged is not False else 1
 
 
 def cmd_devices_camera(args: argparse.Namespace) -> int:
@@ -61,8 +101,11 @@ def register(cli: Commands) -> None:
     devices = cli.group("devices", help="device-side publishers")
     p = devices.command("simulate", cmd_devices_simulate,
                         help="simulated machines publishing vibration and temperature")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    p.add_argument("--devices", type=int, default=5)
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host[:port] or mqtts:// (TLS)")
+    p.add_argument("--devices", type=int, help="how many simulated machines (default 5, or one per --device-ids)")
+    p.add_argument("--device-ids", metavar="ID[,ID...]",
+                   help="the devices' ids (topic level) instead of dev-000, dev-001, ...; with --cert-dir also "
+                   "their certificates' CN")
     p.add_argument("--rate", type=float, default=None,
                    help="readings per second per device, both sensors (default: real time, 16.625; 0 = flat out)")
     group = p.add_mutually_exclusive_group()
@@ -72,6 +115,12 @@ def register(cli: Commands) -> None:
     p.add_argument("--anomaly-rate", type=float, default=0.002, help="probability a reading starts a fault")
     p.add_argument("--drift-at", type=float, help="seconds after start when every device changes regime")
     p.add_argument("--truth", help="write injected faults (ground truth) as JSON lines to this file")
+    p.add_argument("--qos", type=int, choices=[0, 1], default=0,
+                   help="1: the broker acknowledges every reading and the run waits for the acks. Either way "
+                   "it exits 1 if a reading could not be sent or was never acknowledged")
+    p.add_argument("--ca-file", help="TLS (mqtts://): trust this CA for the broker's certificate")
+    p.add_argument("--cert-dir", help="mutual TLS: each device connects as itself with DIR/ID.crt and DIR/ID.key "
+                   "(what docker/mosquitto/make-certs.sh DIR client ID writes); needs --device-ids")
 
     p = devices.command(
         "camera", cmd_devices_camera, needs=("vision",),

@@ -25,13 +25,14 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from edgeloop.devices.simulator import FAULT_LABEL, SENSORS, VIBRATION, FleetSimulator
 from edgeloop.mqtt import MqttLink, MqttSettings, Publication, wait_for_all
-from edgeloop.contract import parse_sensor_topic
+from edgeloop.contract import check_level, parse_sensor_topic, sensor_topic
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,14 @@ def simulate(
     client_id: str | None = None,
     connect_timeout_s: float = 10.0,
     ack_timeout_s: float = 30.0,
+    device_ids: Sequence[str] | None = None,
+    settings_for: Callable[[str], MqttSettings] | None = None,
 ) -> SimulationReport:
     """Publish ``n_devices`` simulated machines to a broker and report what was sent.
 
     Parameters:
       broker_url     ``mqtt://[user:pass@]host[:port]`` / ``mqtts://...`` or a full MqttSettings.
-      n_devices      devices ``dev-000`` .. ``dev-{n-1}``.
+      n_devices      devices ``dev-000`` .. ``dev-{n-1}`` (or ``device_ids``).
       rate_hz        readings per second *per device*, all sensors together (aggregate
                      rate = rate_hz * n_devices); None = real time (16.625/s with both
                      sensors: 1000/64 vibration chunks + 1 temperature); 0 = flat out.
@@ -134,7 +137,13 @@ def simulate(
                      per labelled reading (device, sensor, seq, ts), a ``drift`` line.
       stop           threading.Event: set it to end the run early (report.interrupted).
       sensors        subset of ("vibration", "temperature").
-      client_id      MQTT client id (default: unique per process).
+      client_id      MQTT client id (default: unique per process); with ``settings_for``, the
+                     prefix of each device's ``{client_id}-{device}``.
+      device_ids     the devices' ids (topic level; their certificate CN under mutual TLS)
+                     instead of ``dev-000`` ..: one per device, in order, unique.
+      settings_for   device id -> the MQTT settings of that device's own connection (mutual
+                     TLS: the broker's ACL pins each identity to its own topics, so each
+                     device publishes as itself). Default: one connection for all.
     Raises ValueError for bad arguments, edgeloop.errors.TransientError when the
     broker cannot be reached within ``connect_timeout_s``.
     """
@@ -149,6 +158,11 @@ def simulate(
             f"rate_hz must be within 0..{MAX_RATE_HZ:g} (0 = as fast as possible), got {rate_hz}"
         )
     settings = broker_url if isinstance(broker_url, MqttSettings) else MqttSettings(url=broker_url)
+    ids = [check_level(d, "device id") for d in device_ids] if device_ids is not None else None
+    if ids is not None and len(ids) != n_devices:
+        raise ValueError(f"{len(ids)} device ids for {n_devices} devices")
+    if ids is not None and len(set(ids)) != len(ids):
+        raise ValueError(f"device ids must be unique, got {ids}")
 
     natural = FleetSimulator(1, seed=seed, sensors=sensors).readings_per_s
     paced = rate_hz != 0
@@ -163,10 +177,19 @@ def simulate(
         sensors=sensors,
     )
 
-    link = MqttLink(settings, client_id or f"edgeloop-sim-{os.getpid()}-{seed}")
-    link.start(wait_s=connect_timeout_s)
+    rename = dict(zip((d.device for d in sim.devices), ids)) if ids is not None else {}
+    published = [rename.get(d.device, d.device) for d in sim.devices]
+    base_id = client_id or f"edgeloop-sim-{os.getpid()}-{seed}"
+    links: dict[str | None, MqttLink] = {}
     truth: IO[str] | None = None
     try:
+        # Every link connects before the first reading goes out (a refused identity fails the run here).
+        if settings_for is None:
+            links[None] = MqttLink(settings, base_id)
+        else:
+            links.update((d, MqttLink(settings_for(d), f"{base_id}-{d}")) for d in published)
+        for link in links.values():
+            link.start(wait_s=connect_timeout_s)
         start_wall = time.time()
         start_mono = time.monotonic()
         sim.start_ts = start_wall
@@ -177,7 +200,7 @@ def simulate(
             time_scale=scale,
             start_ts=start_wall,
             qos=qos,
-            sent={d.device: {s: 0 for s in sim.sensors} for d in sim.devices},
+            sent={d: {s: 0 for s in sim.sensors} for d in published},
             truth_path=str(truth_path) if truth_path else None,
         )
         if drift_at_s is not None:
@@ -196,12 +219,13 @@ def simulate(
             }
             truth.write(json.dumps(header) + "\n")
         _publish_loop(
-            sim, link, report, qos, paced, start_mono, count, duration_s, stop, truth, ack_timeout_s
+            sim, links, rename, report, qos, paced, start_mono, count, duration_s, stop, truth, ack_timeout_s
         )
     finally:
         if truth is not None:
             truth.close()
-        link.stop()
+        for link in links.values():
+            link.stop()
     log.info(
         "simulation sent %d readings from %d devices in %.1fs (%d failed, %d fault readings)",
         report.total_sent,
@@ -215,7 +239,8 @@ def simulate(
 
 def _publish_loop(
     sim: FleetSimulator,
-    link: MqttLink,
+    links: dict[str | None, MqttLink],
+    rename: dict[str, str],
     report: SimulationReport,
     qos: int,
     paced: bool,
@@ -231,10 +256,10 @@ def _publish_loop(
     per_device: Counter[str] = Counter()
     devices_done = 0
     drift_written = sim.drift_at_s is None
-    names: dict[str, tuple[str, str]] = {}
+    # simulator topic -> (device id, sensor, topic published, its device's link)
+    routes: dict[str, tuple[str, str, str, MqttLink]] = {}
     pending: list[Publication] = []
-    last: Publication | None = None
-    publish = link.publish
+    last: dict[MqttLink, Publication] = {}
 
     if count == 0 or sim_duration == 0:
         report.elapsed_s = 0.0
@@ -243,7 +268,12 @@ def _publish_loop(
         if stop is not None and stop.is_set():
             report.interrupted = True
             break
-        device, sensor = names.get(topic) or names.setdefault(topic, parse_sensor_topic(topic))
+        route = routes.get(topic)
+        if route is None:
+            sim_device, sensor = parse_sensor_topic(topic)
+            device = rename.get(sim_device, sim_device)
+            route = routes[topic] = (device, sensor, sensor_topic(device, sensor), links.get(device) or links[None])
+        device, sensor, out_topic, link = route
         if count is not None and per_device[device] >= count:
             continue
         offset = reading.ts - report.start_ts
@@ -258,11 +288,11 @@ def _publish_loop(
                     time.sleep(-lag)
             elif lag > report.max_lag_s:
                 report.max_lag_s = lag
-        info = publish(topic, reading.model_dump_json(), qos=qos)
+        info = link.publish(out_topic, reading.model_dump_json(), qos=qos)
         if info.error is not None:
             report.failed += 1
             continue
-        last = info
+        last[link] = info
         if qos:
             pending.append(info)
         report.sent[device][sensor] += 1
@@ -292,5 +322,6 @@ def _publish_loop(
     report.elapsed_s = time.monotonic() - start_mono
     if qos:
         report.acknowledged = wait_for_all(pending, ack_timeout_s)
-    elif last is not None:
-        last.wait(ack_timeout_s)  # QoS 0 messages are written in order: when the last one left, all have
+    else:
+        for info in last.values():  # QoS 0 messages are written in order: when a link's last left, all have
+            info.wait(ack_timeout_s)

@@ -1,9 +1,19 @@
 """``make demo``: the whole path on one machine, then a scorecard.
 
-Starts its own mosquitto and InfluxDB 1.x on free loopback ports, the edge
-runtime as a separate process (exactly ``edgeloop edge run``), the bridge,
-and simulated machines with injected faults; shows live progress; prints
-what was sent, stored and flagged; and stops everything it started.
+Two demos. By default the closed loop (``lab/loopdemo.py``): a fleet in real
+time changes regime, the bridge detects the drift, retrains, signs and
+redeploys; it ends once the new model has served a while (about 4 minutes).
+``--no-drift``: the ingest demo, ``--duration`` seconds of sensor -> edge ->
+bridge -> InfluxDB. Each starts its own mosquitto and InfluxDB 1.x on free
+loopback ports, the edge runtime as a separate process (exactly ``edgeloop
+edge run``), the bridge and simulated machines with injected faults; shows
+live progress; prints what was sent, stored and flagged; and stops
+everything it started.
+
+Before it starts anything, ``preflight`` checks what the chosen demo needs
+(the extras, TensorFlow for the retrain, the server binaries, a loopback
+port) and names each missing piece with the command that fixes it (exit 2);
+``--check`` does only that.
 """
 
 from __future__ import annotations
@@ -11,26 +21,60 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from edgeloop.errors import ConfigError
 from edgeloop.edge.config import DEFAULT_VIBRATION_STAGES
 from lab.scorecard import print_card, score_detection
 
 NODE = "demo-edge"
 DB = "edgeloop"
+#: What each extra brings to the demo (pyproject.toml extras; edgeloop.extras finds their modules).
+EXTRA_ROLES = {
+    "edge": "the edge runtime's interpreter",
+    "bridge": "the bridge (InfluxDB client, sample store, drift tests)",
+    "train": "TensorFlow: the closed-loop demo retrains the model with it",
+}
+SERVERS = {"mosquitto": "mosquitto", "influxd": "influxdb"}  # binary -> Debian package
+#: The closed-loop demo's backstop: seconds of publishing without a new model on the edge. A dead end
+#: (refused retrain, failed job) ends it at once; this only bounds a slow one on a busy machine (where
+#: the retrain's own timeout, 300 s, also applies).
+MAX_S = 600.0
 
 
-def _require_binaries() -> None:
-    missing = [b for b in ("mosquitto", "influxd") if not (shutil.which(b) or Path(f"/usr/sbin/{b}").exists())]
-    if missing:
-        raise ConfigError(
-            "demo", [f"{', '.join(missing)} not found: run `make demo` (installs them) or apt-get install mosquitto influxdb"]
-        )
+def preflight(drift: bool) -> list[str]:
+    """What the demo needs and this machine lacks, each with the command that fixes it; [] when ready.
+
+    Only looks (importlib.util.find_spec, PATH, one bind on 127.0.0.1): nothing is started, so a
+    missing piece is reported in a second, before any server or process runs.
+    """
+    from edgeloop.extras import missing
+
+    problems = []
+    for extra in ("edge", "bridge", *(("train",) if drift else ())):
+        absent = missing(extra)
+        if absent:
+            alone = f"{sys.executable} -m pip install -c devices/boards/constraints-edge.txt -e '.[{extra}]'"
+            hint = ", or --no-drift for the ingest demo, which trains nothing" if extra == "train" else ""
+            problems.append(f"the '{extra}' extra is not installed in {sys.prefix} (missing: {', '.join(absent)}; "
+                            f"{EXTRA_ROLES[extra]}): from the repository root, run `make venv-train` (.venv with "
+                            f"every extra the demo uses) or `{alone}`{hint}")
+    absent_bins = [b for b in SERVERS if not (shutil.which(b) or Path(f"/usr/sbin/{b}").exists())]
+    if absent_bins:
+        packages = " ".join(SERVERS[b] for b in absent_bins)
+        problems.append(f"{', '.join(absent_bins)} not found (the demo starts its own broker and database): "
+                        f"run `make deps` or `apt-get install {packages}`")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+    except OSError as exc:
+        problems.append(f"cannot open a TCP port on 127.0.0.1 ({exc}): the demo's servers listen on free "
+                        "loopback ports; bring the loopback interface up (`ip link set lo up`)")
+    return problems
 
 
 def _window_span() -> int:
@@ -48,7 +92,6 @@ def run_demo(duration_s: float, devices: int, rate_hz: float | None, stop: threa
     from lab.procs import CliProcess
     from lab.servers import InfluxDB1, Mosquitto, eventually
 
-    _require_binaries()
     logging.getLogger().setLevel(logging.WARNING)  # the progress lines and the table are the output
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
     print(f"edgeloop demo: {devices} simulated machines for {duration_s:.0f}s; work dir {workdir}")
@@ -124,31 +167,67 @@ def _print_table(report, rows, quality, lag, edge_rc, bridge_drained, port, work
     )
 
 
+def verdict(result: dict) -> tuple[int, str]:
+    """The closed-loop demo's exit code and closing line, from ``run_drift_demo``'s result."""
+    if result.get("failure"):
+        return 1, (f"\nDEMO FAILED: {result['failure']}\n  (work dir {result['workdir']}: demo-edge.log, "
+                   "retrain-jobs/*/worker.log)")
+    if result.get("interrupted"):
+        return 1, "\ndemo interrupted"
+    if result.get("edge_exit_code") != 0:
+        return 1, f"\nDEMO FAILED: the edge did not drain on SIGTERM (exit code {result.get('edge_exit_code')})"
+    return 0, (f"\ndemo done: drift detected, {result['new_version']} retrained, signed and running on the edge "
+               f"({result['elapsed_s']:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``make demo`` (``python -m lab.demo``): the closed-loop demo by default, ``--no-drift`` the ingest one."""
     import argparse
 
-    from edgeloop.cli import stop_on_signals
-    from edgeloop.logsetup import configure_logging
-
-    parser = argparse.ArgumentParser(prog="python -m lab.demo",
-                                     description="the whole loop on this machine, with its own broker and InfluxDB")
-    parser.add_argument("--duration", type=float, default=30.0)
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.demo", description="the whole loop on this machine, with its own broker and InfluxDB. "
+        "Default: the closed loop (drift -> retrain -> signed redeploy), about 4 minutes in real time; "
+        "--no-drift: the ingest demo, --duration seconds (default 30)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds of the ingest demo (--no-drift; default 30). The closed-loop demo's length "
+                        "is set by its events, so it refuses this flag")
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--rate", type=float, default=None, help="readings per second per device (default: real time)")
     parser.add_argument("--drift", action=argparse.BooleanOptionalAction, default=True,
                         help="the closed-loop demo: regime change, drift detection, retrain, signed redeploy "
                         "(default); --no-drift: the short ingest demo (--duration)")
     parser.add_argument("--drift-at", type=float, default=40.0, help="seconds after the start when every machine drifts")
+    parser.add_argument("--check", action="store_true", help="only check what the demo needs (exit 0 ready, 2 not)")
     args = parser.parse_args(argv)
+    if args.drift and args.duration is not None:
+        parser.error("--duration sets the ingest demo's length (with --no-drift). The closed-loop demo ends "
+                     "40 s after the edge runs the retrained model (about 4 min in real time; it gives up "
+                     f"after {MAX_S:.0f} s of publishing)")
+    problems = preflight(args.drift)
+    which = "closed-loop demo" if args.drift else "ingest demo"
+    if problems:
+        print(f"edgeloop {which}: cannot start, missing:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"edgeloop {which}: ready (extras, server binaries and a loopback port are there)")
+        return 0
+
+    from edgeloop.cli import stop_on_signals
+    from edgeloop.logsetup import configure_logging
+
     configure_logging("INFO", "text")
     stop = stop_on_signals()
     if args.drift:  # the closed loop: drift -> retrain -> signed redeploy (lab/loopdemo.py)
         from lab.loopdemo import run_drift_demo
 
-        result = run_drift_demo(devices=args.devices, rate_hz=args.rate, drift_at_s=args.drift_at, stop=stop)
-        return 0 if result["new_version"] and result["edge_exit_code"] == 0 else 1
-    return run_demo(duration_s=args.duration, devices=args.devices, rate_hz=args.rate, stop=stop)
+        result = run_drift_demo(devices=args.devices, rate_hz=args.rate, drift_at_s=args.drift_at, stop=stop,
+                                max_s=MAX_S)
+        code, message = verdict(result)
+        print(message, flush=True)
+        return code
+    return run_demo(duration_s=args.duration or 30.0, devices=args.devices, rate_hz=args.rate, stop=stop)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ drift, retrains on the field samples in a worker process, gates, signs and
 deploys the new model; the anomaly rate comes back while faults are still
 flagged. Progress lines while it runs, a scorecard at the end.
 
+It ends ``after_s`` after the edge reports the new model, or at once when the
+loop cannot get there: a retrain the worker or its gate refused, a job that
+failed, a rollout the canary refused, or the edge process gone. That is
+printed the moment it is seen, with its reason, and is the result's
+``failure`` (``max_s`` of publishing without a new model is one too).
+
 Default speeds (real time, 8 machines, drift at 40 s) are the ones the
 targets in docs/closed-loop.md refer to.
 """
@@ -53,28 +59,37 @@ def run_drift_demo(
     stop: threading.Event | None = None,
     quiet: bool = False,
     workdir: Path | None = None,
+    drift: dict[str, Any] | None = None,
+    retrain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the scenario; return the figures (timeline delays, quality before/during/after, versions)."""
+    """Run the scenario; return the figures (timeline delays, quality before/during/after, versions)
+    and ``failure`` (None, or why no new model reached the edge). ``drift`` / ``retrain``: overrides of
+    ``DRIFT`` / ``RETRAIN``."""
     from edgeloop.bridge.app import Bridge
     from lab.servers import InfluxDB1, Mosquitto, eventually
     from edgeloop.signing import generate_keypair
 
+    started = time.monotonic()
     stop = stop or threading.Event()
     say = (lambda *_a, **_k: None) if quiet else print
     rate = rate_hz or 1000.0 / 64  # real time: one 64-sample vibration reading every 64 ms
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeloop-drift-demo-"))
     logging.getLogger().setLevel(logging.WARNING)
-    say(f"edgeloop demo, drift phase: {devices} machines at {rate / (1000 / 64):g}x real time, regime change at "
-        f"{drift_at_s:.0f}s; work dir {workdir}")
+    say(f"edgeloop demo, closed loop: {devices} machines at {rate / (1000 / 64):g}x real time, regime change at "
+        f"{drift_at_s:.0f}s; drift detection, retrain, signed redeploy; it ends {after_s:.0f}s after the edge runs "
+        f"the new model (about 4 min in real time), or at once if the loop cannot get there (at most "
+        f"{max_s:.0f}s of publishing)\n  work dir {workdir}")
     with Mosquitto(workdir / "mosquitto") as broker, InfluxDB1(workdir / "influxdb") as influx:
         influx.create_database(DB)
         private, public, _ = generate_keypair(workdir / "keys")
         base = seed_registry(workdir / "registry")
         watch = FleetWatch(broker.port)
         edge = edge_process(workdir, NODE, "sensors/+/vibration", broker.url, public, FRACTION, seed=1)
-        bridge = Bridge(loop_bridge_config(broker.url, influx.url, DB, workdir, private, DRIFT, RETRAIN))
+        bridge = Bridge(loop_bridge_config(broker.url, influx.url, DB, workdir, private, {**DRIFT, **(drift or {})},
+                                           {**RETRAIN, **(retrain or {})}))
         publisher = None
         timeline = Timeline()
+        failure = None
         try:
             bridge.start(10)
             loop = bridge.loop
@@ -111,6 +126,14 @@ def run_drift_demo(
                         f"model {watch.node_version(NODE) or '-'}  loop: {job.get('state', 'watching')}", flush=True)
                 if done_at is not None and now >= done_at:
                     break
+                failure = job_failure(job) or (None if edge.alive() else
+                                               f"the edge process exited (code {edge.returncode}; see {edge.log_path})")
+                if failure is not None:
+                    say(f"  t={now - publisher.start_wall:5.0f}s  {failure}", flush=True)
+                    break
+            if failure is None and done_at is None and not stop.is_set():
+                failure = (f"no new model on the edge after {max_s:.0f} s of publishing "
+                           f"(loop: {(loop.jobs().get(MODEL) or {}).get('state', 'no drift detected')})")
         finally:
             if publisher is not None:
                 publisher.close()
@@ -132,10 +155,32 @@ def run_drift_demo(
         "events": sorted({e["kind"] for e in events}),
         "edge_exit_code": edge_rc,
         "workdir": str(workdir),
+        "failure": failure,
+        "interrupted": stop.is_set(),
+        "elapsed_s": round(time.monotonic() - started, 1),
     }
     if not quiet:
         print_scorecard(result)
     return result
+
+
+#: Job states (edgeloop.bridge.retrainflow.RetrainRun.state) after which no new model will come.
+DEAD_ENDS = {
+    "refused": "retrain refused",
+    "failed": "retrain job failed",
+    "stopped": "retrain stopped",
+    "canary_failed": "rollout stopped: the canary refused the new model",
+    "incomplete": "rollout incomplete",
+}
+
+
+def job_failure(job: dict[str, Any]) -> str | None:
+    """``"retrain refused: <reason>"`` for a job (``ClosedLoop.jobs()`` entry) in a dead end, else None."""
+    what = DEAD_ENDS.get(job.get("state", ""))
+    if what is None:
+        return None
+    reason = job.get("error") or job.get("reason") or (job.get("deploy") or {}).get("reason") or "no reason given"
+    return f"{what}: {reason}"
 
 
 def _pct(value: float | None) -> str:

@@ -212,14 +212,20 @@ class Mosquitto(_Server):
     ``listener_conf`` replaces the default plain, anonymous listener (e.g. a TLS listener with
     ``require_certificate`` and an ``acl_file``); ``{host}`` and ``{port}`` in it are filled in.
     Such a broker counts as ready when its port accepts TCP connections, since an MQTT probe
-    would need its credentials."""
+    would need its credentials.
+
+    ``user``: the account mosquitto runs as (its ``user`` option). Default: this process's user,
+    so a broker started as root keeps access to the workdir; ``"mosquitto"`` is what a packaged
+    broker started as root does (it drops privileges before it reads certificates and opens its
+    log, so the workdir and those files must be readable by that user)."""
 
     name = "mosquitto"
     scheme = "mqtt"
 
     def __init__(self, workdir: str | os.PathLike, port: int | None = None, extra_conf: str = "",
-                 persistence: bool = False, listener_conf: str | None = None) -> None:
+                 persistence: bool = False, listener_conf: str | None = None, user: str | None = None) -> None:
         super().__init__(workdir, port)
+        self.user = user or pwd.getpwuid(os.getuid()).pw_name
         self.extra_conf = extra_conf
         self.listener_conf = listener_conf
         self.persistence = persistence
@@ -230,7 +236,7 @@ class Mosquitto(_Server):
     def _command(self) -> list[str]:
         conf = [
             # As root, mosquitto would switch to the `mosquitto` user and lose access to the workdir.
-            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+            f"user {self.user}",
             *([f"listener {self.port} {self.host}", "allow_anonymous true"] if self.listener_conf is None
               else [self.listener_conf.replace("{host}", self.host).replace("{port}", str(self.port))]),
             f"log_dest file {self.log_path}",

@@ -6,14 +6,23 @@
 #   make-certs.sh DIR client NAME                client cert with CN=NAME: a device id,
 #                                                "edgeloop-bridge", or an edge gateway's node id
 #
-# Keys are EC P-256, written with mode 600. Never commit them.
+# Keys are EC P-256, written with mode 600. Never commit them: inside a git work tree, DIR must
+# be a path git ignores (this repository ignores docker/mosquitto/certs/), else nothing is written.
 set -eu
 
-[ $# -ge 2 ] || { sed -n '2,9p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,10p' "$0"; exit 2; }
 dir=$1 kind=$2
 shift 2
 mkdir -p "$dir"
 cd "$dir"
+if command -v git >/dev/null 2>&1 && top=$(git rev-parse --show-toplevel 2>/dev/null); then
+    git check-ignore -q ca.key || {
+        echo "refusing to write keys into $dir: it is inside the git work tree $top and git does not ignore it" >&2
+        echo "(they could be committed). Use a directory outside the repository, or one .gitignore covers" >&2
+        echo "(in edgeloop: docker/mosquitto/certs/)." >&2
+        exit 2
+    }
+fi
 umask 077
 days_ca=3650
 days=825

@@ -60,6 +60,7 @@ READ = [
     "sensors/dev-b/vibration",
     "commands/{own}/reboot",
     "commands/dev-b/reboot",
+    "commands/bridge/retrain",
     "models/vibration_ae/deploy",
     "results/dev-b/vibration_ae",
     "samples/dev-b/vibration_ae",
@@ -86,6 +87,8 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
     ("read", "sensors/dev-b/vibration"): [N, Y, N, N],
     ("read", "commands/{own}/reboot"): [Y, Y, Y, Y],
     ("read", "commands/dev-b/reboot"): [N, N, N, N],
+    # The bridge's retrain command (retrain.command_topic): the bridge alone reads it.
+    ("read", "commands/bridge/retrain"): [N, N, Y, N],
     ("read", "models/vibration_ae/deploy"): [Y, Y, Y, Y],
     ("read", "results/dev-b/vibration_ae"): [N, N, Y, N],
     ("read", "samples/dev-b/vibration_ae"): [N, N, Y, N],
@@ -353,6 +356,23 @@ def test_the_documented_openssl_script_makes_certificates_the_production_broker_
         tls = TlsSettings(ca_file=certs / "ca.crt", cert_file=certs / "dev-7.crt", key_file=certs / "dev-7.key")
         link = attempt(broker.port, tls)
         assert link._ever_connected and link.last_failure is None
+
+
+def test_make_certs_writes_keys_only_where_git_ignores_them(tmp_path):
+    """The directory docs/security.md uses is git-ignored here; anywhere else in a work tree is refused."""
+    script = REPO / "docker" / "mosquitto" / "make-certs.sh"
+    documented = REPO / "docker" / "mosquitto" / "certs"
+    for name in ("ca.key", "server.key", "dev-1.key", "ca.crt"):
+        assert subprocess.run(["git", "check-ignore", "-q", str(documented / name)], cwd=REPO).returncode == 0, name
+    repo = tmp_path / "some-repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
+    refused = subprocess.run(["sh", str(script), str(repo / "certs"), "ca"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "git does not ignore it" in refused.stderr, refused.stderr
+    assert not list((repo / "certs").glob("*.key"))
+    (repo / ".gitignore").write_text("certs/\n")
+    done = subprocess.run(["sh", str(script), str(repo / "certs"), "ca"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (repo / "certs" / "ca.key").is_file()
 
 
 def test_a_device_claiming_the_bridges_client_id_kicks_it_off_but_reads_none_of_its_messages(broker, pki, observer):
