@@ -86,7 +86,7 @@ def test_good_deploy_swaps_between_batches_without_losing_a_window(setup, mosqui
     stream = Stream(mosquitto.port, devices=2)
     try:
         stream.publish(20)
-        stream.run(per_s=150, limit=400)
+        stream.run(per_s=150, limit=4000)  # trials in child processes take seconds here
         eventually(lambda: len(watcher.results()) >= 20, timeout=15, message="no results before the deploy")
         report = deployer.deploy(MODEL, "1.1.0", targets="*")
         assert report.outcome == "deployed", report
@@ -214,7 +214,7 @@ def test_canary_failure_rolls_back_on_the_canary_and_leaves_the_fleet_alone(setu
     stream = Stream(mosquitto.port, devices=2)
     try:
         stream.publish(10)
-        stream.run(per_s=150, limit=600)
+        stream.run(per_s=150, limit=4000)
         report = deployer.deploy(MODEL, "2.0.0", targets="*", canary=["edge-c"])
         assert report.outcome == "canary_failed", report
         assert report.nodes["edge-c"] == "rolled_back:unhealthy"
