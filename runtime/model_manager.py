@@ -361,7 +361,7 @@ class ModelManager:
                     f"{self.settings.chunk_timeout_s:g}s without progress"
                 )
                 if transfer.bad_chunks:
-                    detail += f" ({transfer.bad_chunks} chunks of the wrong length)"
+                    detail += f" ({transfer.bad_chunks} chunks dropped: wrong length or digest)"
                 self._refuse_manifest(manifest, "incomplete", detail)
 
     def _prepare(self, manifest: ModelManifest, content: bytes) -> None:

@@ -130,6 +130,16 @@ def _tampered(deployer, registry, keys):
     deployer.publish_manifest(manifest)
 
 
+def _tampered_undigested(deployer, registry, keys):
+    """As from a deployer that predates chunk digests: only the artifact's sha256 can tell."""
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    manifest = manifest.model_copy(update={"chunk_digests": None})
+    bad = bytearray(content)
+    bad[len(bad) // 2] ^= 0x01
+    deployer.publish_artifact(manifest, bytes(bad))
+    deployer.publish_manifest(manifest)
+
+
 def _wrong_key(deployer, registry, keys):
     manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
     deployer.publish_artifact(manifest, content)
@@ -163,7 +173,8 @@ def _spec_mismatch(deployer, registry, keys):
 
 
 REFUSALS = [
-    ("tampered artifact", _tampered, "hash_mismatch", {}),
+    ("tampered artifact", _tampered, "incomplete", {"chunk_timeout_s": 1.0}),  # the tampered chunk is dropped
+    ("tampered artifact, no chunk digests", _tampered_undigested, "hash_mismatch", {}),
     ("wrong key", _wrong_key, "unknown_key", {}),
     ("unsigned manifest", _unsigned, "unsigned", {}),
     ("truncated chunks", _truncated, "incomplete", {"chunk_timeout_s": 1.0}),
