@@ -24,7 +24,8 @@ from deploy_fixtures import (
     variant,
     watch_fleet,
 )
-from lab.mqtt import Watcher, connect, close, publish_all
+from integration.test_deploy import retained_under
+from lab.mqtt import Watcher, close, connect, publish_all
 from lab.servers import eventually
 
 from edgeloop.bridge.deployer import Deployer, DeployError
@@ -72,11 +73,11 @@ def _retained(port: int, topic: str) -> bytes:
                           message=f"no retained message on {topic}")
 
 
-def _republish_retained(port: int, topic: str, payload: bytes) -> None:
-    """What anyone allowed to write ``models/#`` can do with a manifest every device may read."""
+def _republish_retained(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """What anyone allowed to write ``models/#`` can do with messages every device may read."""
     client = connect(port, client_id="replayer")
     try:
-        publish_all(client, [(topic, payload)], retain=True)
+        publish_all(client, messages, retain=True)
     finally:
         close(client)
 
@@ -94,13 +95,15 @@ def test_a_replayed_old_manifest_is_refused_and_stays_refused_after_a_restart(ri
         assert deployer.deploy(MODEL, "1.1.0").outcome == "deployed"
         eventually(lambda: (s := _state(watcher, "edge-replay", edge)) and s.state == "healthy", timeout=60,
                    message="1.1.0 never healthy")
-        recorded = _retained(mosquitto.port, deploy_topic(MODEL))  # any device may read models/#
-        assert json.loads(recorded)["version"] == "1.1.0"
+        recorded = _retained(mosquitto.port, deploy_topic(MODEL))  # any device may read models/#: the
+        assert json.loads(recorded)["version"] == "1.1.0"           # manifest and its chunks are recorded
+        chunks = retained_under(mosquitto.port, f"models/{MODEL}/1.1.0/chunk/+")
+        assert chunks and all(payload for _, payload in chunks)
         assert deployer.deploy(MODEL, "1.2.0").outcome == "deployed"
         eventually(lambda: (s := _state(watcher, "edge-replay", edge)) and s.version == "1.2.0"
                    and s.state == "healthy", timeout=60, message="1.2.0 never healthy")
 
-        _republish_retained(mosquitto.port, deploy_topic(MODEL), recorded)
+        _republish_retained(mosquitto.port, [*chunks, (deploy_topic(MODEL), recorded)])
         state = eventually(lambda: (s := _state(watcher, "edge-replay", edge)) and s.state == "refused" and s,
                            timeout=30, message="the replayed manifest was not refused")
         assert (state.reason, state.version) == ("replayed", "1.1.0"), state
