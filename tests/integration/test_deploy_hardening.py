@@ -91,7 +91,7 @@ def test_a_replayed_old_manifest_is_refused_and_stays_refused_after_a_restart(ri
     registry.add(MODEL, *variant("1.2.0", pad=32), parent="1.1.0")
     stream = Stream(mosquitto.port, devices=2)
     try:
-        stream.run(per_s=100, limit=3000)
+        stream.run(per_s=100, limit=30000)  # stopped at the end; the limit only bounds it
         assert deployer.deploy(MODEL, "1.1.0").outcome == "deployed"
         eventually(lambda: (s := _state(watcher, "edge-replay", edge)) and s.state == "healthy", timeout=60,
                    message="1.1.0 never healthy")
