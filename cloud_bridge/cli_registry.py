@@ -120,12 +120,18 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 def cmd_model_add(args: argparse.Namespace) -> int:
     from edgeloop.bridge.registry import RegistryError
+    from edgeloop.bridge.training.selftest import TrialFailed, tried_selftest
     from edgeloop.modelfile import load_model_files
 
     content, meta = load_model_files(args.file)
     registry = _registry(args)
     try:
-        version = registry.add(meta.name, content, meta, parent=args.parent)
+        # Tried in a child process first: a file that crashes or hangs the interpreter never enters the registry.
+        selftest = tried_selftest(content, meta, timeout_s=args.trial_timeout)
+    except TrialFailed as exc:
+        return _fail(ValueError(f"{args.file} failed its trial in a child process and was not added: {exc}"))
+    try:
+        version = registry.add(meta.name, content, meta, parent=args.parent, selftest=selftest)
         if args.promote:
             registry.promote(meta.name, version, reason="edgeloop model add --promote")
     except RegistryError as exc:
@@ -229,6 +235,8 @@ def register_registry(model: Group, needs: tuple[str, ...]) -> None:
     p.add_argument("file")
     p.add_argument("--parent", help="the version it was derived from")
     p.add_argument("--promote", action="store_true", help="also make it current")
+    p.add_argument("--trial-timeout", type=float, default=60.0,
+                   help="seconds allowed to load and self-test it in a child process")
     registry_flags(p)
 
     p = model.command("promote", cmd_model_promote, needs=needs,

@@ -29,6 +29,8 @@ from lab.mqtt import Watcher, close, connect, publish_all
 from lab.servers import eventually
 
 from edgeloop.bridge.deployer import Deployer, DeployError
+from edgeloop.cli import main
+from edgeloop.modelfile import write_model_files
 from edgeloop.deploy_contract import deploy_topic
 from edgeloop.mqtt import MqttSettings
 
@@ -130,11 +132,14 @@ def test_a_replayed_old_manifest_is_refused_and_stays_refused_after_a_restart(ri
 
 
 def test_a_signed_model_that_crashes_the_interpreter_is_refused_and_not_retried_after_a_restart(
-        rig, mosquitto, tmp_path, keys):
+        rig, mosquitto, tmp_path, keys, capsys):
     registry, deployer, watcher, procs = rig
     content, meta = crashing_variant("6.6.6")
+    # The cloud side tries it in a child before it takes it in (`model add`) and before it signs it.
+    files = write_model_files(tmp_path / "crashing", content, meta)
+    assert main(["model", "add", str(files), "--registry", str(registry.root)]) == 1
+    assert "SIGSEGV" in capsys.readouterr().err and "6.6.6" not in registry.versions(MODEL)
     registry.add(MODEL, content, meta, parent=BASE_VERSION)
-    # The cloud side tries it in a child before signing: it is never signed by the deployer.
     with pytest.raises(DeployError, match="SIGSEGV"):
         deployer.deploy(MODEL, "6.6.6")
     assert not _has_retained(mosquitto.port, deploy_topic(MODEL)), "nothing was published"
