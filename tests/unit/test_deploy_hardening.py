@@ -173,6 +173,23 @@ def test_a_substituted_chunk_is_dropped_and_the_right_one_completes_the_transfer
     assert node.version == "1.4.0" and node.state().state == "healthy"
 
 
+def test_a_stalled_transfer_subscribes_again_then_a_redelivered_manifest_tries_again(tmp_path, key_pair):
+    key, public = key_pair
+    node = Node(tmp_path, public)
+    content, meta = variant("1.8.0")
+    payload = sign_manifest(manifest_for(content, meta, seq=8, deploy_id="8a" * 8), key)
+    send(node, payload)  # the manifest, no chunks (lost on the way)
+    for _ in range(3):
+        node.manager._transfers[MODEL].deadline = 0.0
+        node.manager._expire()
+    assert node.manager.counters["deploy_transfer_retries"] == 2
+    assert (node.state().state, node.state().reason) == ("refused", "incomplete")
+    assert "after 3 attempts" in node.state().detail
+    send(node, payload, content, "1.8.0")  # the retained manifest again (reconnect, restart): tried again
+    settle(node)
+    assert node.version == "1.8.0" and node.state().state == "healthy"
+
+
 # ----------------------------------------------------------------------------- keys
 
 
