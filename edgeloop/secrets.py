@@ -13,6 +13,8 @@ Policy (docs/security.md, "Secrets"):
 - A secret written literally into a config file that every local user can
   read (mode ``o+r``) is a ConfigError naming the file and the field: that is
   how tokens leak (a config copied into a ticket, a world-readable /etc file).
+  "Literally" means any part the file spells out: ``x${NOPE:-}`` and
+  ``${NOPE:-pw}`` (an unset variable's default) count, ``${PW}`` does not.
 - Secret values never appear in logs, error messages or ``config check``.
 """
 
