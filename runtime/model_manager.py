@@ -46,6 +46,7 @@ import json
 import logging
 import queue
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -59,7 +60,7 @@ from edgeloop.edge import model_store
 from edgeloop.edge.deploy_ledger import DeployLedger, Entry
 from edgeloop.edge.model_trial import run_selftest, trial
 from edgeloop.edge.outbox import default_state_dir
-from edgeloop.errors import ModelError
+from edgeloop.errors import ConfigError, ModelError
 from edgeloop.rejects import Rejects
 from edgeloop.signing import VerifyKey
 from edgeloop.edge.config import EdgeConfig, PipelineSettings
@@ -120,7 +121,11 @@ class ModelManager:
         self.cfg = cfg
         self.settings = cfg.deploy
         self.keys = [VerifyKey.load(path) for path in self.settings.trusted_key_files]
-        self.ledger = DeployLedger(self.settings.state_dir or default_state_dir() / f"deploy-{cfg.node_id}")
+        ledger_dir = self.settings.state_dir or default_state_dir() / f"deploy-{cfg.node_id}"
+        try:
+            self.ledger = DeployLedger(ledger_dir)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError("deploy.state_dir", [f"cannot open the deployment ledger in {ledger_dir}: {exc}"]) from None
         self.rejects = rejects
         self.on_change = on_change
         self.counters: Counter[str] = Counter()
@@ -160,6 +165,8 @@ class ModelManager:
         except queue.Full:
             pass
         self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self.ledger.close()
 
     def states(self) -> dict[str, DeployState]:
         with self._lock:
@@ -222,7 +229,7 @@ class ModelManager:
             if self._seen.get(model) == f"refused:{deploy_id}:{exc.reason}:{version}":
                 return  # the same retained refusal, redelivered on reconnect
             self._seen[model] = f"refused:{deploy_id}:{exc.reason}:{version}"
-            self._refuse(model, version, deploy_id, exc.reason, str(exc), topic, payload, verified=False)
+            self._refuse(model, version, deploy_id, exc.reason, str(exc), topic, payload, authoritative=False)
             return
         transfer = self._transfers.get(model)
         if transfer is not None and transfer.manifest.deploy_id == manifest.deploy_id:
@@ -235,7 +242,8 @@ class ModelManager:
         except DeployRefused as exc:
             self._seen[model] = f"replay:{manifest.deploy_id}"
             self.counters["deploys_replayed"] += 1
-            self._refuse(model, manifest.version, manifest.deploy_id, exc.reason, str(exc), topic, payload)
+            self._refuse(model, manifest.version, manifest.deploy_id, exc.reason, str(exc), topic, payload,
+                         authoritative=False)  # a stale manifest says no more about the deployment in hand
             return
         self._seen[model] = manifest.deploy_id
         if entry is not None and self._settled(manifest, entry):
@@ -434,17 +442,17 @@ class ModelManager:
                 log.warning("could not publish status: %s", exc)
 
     def _refuse(self, model: str, version: str, deploy_id: str | None, reason: str, detail: str, topic: str,
-                payload: bytes, verified: bool = True) -> None:
-        """Count, log (printable only), dead-letter and report. A manifest that did not verify does not
-        replace the report of a verified deployment in progress: anyone who may publish on ``models/#``
-        could otherwise hide it."""
+                payload: bytes, authoritative: bool = True) -> None:
+        """Count, log (printable only), dead-letter and report. A manifest that did not verify, or a
+        replayed one (not ``authoritative``), does not replace the report of a deployment in progress:
+        anyone who may publish on ``models/#`` could otherwise hide it."""
         self.counters["deploys_refused"] += 1
         detail = printable(detail, 1024)
         log.warning("refused deployment of %s %s: %s: %s", model, version, reason, detail[:300])
         self.rejects.reject(topic, payload, reason, f"{model} {version}: {detail}")
         with self._lock:
             current = self._states.get(model)
-        if not verified and current is not None and current.state in ("receiving", "canary"):
+        if not authoritative and current is not None and current.state in ("receiving", "canary"):
             return
         self._set_state(model, None, "refused", version=version, deploy_id=deploy_id, reason=reason, detail=detail)
 
