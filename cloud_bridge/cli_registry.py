@@ -147,6 +147,7 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 def cmd_model_add(args: argparse.Namespace) -> int:
     from edgeloop.bridge.registry import RegistryError
+    from edgeloop.bridge.training.selftest import TrialFailed, tried_selftest
     from edgeloop.errors import ConfigError
     from edgeloop.modelfile import ModelMetadata, load_model_files
     from pydantic import ValidationError
@@ -171,7 +172,12 @@ def cmd_model_add(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             raise ConfigError("command line", [f"--version {args.version[:80]!r}: {exc.errors()[0]['msg']}"]) from None
     try:
-        version = registry.add(name, content, meta, parent=parent, detail=detail)
+        # Tried in a child process first: a file that crashes or hangs the interpreter never enters the registry.
+        selftest = tried_selftest(content, meta, timeout_s=args.trial_timeout)
+    except TrialFailed as exc:
+        return _fail(ValueError(f"{args.file} failed its trial in a child process and was not added: {exc}"))
+    try:
+        version = registry.add(name, content, meta, parent=parent, detail=detail, selftest=selftest)
         if args.promote:
             registry.promote(name, version, reason="edgeloop model add --promote")
     except RegistryError as exc:
@@ -306,6 +312,8 @@ def register_registry(model: Group, needs: tuple[str, ...]) -> None:
     p.add_argument("--parent", help="the version it was derived from (default with --version: FILE's own version, "
                                     "when the registry holds the same bytes under it)")
     p.add_argument("--promote", action="store_true", help="also make it current")
+    p.add_argument("--trial-timeout", type=float, default=60.0,
+                   help="seconds allowed to load and self-test it in a child process")
     registry_flags(p)
 
     p = model.command("promote", cmd_model_promote, needs=needs,

@@ -5,9 +5,13 @@ the broker ACL that already pins its topics decides what it may read.
 
 ``deploy(name, version, targets="*", canary=[...])``:
 
-1. read the artifact and metadata from the registry (sha256 checked) and the
-   self-test vectors (stored with the version, or computed here once with the
-   edge's interpreter and cached in the registry);
+1. read the artifact and metadata from the registry (sha256 checked), try it
+   in a child process (load it, allocate every batch size, compute self-test
+   outputs, within ``trial_timeout_s``: an artifact that crashes or hangs the
+   interpreter is never signed, DeployError), and take the self-test vectors
+   (stored with the version, else the trial's, then stored);
+   each manifest gets the registry's next ``seq`` for the model, which edges
+   require to grow (an old manifest published again is refused as ``replayed``);
 2. publish the chunks on ``models/{model}/{version}/chunk/{i}`` (retained,
    QoS 1, acked), then the Ed25519-signed manifest on ``models/{model}/deploy``
    (retained, QoS 1), first with ``targets = canary``;
@@ -63,6 +67,7 @@ from edgeloop.contract import ContractError, NodeStatus, decode_status, parse_st
 from edgeloop.deploy_contract import (
     ModelManifest,
     SelfTest,
+    chunk_digest,
     chunk_topic,
     deploy_topic,
     sign_manifest,
@@ -146,6 +151,7 @@ class Deployer:
         publish_timeout_s: float = 30.0,
         events: EventSink | None = None,
         actor: str = "deployer",
+        trial_timeout_s: float = 60.0,
     ) -> None:
         self.link = link
         self.registry = registry
@@ -156,6 +162,8 @@ class Deployer:
         self.publish_timeout_s = publish_timeout_s
         self.events = events
         self.actor = actor
+        self.trial_timeout_s = trial_timeout_s
+        self._tried: dict[str, SelfTest] = {}  # sha256 -> self-test computed by a trial that passed
         self._nodes: dict[str, NodeStatus] = {}
         self._changed = threading.Condition()
         self._deploy_lock = threading.Lock()
@@ -277,16 +285,27 @@ class Deployer:
     # ------------------------------------------------------------------ publishing
 
     def selftest_for(self, name: str, version: str) -> SelfTest:
-        """Stored self-test vectors, or compute them with the edge's interpreter and store them."""
+        """Stored self-test vectors, else the trial's (stored in the registry)."""
+        fresh = self.trial(name, version)
         stored = self.registry.selftest(name, version)
         if stored is not None:
             return stored
-        from edgeloop.bridge.training.selftest import make_selftest  # needs an interpreter; imported only here
+        self.registry.set_selftest(name, version, fresh)
+        return fresh
 
+    def trial(self, name: str, version: str) -> SelfTest:
+        """Load, allocate and self-test the artifact in a child process (once per artifact and deployer);
+        DeployError if it crashes, hangs or does not load: such an artifact is never signed."""
         path, meta = self.registry.get(name, version)
-        vectors = make_selftest(path.read_bytes(), meta)
-        self.registry.set_selftest(name, version, vectors)
-        return vectors
+        if meta.sha256 not in self._tried:
+            from edgeloop.bridge.training.selftest import TrialFailed, tried_selftest  # needs an interpreter
+
+            try:
+                self._tried[meta.sha256] = tried_selftest(path.read_bytes(), meta, self.trial_timeout_s)
+            except TrialFailed as exc:
+                raise DeployError(f"{name} {version} failed its trial in a child process and is not signed: "
+                                  f"{exc}") from None
+        return self._tried[meta.sha256]
 
     def manifest(
         self,
@@ -297,6 +316,7 @@ class Deployer:
         selftest: SelfTest | None = None,
     ) -> tuple[ModelManifest, bytes]:
         """The unsigned manifest for a registry version, and the artifact bytes."""
+        self.trial(name, version)  # never sign what crashes or hangs the interpreter
         path, meta = self.registry.get(name, version)
         content = path.read_bytes()
         record = self.registry.record(name, version)
@@ -307,9 +327,11 @@ class Deployer:
             size=len(content),
             chunk_size=self.chunk_size,
             chunks=len(split_chunks(content, self.chunk_size)),
+            chunk_digests=[chunk_digest(part) for part in split_chunks(content, self.chunk_size)],
             targets=targets,
             phase=phase,
             deploy_id=uuid.uuid4().hex[:16],
+            seq=self.registry.next_deploy_seq(name),
             parent=record.get("parent"),
             created=time.time(),
             metadata=meta,

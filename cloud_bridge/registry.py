@@ -13,6 +13,7 @@ Layout::
       audit.jsonl                      append-only: {"ts", "actor", "action", "model", "version", ...}
       {model}/
         state.json                     {"history": [promoted versions, oldest first], "refused": {version: reason}}
+        deploy_seq.json                {"last": the seq of the last manifest signed for this model}
         {version}/
           model.tflite                 the artifact
           metadata.json                edgeloop.modelfile.ModelMetadata (sha256 covers model.tflite)
@@ -339,6 +340,21 @@ class Registry:
             if state["refused"].pop(version, None) is not None:
                 self._save_state(name, state)
                 self._audit("clear_refused", name, version, actor)
+
+    def next_deploy_seq(self, name: str) -> int:
+        """The ``seq`` for the next manifest of ``name``: above every one handed out before.
+
+        Edges refuse a manifest whose seq is not above the newest they
+        recorded (a replayed old manifest). The counter never goes below the
+        clock in milliseconds, so a registry rebuilt from scratch still
+        outranks what the fleet has seen (given a clock that is not behind).
+        """
+        path = self._model_dir(name) / "deploy_seq.json"
+        with self._locked():
+            last = json.loads(path.read_text(encoding="utf-8"))["last"] if path.exists() else 0
+            seq = max(int(last) + 1, int(time.time() * 1000))
+            atomic_write(path, json_bytes({"last": seq}))
+        return seq
 
     def note(self, name: str, version: str | None, action: str, actor: str | None = None, **detail: Any) -> None:
         """Append any other audited event (e.g. ``deploy`` with its targets)."""

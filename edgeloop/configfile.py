@@ -18,11 +18,9 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from edgeloop.errors import ConfigError
-from edgeloop.secrets import refuse_world_readable_inline_secrets
+from edgeloop.secrets import ENV_REFERENCE, refuse_world_readable_inline_secrets
 
 M = TypeVar("M", bound=BaseModel)
-
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(value: Any, source: str, path: str = "") -> Any:
@@ -56,7 +54,7 @@ def _expand(value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: environment variable ${{{name}}} is not set")
             return match.group(0)
 
-        return _ENV_RE.sub(sub, value)
+        return ENV_REFERENCE.sub(sub, value)
     return value
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import hashlib
 import json
 import math
 import re
@@ -49,18 +50,22 @@ REFUSAL_REASONS: dict[str, str] = {
     "oversized_manifest": f"manifest larger than {MAX_MANIFEST_BYTES} bytes",
     "malformed_manifest": "manifest is not a JSON object",
     "unsigned": "manifest has no signature",
-    "unknown_key": "manifest is signed with a key other than the configured public key",
+    "unknown_key": "manifest is signed with a key this node does not trust (deploy.public_key_file(s))",
     "bad_signature": "signature does not verify (tampered manifest or wrong key)",
     "invalid_manifest": "signed, but fields are missing or inconsistent",
     "too_large": "artifact larger than deploy.max_artifact_bytes",
     "incomplete": "not every chunk arrived within deploy.chunk_timeout_s",
-    "bad_chunk": "a chunk has the wrong length",
+    "bad_chunk": "a chunk has the wrong length or digest (dropped; the transfer waits for the right one)",
     "hash_mismatch": "sha256 of the reassembled artifact differs from the manifest",
     "load_failed": "the interpreter cannot load the artifact, or its tensors differ from its metadata",
     "spec_mismatch": "the model's input does not match what the pipeline produces",
     "selftest_failed": "outputs on the self-test vectors are outside the tolerance",
     "wrong_model": "manifest names a model this node does not run",
     "unhealthy": "canary check: anomaly rate, invalid outputs or latency over bounds after the swap",
+    "replayed": "signed, but its seq is not above the newest deployment this node recorded for the model",
+    "unsequenced": "signed without a seq, after this node recorded a sequenced deployment of the model",
+    "timeout": "loading and self-testing the artifact in a child process did not finish in deploy.trial_timeout_s",
+    "interrupted": "the edge process stopped while loading this model or while it was on probation; not retried",
 }
 
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.:*?\[\]!-]{1,64}$")
@@ -124,6 +129,11 @@ def expected_chunk_length(size: int, chunk_size: int, index: int) -> int:
     return min(chunk_size, size - index * chunk_size)
 
 
+def chunk_digest(chunk: bytes) -> str:
+    """What a manifest's ``chunk_digests`` holds per chunk: the first 128 bits of its sha256, in hex."""
+    return hashlib.sha256(chunk).hexdigest()[:32]
+
+
 # --------------------------------------------------------------------------- manifest
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -161,7 +171,15 @@ class ModelManifest(BaseModel):
     ``targets`` are node ids or shell-style globs (``fnmatch``): ``["*"]`` is
     the whole fleet, ``["edge-3"]`` or ``["site-a-*"]`` a canary subset.
     ``deploy_id`` is unique per publication, so the deployer can tell status
-    reports of this rollout from those of an earlier one.
+    reports of this rollout from those of an earlier one. ``seq`` orders the
+    publications of one model (the registry's counter, signed with the rest):
+    an edge records the highest it has seen and refuses anything not above it
+    (``replayed``), so an old signed manifest cannot be re-published to roll a
+    fleet back; an intended rollback is a new publication with a new ``seq``.
+    Manifests from deployers that predate it carry none (see ``unsequenced``).
+    ``chunk_digests`` (:func:`chunk_digest` of each chunk) let the edge drop a
+    substituted chunk on arrival and wait for the right one, instead of
+    failing the whole artifact's sha256 at the end.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -173,9 +191,11 @@ class ModelManifest(BaseModel):
     size: Annotated[int, Field(ge=1, le=2**40)]
     chunk_size: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)]
     chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
+    chunk_digests: Annotated[list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]], Field(max_length=MAX_CHUNKS)] | None = None
     targets: Annotated[list[Annotated[str, Field(pattern=_GLOB_RE.pattern)]], Field(min_length=1, max_length=1000)]
     phase: Literal["canary", "fleet"] = "fleet"
     deploy_id: Annotated[str, Field(pattern=r"^[0-9a-f]{8,32}$")]
+    seq: Annotated[int, Field(ge=1, le=2**62)] | None = None
     parent: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     created: Annotated[float, Field(gt=0, lt=4102444800.0)]
     metadata: ModelMetadata
@@ -188,6 +208,8 @@ class ModelManifest(BaseModel):
         if self.chunks != chunk_count(self.size, self.chunk_size):
             raise ValueError(f"{self.size} bytes in chunks of {self.chunk_size} make "
                              f"{chunk_count(self.size, self.chunk_size)} chunks, not {self.chunks}")
+        if self.chunk_digests is not None and len(self.chunk_digests) != self.chunks:
+            raise ValueError(f"{len(self.chunk_digests)} chunk digests for {self.chunks} chunks")
         meta = self.metadata
         if (meta.name, meta.version, meta.sha256) != (self.model, self.version, self.sha256):
             raise ValueError("metadata name/version/sha256 differ from the manifest's")
@@ -213,12 +235,14 @@ def sign_manifest(manifest: ModelManifest, key: Any) -> bytes:
     return canonical_bytes(body)
 
 
-def verify_manifest(payload: bytes, key: Any, max_bytes: int = MAX_MANIFEST_BYTES) -> ModelManifest:
-    """Check the signature with a :class:`edgeloop.signing.VerifyKey`, then the schema.
+def verify_manifest(payload: bytes, keys: Any, max_bytes: int = MAX_MANIFEST_BYTES) -> ModelManifest:
+    """Check the signature with the trusted :class:`edgeloop.signing.VerifyKey` (one, or several during a
+    key rotation: the manifest's ``key_id`` picks one), then the schema.
 
     Raises :class:`DeployRefused` with one of the manifest reasons of
     :data:`REFUSAL_REASONS`; never anything else, whatever the payload.
     """
+    trusted = {k.key_id: k for k in ([keys] if hasattr(keys, "key_id") else keys)}
     if len(payload) > max_bytes:
         raise DeployRefused("oversized_manifest", f"manifest of {len(payload)} bytes exceeds {max_bytes}")
     try:
@@ -231,8 +255,10 @@ def verify_manifest(payload: bytes, key: Any, max_bytes: int = MAX_MANIFEST_BYTE
     if signature is None:
         raise DeployRefused("unsigned", "manifest has no signature")
     key_id = obj.get("key_id")
-    if key_id != key.key_id:
-        raise DeployRefused("unknown_key", f"manifest signed with key {str(key_id)[:32]!r}, this node trusts {key.key_id}")
+    key = trusted.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        raise DeployRefused("unknown_key", f"manifest signed with key {str(key_id)[:32]!r}, this node trusts "
+                                           f"{', '.join(sorted(trusted))}")
     try:
         raw = base64.b64decode(signature, validate=True) if isinstance(signature, str) else b""
         body = canonical_bytes(obj)

@@ -13,6 +13,8 @@ Policy (docs/security.md, "Secrets"):
 - A secret written literally into a config file that every local user can
   read (mode ``o+r``) is a ConfigError naming the file and the field: that is
   how tokens leak (a config copied into a ticket, a world-readable /etc file).
+  "Literally" means any part the file spells out: ``x${NOPE:-}`` and
+  ``${NOPE:-pw}`` (an unset variable's default) count, ``${PW}`` does not.
 - Secret values never appear in logs, error messages or ``config check``.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,15 @@ from pydantic import BaseModel, SecretStr
 log = logging.getLogger("edgeloop.config")
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
+
+#: ``${NAME}`` or ``${NAME:-default}`` in a config string (expanded by ``edgeloop.configfile``).
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def written_in_file(value: str) -> str:
+    """The part of a config string that the file itself spells out: the text around ``${...}``
+    references, and the default of each reference to a variable that is not set (``"x${NOPE:-}"`` -> ``"x"``)."""
+    return ENV_REFERENCE.sub(lambda m: "" if m.group(1) in os.environ else (m.group(2) or ""), value)
 
 
 def world_readable(path: str | Path) -> bool:
@@ -77,9 +89,10 @@ def read_secret_file(path: str | Path, what: str, warn: bool = True) -> str:
 def literal_secrets(config: BaseModel, raw: Any) -> list[str]:
     """Dotted names of the secrets in ``config`` that ``raw`` (the unexpanded YAML) spells out literally.
 
-    A secret is literal when its field holds a string without ``${`` in the
-    file; broker URLs count when they carry a literal password
-    (``mqtt://user:pass@host``). Values from ``*_file`` or ``${ENV}`` are fine.
+    A secret is literal when the file spells out any of it (:func:`written_in_file`:
+    ``"x${NOPE:-}"`` and ``${NOPE:-pw}`` are literal, ``${PW}`` is not); broker
+    URLs count when they carry a literal password (``mqtt://user:pass@host``).
+    Values from ``*_file`` or from set ``${ENV}`` variables are fine.
     """
     found: list[str] = []
 
@@ -91,7 +104,7 @@ def literal_secrets(config: BaseModel, raw: Any) -> list[str]:
         return None
 
     def literal(value: Any) -> bool:
-        return isinstance(value, str) and bool(value) and "${" not in value
+        return isinstance(value, str) and bool(written_in_file(value))
 
     def walk(value: Any, node: Any, path: str) -> None:
         if node is None:
@@ -103,12 +116,12 @@ def literal_secrets(config: BaseModel, raw: Any) -> list[str]:
             for name in type(value).model_fields:
                 child = raw_at(node, name)
                 sub = f"{path}.{name}" if path else name
-                if name == "url" and isinstance(getattr(value, name), str) and literal(child):
+                if name == "url" and isinstance(getattr(value, name), str) and isinstance(child, str):
                     try:
-                        has_password = urlsplit(child).password is not None
+                        password = urlsplit(child).password
                     except ValueError:
-                        has_password = False
-                    if has_password:
+                        password = None
+                    if password is not None and literal(password):
                         found.append(f"{sub} (password in the URL)")
                     continue
                 walk(getattr(value, name), child, sub)

@@ -174,9 +174,18 @@ class DeploySettings(BaseModel):
 
     enabled: bool = False
     public_key_file: Path | None = Field(default=None, description="Ed25519 public key (PEM) manifests must be signed with")
+    public_key_files: Annotated[list[Path], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="further trusted public keys: during a key rotation, the old and the new key")
     max_artifact_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 16 * 1024 * 1024
     chunk_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    state_dir: Path | None = Field(default=None, description="keeps the deployed and the previous model across restarts")
+    trial_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0,
+        description="time limit for loading and self-testing a received model in a child process")
+    state_dir: Path | None = Field(
+        default=None,
+        description="keeps the deployed and the previous model across restarts, and the deployment ledger "
+                    "(else the ledger goes to $EDGELOOP_STATE_DIR/deploy-{node_id})")
     canary_windows: Annotated[int, Field(ge=1, le=1_000_000)] = 50
     max_anomaly_rate: Annotated[float, Field(ge=0, le=1)] = 0.2
     anomaly_rate_factor: Annotated[float, Field(ge=1, le=1000)] = 3.0
@@ -186,18 +195,24 @@ class DeploySettings(BaseModel):
         description="roll back a model whose windows score this many times further below its threshold than the proven model's",
     )
 
+    @property
+    def trusted_key_files(self) -> list[Path]:
+        return ([self.public_key_file] if self.public_key_file is not None else []) + list(self.public_key_files)
+
     @model_validator(mode="after")
     def _key(self) -> "DeploySettings":
         if self.enabled:
-            if self.public_key_file is None:
+            if not self.trusted_key_files:
                 raise ValueError("deploy.enabled needs public_key_file (the deployer's Ed25519 public key)")
             from edgeloop.errors import ConfigError
             from edgeloop.signing import VerifyKey
 
-            try:
-                VerifyKey.load(self.public_key_file)
-            except ConfigError as exc:
-                raise ValueError(f"public_key_file: {'; '.join(exc.problems)} ({exc.source})") from None
+            for path in self.trusted_key_files:
+                field = "public_key_file" if path == self.public_key_file else "public_key_files"
+                try:
+                    VerifyKey.load(path)
+                except ConfigError as exc:
+                    raise ValueError(f"{field}: {'; '.join(exc.problems)} ({exc.source})") from None
         return self
 
 

@@ -202,6 +202,14 @@ class TfliteModel:
         self._allocated = rows
         self._buffer = np.zeros((rows, *self.input_shape), dtype=self._in_dtype)
 
+    def allocate_every_batch(self) -> None:
+        """Allocate each batch size ``run`` may use (1, 2, 4, ... ``max_batch``). Allocation is where a
+        malformed model crashes the interpreter, so a trial (``edgeloop.edge.model_trial``) does it all."""
+        rows = 1
+        while rows < self.max_batch:
+            rows = min(rows * 2, self.max_batch)
+            self._resize(rows)
+
     def _bucket(self, rows: int) -> int:
         return min(1 << (rows - 1).bit_length(), self.max_batch)
 

@@ -8,6 +8,10 @@ same with threshold 0, so every window is an anomaly.
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from edgeloop.edge.config import BUNDLED_MODEL, EdgeConfig
 from edgeloop.modelfile import ModelMetadata, load_model_files, sha256_bytes
 from lab import configs
 from lab.mqtt import Publisher, Watcher, close, connect, paced, publish_all
+from lab.procs import CliProcess
 
 MODEL = "vibration_ae"
 BASE_VERSION = "1.0.0"
@@ -159,3 +164,107 @@ def tiny_variant(version: str = "9.9.9") -> tuple[bytes, ModelMetadata]:
         "normalization": {"mean": [0.0] * 4, "std": [1.0] * 4},
     })
     return TINY_INT8, meta
+
+
+# --------------------------------------------------------------------------- hostile artifacts and edge processes
+
+_LOAD_FROM_OFFSET = """
+import struct, sys
+from edgeloop.edge.inference import load_interpreter_class
+cls, _ = load_interpreter_class()
+content = sys.stdin.buffer.read()
+start, value = int(sys.argv[1]), int(sys.argv[2])
+for off in range(start, len(content) - 3, 4):
+    if not 0 <= struct.unpack_from("<i", content, off)[0] < 64:
+        continue  # only small int32 fields: tensor, buffer and operator indices, sizes
+    mutated = bytearray(content)
+    struct.pack_into("<i", mutated, off, value)
+    print(off, flush=True)
+    try:
+        interpreter = cls(model_content=bytes(mutated))
+        interpreter.allocate_tensors()
+    except Exception:
+        pass
+print("end", flush=True)
+"""
+
+
+def _python(code: str, args: list[str], stdin: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, timeout=300)
+
+
+def crashing_variant(version: str = "6.6.6") -> tuple[bytes, ModelMetadata]:
+    """The bundled model with int32 fields rewritten until LiteRT crashes on it in a child process.
+
+    Each small int32 field (an index or a size) in turn is set to -1 and the
+    result loaded and allocated in a child; the first rewrite whose child dies
+    by a signal, and dies again in three fresh children, is returned (LiteRT
+    2.x: SIGSEGV in ``allocate_tensors``). The metadata is the bundled model's
+    under ``version`` with the new sha256, so everything but the interpreter
+    accepts it.
+    """
+    content, meta = bundled()
+    start = 0
+    while True:
+        run = _python(_LOAD_FROM_OFFSET, [str(start), "-1"], content)
+        lines = run.stdout.decode().split()
+        if not lines or lines[-1] == "end":
+            raise AssertionError(f"no int32 rewrite of the bundled model crashes the interpreter: {run.stderr[-500:]!r}")
+        offset = int(lines[-1])
+        mutated = bytearray(content)
+        struct.pack_into("<i", mutated, offset, -1)
+        again = [_python(_LOAD_FROM_OFFSET, [str(offset), "-1"], content).returncode for _ in range(3)]
+        if all(rc < 0 for rc in again):
+            bad = bytes(mutated)
+            return bad, meta.model_copy(update={"version": version, "sha256": sha256_bytes(bad)})
+        start = offset + 4
+
+
+def looping_variant(version: str = "7.7.7") -> tuple[bytes, ModelMetadata]:
+    """A model the interpreter never returns from: a WHILE loop whose condition stays true, with the bundled
+    model's input and output (built with TensorFlow, the ``train`` extra)."""
+    import tensorflow as tf
+
+    _, meta = bundled()
+    width = meta.input.shape[1]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32)])
+    def forever(x):
+        _, y = tf.while_loop(lambda i, y: tf.reduce_sum(y) > -1e30, lambda i, y: (i + 1.0, y), [tf.constant(0.0), tf.abs(x)])
+        return y[:, :1]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([forever.get_concrete_function()], forever)
+    content = converter.convert()
+    return content, meta.model_copy(update={"version": version, "sha256": sha256_bytes(content)})
+
+
+def hand_signed(deployer, content: bytes, meta: ModelMetadata, targets: list[str] | None = None):  # noqa: ANN001
+    """Publish ``content`` under a manifest signed with the deployer's key but built by hand, skipping the
+    deployer's own trial: what a signing host without that check (or with a stolen key) would send. Self-test
+    vectors are the bundled model's."""
+    import uuid
+
+    from edgeloop.bridge.training.selftest import make_selftest
+    from edgeloop.deploy_contract import ModelManifest, chunk_count, chunk_digest, split_chunks
+
+    base_content, base_meta = bundled()
+    manifest = ModelManifest(
+        model=MODEL, version=meta.version, sha256=meta.sha256, size=len(content), chunk_size=deployer.chunk_size,
+        chunks=chunk_count(len(content), deployer.chunk_size),
+        chunk_digests=[chunk_digest(c) for c in split_chunks(content, deployer.chunk_size)],
+        targets=targets or ["*"], deploy_id=uuid.uuid4().hex[:16], seq=deployer.registry.next_deploy_seq(MODEL),
+        created=time.time(), metadata=meta, selftest=make_selftest(base_content, base_meta),
+    )
+    deployer.publish_artifact(manifest, content)
+    deployer.publish_manifest(manifest)
+    return manifest
+
+
+def edge_process(tmp: Path, broker_url: str, node: str, keys: Keys, **deploy) -> CliProcess:
+    """``edgeloop edge run`` as a real process, signed deployment on (state in ``tmp/state-{node}``)."""
+    settings = {"canary_windows": 10, "chunk_timeout_s": 5.0, **deploy}
+    cfg = configs.edge_config(node, broker_url, {"input": {"qos": 1}, "status_interval_s": 30},
+                              configs.signed_deploy(keys.public_file, tmp / f"state-{node}", **settings))
+    path = configs.write_config(tmp / f"edge-{node}.yaml", cfg)
+    path.chmod(0o600)
+    return CliProcess(["edge", "run", "-c", str(path)], tmp / f"edge-{node}.log")

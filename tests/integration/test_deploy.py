@@ -86,7 +86,7 @@ def test_good_deploy_swaps_between_batches_without_losing_a_window(setup, mosqui
     stream = Stream(mosquitto.port, devices=2)
     try:
         stream.publish(20)
-        stream.run(per_s=150, limit=400)
+        stream.run(per_s=150, limit=4000)  # trials in child processes take seconds here
         eventually(lambda: len(watcher.results()) >= 20, timeout=15, message="no results before the deploy")
         report = deployer.deploy(MODEL, "1.1.0", targets="*")
         assert report.outcome == "deployed", report
@@ -124,6 +124,16 @@ def test_good_deploy_swaps_between_batches_without_losing_a_window(setup, mosqui
 
 def _tampered(deployer, registry, keys):
     manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    bad = bytearray(content)
+    bad[len(bad) // 2] ^= 0x01
+    deployer.publish_artifact(manifest, bytes(bad))
+    deployer.publish_manifest(manifest)
+
+
+def _tampered_undigested(deployer, registry, keys):
+    """As from a deployer that predates chunk digests: only the artifact's sha256 can tell."""
+    manifest, content = deployer.manifest(MODEL, "1.2.0", ["*"])
+    manifest = manifest.model_copy(update={"chunk_digests": None})
     bad = bytearray(content)
     bad[len(bad) // 2] ^= 0x01
     deployer.publish_artifact(manifest, bytes(bad))
@@ -173,7 +183,8 @@ def _spec_mismatch(deployer, registry, keys):
 
 
 REFUSALS = [
-    ("tampered artifact", _tampered, "hash_mismatch", {}),
+    ("tampered artifact", _tampered, "incomplete", {"chunk_timeout_s": 1.0}),  # the tampered chunk is dropped
+    ("tampered artifact, no chunk digests", _tampered_undigested, "hash_mismatch", {}),
     ("wrong key", _wrong_key, "unknown_key", {}),
     ("tampered manifest", _tampered_manifest, "bad_signature", {}),
     ("unsigned manifest", _unsigned, "unsigned", {}),
@@ -225,7 +236,7 @@ def test_canary_failure_rolls_back_on_the_canary_and_leaves_the_fleet_alone(setu
     stream = Stream(mosquitto.port, devices=2)
     try:
         stream.publish(10)
-        stream.run(per_s=150, limit=600)
+        stream.run(per_s=150, limit=4000)
         report = deployer.deploy(MODEL, "2.0.0", targets="*", canary=["edge-c"])
         assert report.outcome == "canary_failed", report
         assert report.nodes["edge-c"] == "rolled_back:unhealthy"
