@@ -30,6 +30,12 @@ def merge(base: dict, *overrides: dict) -> dict:
     return out
 
 
+#: Bridge override for tests and benchmarks that publish synthetic results (fixed timestamps, versions no
+#: edge announces in a status): the store's known-version check off and the past window at its maximum.
+#: Production keeps both (docs/security.md, "What a device can and cannot do to the store and the loop").
+SYNTHETIC_RESULTS = {"store": {"known_versions": "off", "max_past_s": 10 * 365 * 86_400.0}}
+
+
 def edge_config(node: str, broker_url: str, *overrides: dict) -> dict:
     """An edge config: node id and broker, then ``overrides``."""
     return merge({"node_id": node, "mqtt": {"url": broker_url}}, *overrides)

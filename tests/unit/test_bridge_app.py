@@ -20,6 +20,7 @@ from edgeloop.bridge.batching import Batch
 from edgeloop.bridge.config import BridgeConfig
 from edgeloop.bridge.errors import Fatal, PartialWrite, Throttled, Unavailable
 from edgeloop.mqtt import Message
+from lab.configs import SYNTHETIC_RESULTS
 
 SHA = "ab" * 32
 
@@ -77,7 +78,8 @@ def start_writer_only(bridge: Bridge) -> None:
 
 def make_bridge(sink, **influx) -> tuple[Bridge, list]:
     cfg = BridgeConfig.model_validate(
-        {"influx": {"api": "v1", "batch_size": 10, "flush_interval_ms": 50, **influx}, "queue_size": 1000}
+        {"influx": {"api": "v1", "batch_size": 10, "flush_interval_ms": 50, **influx}, "queue_size": 1000,
+         **SYNTHETIC_RESULTS}
     )
     bridge = Bridge(cfg, sink=sink)
     letters: list = []
@@ -177,7 +179,7 @@ def test_junk_is_rejected_by_reason_and_good_messages_around_it_are_written():
         bridge._on_message(message("results/dev-1/m1", result(seq=i)))
         bridge._on_message(message(topic, payload))
     bridge._on_message(message("status/edge-1", b""))  # a retained status being cleared: ignored
-    bridge._on_message(message("status/edge-1", {"node": "edge-1", "state": "online", "ts": 5.0}))
+    bridge._on_message(message("status/edge-1", {"node": "edge-1", "state": "online", "ts": 1795740561.0}))
     assert bridge.stop(timeout_s=5)
     stats = bridge.stats()
     expected: dict[str, int] = {}

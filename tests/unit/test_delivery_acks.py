@@ -19,6 +19,7 @@ from edgeloop.edge.config import load_edge_config
 from edgeloop.edge.delivery import EdgeDelivery, session_expiry_s, window_history
 from edgeloop.edge.outbox import Outbox
 from edgeloop.edge.sender import OutboxSender
+from lab.configs import SYNTHETIC_RESULTS
 
 
 def eventually(fn, timeout=5.0):
@@ -128,7 +129,8 @@ class Sink:
 
 
 def bridge_with(sink: Sink) -> tuple[Bridge, FakeLink]:
-    cfg = BridgeConfig.model_validate({"influx": {"api": "v1", "batch_size": 5, "flush_interval_ms": 20}})
+    cfg = BridgeConfig.model_validate({"influx": {"api": "v1", "batch_size": 5, "flush_interval_ms": 20},
+                                       **SYNTHETIC_RESULTS})
     bridge = Bridge(cfg, sink=sink)
     link = FakeLink()
     bridge._link.ack = link.ack  # the MQTT acks, recorded
