@@ -56,7 +56,9 @@ def signed_deploy(public_key: Path, state_dir: Path, **settings: Any) -> dict:
 def closed_loop(workdir: Path, signing_key: Path, drift: dict | None = None, retrain: dict | None = None) -> dict:
     """Bridge override: sample store, drift monitor and retrain worker on, their files under ``workdir``."""
     return {
-        "samples": {"enabled": True, "dir": str(workdir / "samples"), "flush_interval_s": 0.5},
+        # The lab's fleets run up to 10x real time with a large sampling fraction: budgets to match.
+        "samples": {"enabled": True, "dir": str(workdir / "samples"), "flush_interval_s": 0.5,
+                    "device_budget_rows": 1_000_000, "device_budget_bytes": 1024**3},
         "drift": {"enabled": True, **(drift or {})},
         "retrain": {"enabled": True, "registry": str(workdir / "registry"), "signing_key_file": str(signing_key),
                     **(retrain or {})},
