@@ -89,13 +89,14 @@ def test_a_hostile_device_cannot_break_influxdb_or_the_loop_for_the_fleet(tmp_pa
             infos += [legit.publish(f"results/dev-a/{MODEL}", result("dev-a", BASE_VERSION, seq), qos=1)
                       for seq in range(5)]
             infos += [legit.publish(f"samples/dev-a/{MODEL}", samples("dev-a", BASE_VERSION, 20, seed=1), qos=1)]
-            # The hostile device, on topics the ACL grants it.
+            # The hostile device, on topics the ACL grants it: results dated 1970 .. 2099 of a version it announces,
+            infos.append(evil.publish("status/dev-evil", status("dev-evil", "evil-ts"), qos=1, retain=True))
+            for k, ts in enumerate((1.0, 86_400.0 * 7, 4_102_444_000.0, time.time() + 3600)):
+                infos.append(evil.publish(f"results/dev-evil/{MODEL}", result("dev-evil", "evil-ts", 200 + k, ts), qos=1))
             for i in range(60):  # 60 versions > max-values-per-tag, each announced in its own status first
                 infos.append(evil.publish("status/dev-evil", status("dev-evil", f"evil-{i}"), qos=1, retain=True))
                 infos.append(evil.publish(f"results/dev-evil/{MODEL}", result("dev-evil", f"evil-{i}", i), qos=1))
             infos += [evil.publish(f"results/dev-evil/{MODEL}", result("dev-evil", "never-announced", 100), qos=1)]
-            for k, ts in enumerate((1.0, 86_400.0 * 7, 4_102_444_000.0, time.time() + 3600)):  # 1970 .. 2099
-                infos.append(evil.publish(f"results/dev-evil/{MODEL}", result("dev-evil", "evil-59", 200 + k, ts), qos=1))
             infos += [
                 evil.publish(f"samples/dev-evil/{MODEL}", samples("dev-evil", "made-up", 10), qos=1),
                 evil.publish(f"samples/dev-evil/{MODEL}", samples("dev-evil", BASE_VERSION, 1, width=4096), qos=1),

@@ -197,6 +197,14 @@ def test_a_device_making_up_versions_cannot_keep_another_devices_baseline_out():
     assert sum(1 for d, _ in cohort.baselines if d == "evil") <= 3 and len(cohort.baselines) <= 50
 
 
+def test_cohorts_named_by_the_publisher_are_bounded():
+    monitor = DriftMonitor(DriftSettings(enabled=True, cohort_by="site"))
+    rng = np.random.default_rng(3)
+    for i in range(1100):
+        monitor.observe(samples("evil", "1.0.0", 1, 0.0, rng).model_copy(update={"site": f"site-{i}"}), received=0.0)
+    assert len(monitor._cohorts) == 1024 and monitor.stats()["ignored_cohorts"] == 76
+
+
 def test_drift_across_the_fleet_still_triggers():
     s = DriftSettings(enabled=True, window_s=10, interval_s=2, consecutive=2, min_samples=50, min_device_samples=10,
                       baseline_samples=20, cooldown_s=1000)
