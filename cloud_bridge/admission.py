@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeloop.contract import InferenceResult, NodeStatus
+from edgeloop.mqttconfig import MqttSettings
 
 from edgeloop.bridge.config import BridgeConfig, StoreSettings
 
@@ -127,6 +128,43 @@ class KnownVersions:
                 versions.append(ref.version)
                 if len(versions) > self._per_model:
                     self._release((name, versions.popleft()))
+
+    def preload(self, settings: MqttSettings, client_id: str, wait_s: float = 5.0) -> int:
+        """Read every retained ``status/+`` once, on a connection of its own; return how many were taken.
+
+        Why: a bridge restarted with a persistent session gets the results queued while it was away
+        *before* the retained statuses of its new subscription, and a fresh process knows no
+        announcement yet. QoS 0, so no inflight window lets the barrier's SUBACK overtake a
+        retained status. Never raises: without a broker the main connection reports it.
+        """
+        from edgeloop.contract import ContractError, decode_status, parse_status_topic
+        from edgeloop.mqtt import MqttLink
+
+        taken = 0
+
+        def on_message(msg) -> None:  # noqa: ANN001
+            nonlocal taken
+            try:
+                if msg.payload:
+                    status = decode_status(msg.payload, 1 << 20)
+                    if status.node == parse_status_topic(msg.topic):
+                        self.announce(status)
+                        taken += 1
+            except ContractError:
+                pass  # the result path dead-letters it when it arrives there
+
+        link = MqttLink(settings.model_copy(update={"client_id": client_id}), client_id, on_message=on_message,
+                        subscriptions=[("status/+", 0)])
+        try:
+            link.start(wait_s)
+            if not (link.subscribed.wait(wait_s) and link.barrier(wait_s)):
+                log.warning("retained statuses not all read within %.0f s: known versions may start incomplete", wait_s)
+        except Exception as exc:  # noqa: BLE001 -- start-up goes on; the main connection reports the broker
+            log.warning("could not read retained statuses for known versions: %s", exc)
+        finally:
+            link.stop()
+        log.info("known versions: %d retained statuses read", taken)
+        return taken
 
     def _release(self, key: tuple[str, str]) -> None:
         self._announced[key] -= 1

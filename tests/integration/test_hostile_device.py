@@ -143,3 +143,36 @@ def test_a_hostile_device_cannot_break_influxdb_or_the_loop_for_the_fleet(tmp_pa
             assert bridge.stop(timeout_s=10)
             for link in (observer, legit, other, evil):
                 link.stop()
+
+
+def test_a_restarted_bridge_stores_the_backlog_of_announced_versions(mosquitto, influx_db, unique_id):
+    """Known versions must not cost the backlog: a persistent session delivers the results queued while
+    the bridge was down before the retained statuses, so the bridge reads those first (preload)."""
+    from edgeloop.mqtt import MqttLink, MqttSettings
+
+    influx, db = influx_db
+    cfg = BridgeConfig.model_validate({
+        "mqtt": {"url": mosquitto.url, "client_id": f"bridge-{unique_id}"},
+        "influx": {"api": "v1", "url": influx.url, "db": db, "flush_interval_ms": 100},
+    })
+    device = MqttLink(MqttSettings(url=mosquitto.url), f"edge-{unique_id}")
+    device.start(10)
+    try:
+        assert wait_for_all([device.publish(f"status/edge-{unique_id}", status(f"edge-{unique_id}", "7.0.0"),
+                                            qos=1, retain=True)], 10)
+        first = Bridge(cfg)
+        first.start(10)  # makes the persistent session
+        assert first.stop(timeout_s=10)
+        backlog = [device.publish(f"results/dev-{unique_id}/{MODEL}", result(f"dev-{unique_id}", "7.0.0", seq), qos=1)
+                   for seq in range(20)]
+        assert wait_for_all(backlog, 10)
+        second = Bridge(cfg)
+        second.start(10)
+        try:
+            eventually(lambda: len(influx.points('SELECT * FROM "inference"', db)) == 20, timeout=30,
+                       message=f"backlog not stored: {second.stats()}")
+            assert second.stats()["rejected"] == {}
+        finally:
+            assert second.stop(timeout_s=10)
+    finally:
+        device.stop()
