@@ -154,7 +154,7 @@ class Bridge:
         influx = self.cfg.influx
         target = f"influx:{influx.db if influx.api == 'v1' else influx.bucket}"
         self._writer = BatchWriter(self._sink or make_sink(self.cfg), self.rejects, target, self._settle)
-        if self.cfg.store.known_versions != "off":  # before any queued result: edgeloop.bridge.admission
+        if self.cfg.store.known_versions != "off" and self.cfg.store.preload_statuses:  # before the backlog
             self.known.preload(self.cfg.mqtt, f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known", min(wait_s or 5.0, 5.0))
         self._thread.start()
         log.info("bridge writing to %s (%s, %s), subscribing %s", influx.url, influx.api, target, self.cfg.subscribe)
