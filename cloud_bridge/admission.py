@@ -87,6 +87,7 @@ class KnownVersions:
         #: (model, version) -> how many nodes announce it.
         self._announced: Counter[tuple[str, str]] = Counter()
         self._widths: dict[tuple[str, str], int | None] = {}
+        self._link = None
         self.counters: Counter[str] = Counter()
 
     @classmethod
@@ -129,13 +130,15 @@ class KnownVersions:
                 if len(versions) > self._per_model:
                     self._release((name, versions.popleft()))
 
-    def preload(self, settings: MqttSettings, client_id: str, wait_s: float = 5.0) -> int:
-        """Read every retained ``status/+`` once, on a connection of its own; return how many were taken.
+    def follow(self, settings: MqttSettings, client_id: str, wait_s: float = 5.0) -> int:
+        """Subscribe ``status/+`` on a connection of its own, read every retained status before returning,
+        and keep taking statuses until :meth:`close`; return how many retained ones were read.
 
-        Why: a bridge restarted with a persistent session gets the results queued while it was away
-        *before* the retained statuses of its new subscription, and a fresh process knows no
-        announcement yet. QoS 0, so no inflight window lets the barrier's SUBACK overtake a
-        retained status. Never raises: without a broker the main connection reports it.
+        Why a connection of its own: a bridge restarted with a persistent session gets the results
+        queued while it was away *before* the retained statuses of its subscription; and replicas
+        sharing a subscription (``share_group``) each get only some statuses on their main link.
+        QoS 0, so no inflight window lets the barrier's SUBACK overtake a retained status. Never
+        raises: without a broker the main connection reports it.
         """
         from edgeloop.contract import ContractError, decode_status, parse_status_topic
         from edgeloop.mqtt import MqttLink
@@ -153,18 +156,21 @@ class KnownVersions:
             except ContractError:
                 pass  # the result path dead-letters it when it arrives there
 
-        link = MqttLink(settings.model_copy(update={"client_id": client_id}), client_id, on_message=on_message,
-                        subscriptions=[("status/+", 0)])
+        self._link = link = MqttLink(settings.model_copy(update={"client_id": client_id}), client_id,
+                                     on_message=on_message, subscriptions=[("status/+", 0)])
         try:
             link.start(wait_s)
             if not (link.subscribed.wait(wait_s) and link.barrier(wait_s)):
                 log.warning("retained statuses not all read within %.0f s: known versions may start incomplete", wait_s)
         except Exception as exc:  # noqa: BLE001 -- start-up goes on; the main connection reports the broker
             log.warning("could not read retained statuses for known versions: %s", exc)
-        finally:
-            link.stop()
         log.info("known versions: %d retained statuses read", taken)
         return taken
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.stop()
+            self._link = None
 
     def _release(self, key: tuple[str, str]) -> None:
         self._announced[key] -= 1

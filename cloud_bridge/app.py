@@ -154,8 +154,8 @@ class Bridge:
         influx = self.cfg.influx
         target = f"influx:{influx.db if influx.api == 'v1' else influx.bucket}"
         self._writer = BatchWriter(self._sink or make_sink(self.cfg), self.rejects, target, self._settle)
-        if self.cfg.store.known_versions != "off" and self.cfg.store.preload_statuses:  # before the backlog
-            self.known.preload(self.cfg.mqtt, f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known", min(wait_s or 5.0, 5.0))
+        if self.cfg.store.known_versions != "off" and self.cfg.store.follow_statuses:  # before the backlog
+            self.known.follow(self.cfg.mqtt, f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known", min(wait_s or 5.0, 5.0))
         self._thread.start()
         log.info("bridge writing to %s (%s, %s), subscribing %s", influx.url, influx.api, target, self.cfg.subscribe)
         try:
@@ -163,6 +163,7 @@ class Bridge:
         except Exception:
             self._queue.put(_STOP)
             self._thread.join(5.0)
+            self.known.close()
             raise
         if self.loop is not None:
             self.loop.start(wait_s)
@@ -199,6 +200,7 @@ class Bridge:
             self._thread.join(5.0)
         drained = not self._thread.is_alive() and self._queue.empty() and not writer.given_up_at_stop
         self._link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
+        self.known.close()
         writer.sink.close()
         return drained
 

@@ -179,11 +179,12 @@ class StoreSettings(BaseModel):
         description="model registry directory read (never written) for known versions; default: "
         "retrain.registry when drift or retrain is enabled, else none (status announcements only)",
     )
-    preload_statuses: bool = Field(
+    follow_statuses: bool = Field(
         default=True,
-        description="read the retained status/+ on a connection of its own (client id {mqtt.client_id}-known) "
-        "before connecting, so a session's backlog is not refused as unknown; turn off when the broker forces "
-        "client id = identity (use_username_as_clientid): that connection would discard the bridge's session",
+        description="follow status/+ on a connection of its own (client id {mqtt.client_id}-known), reading the "
+        "retained ones before the main connection: a session's backlog and shared-subscription replicas (which "
+        "each get only some statuses) know every announced version; turn off when the broker forces client "
+        "id = identity (use_username_as_clientid): that connection would take over the bridge's session",
     )
     announced_versions_per_model: Annotated[int, Field(ge=1, le=64)] = Field(
         default=4, description="per node and model, how many of the versions it last announced stay known "

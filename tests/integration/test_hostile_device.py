@@ -147,7 +147,7 @@ def test_a_hostile_device_cannot_break_influxdb_or_the_loop_for_the_fleet(tmp_pa
 
 def test_a_restarted_bridge_stores_the_backlog_of_announced_versions(mosquitto, influx_db, unique_id):
     """Known versions must not cost the backlog: a persistent session delivers the results queued while
-    the bridge was down before the retained statuses, so the bridge reads those first (preload)."""
+    the bridge was down before the retained statuses, so the bridge reads those first (KnownVersions.follow)."""
     from edgeloop.mqtt import MqttLink, MqttSettings
 
     influx, db = influx_db
