@@ -308,6 +308,7 @@ class ResultGuard:
         self.known = known if settings.known_versions != "off" else None
         self.tags = TagBudget(settings.max_tag_values, settings.tag_period_s, settings.max_devices)
         self._admitted: dict[tuple, float] = {}
+        self._past, self._future = settings.max_past_s, settings.max_future_s
         self.refused: Counter[str] = Counter()
 
     def timestamp(self, ts: float, now: float) -> tuple[str, str] | None:
@@ -320,19 +321,21 @@ class ResultGuard:
         return None
 
     def check(self, r: InferenceResult, now: float) -> tuple[str, str] | None:
-        """None if ``r`` may be stored, else (reason, detail); counted in ``refused``."""
-        refusal = self.timestamp(r.ts, now)
-        if refusal is None:
-            refusal = self._tags(r, now)
+        """None if ``r`` may be stored, else (reason, detail); counted in ``refused``. The common case
+        (a tag set admitted in the last minute, a timestamp near now) is two comparisons and a lookup."""
+        if now - self._past <= r.ts <= now + self._future:
+            key = (r.device, r.sensor, r.model, r.model_version, r.node, r.site)
+            at = self._admitted.get(key)
+            if at is not None and now - at < ADMITTED_RECHECK_S:
+                return None
+            refusal = self._tags(r, key, now)
+        else:
+            refusal = self.timestamp(r.ts, now)
         if refusal is not None:
             self.refused[refusal[0]] += 1
         return refusal
 
-    def _tags(self, r: InferenceResult, now: float) -> tuple[str, str] | None:
-        key = (r.device, r.sensor, r.model, r.model_version, r.node, r.site)
-        at = self._admitted.get(key)
-        if at is not None and now - at < ADMITTED_RECHECK_S:
-            return None
+    def _tags(self, r: InferenceResult, key: tuple, now: float) -> tuple[str, str] | None:
         if self.known is not None and not self.known.is_known(r.model, r.model_version):
             return UNKNOWN, (
                 f"{r.model} {r.model_version!r} is neither in the registry nor announced in a node's status"
