@@ -155,7 +155,8 @@ class Bridge:
         target = f"influx:{influx.db if influx.api == 'v1' else influx.bucket}"
         self._writer = BatchWriter(self._sink or make_sink(self.cfg), self.rejects, target, self._settle)
         if self.cfg.store.known_versions != "off" and self.cfg.store.follow_statuses:  # before the backlog
-            self.known.follow(self.cfg.mqtt, f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known", min(wait_s or 5.0, 5.0))
+            client_id = f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known"
+            self.known.follow(self.cfg.mqtt, client_id, min(wait_s or 5.0, 5.0))
         self._thread.start()
         log.info("bridge writing to %s (%s, %s), subscribing %s", influx.url, influx.api, target, self.cfg.subscribe)
         try:
