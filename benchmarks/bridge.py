@@ -27,6 +27,7 @@ import urllib3
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.harness import bench_broker
+from lab.configs import SYNTHETIC_RESULTS
 from lab.mqtt import close, connect, publish_all
 from lab.servers import InfluxDB1, VictoriaMetrics, eventually
 
@@ -223,6 +224,7 @@ def product_bridge(broker, influx_cfg: dict, msgs: list[tuple[str, bytes]], n_po
         "subscribe": ["results/+/+"],
         "max_payload_bytes": 1 << 20,
         "influx": influx_cfg,
+        **SYNTHETIC_RESULTS,  # no edge announces the bench's model version
     })
     # First start creates the persistent session (the bridge's default), so the broker queues for it.
     first = Bridge(cfg)

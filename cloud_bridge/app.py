@@ -55,6 +55,7 @@ from edgeloop.contract import (
     parse_status_topic,
 )
 
+from edgeloop.bridge.admission import KnownVersions, ResultGuard
 from edgeloop.bridge.batching import Batch, BatchWriter, Delivery
 from edgeloop.bridge.config import DEFAULT_CLIENT_ID, BridgeConfig
 from edgeloop.bridge.schema import LineEncoder
@@ -85,6 +86,9 @@ class Bridge:
         #: A sink handed in is a test seam: only the bridge's own sink gets the start-up check of the server.
         self._check_server = sink is None
         self._encoder = LineEncoder(cfg.influx)
+        #: What the store admits (edgeloop.bridge.admission): known versions, sane timestamps, bounded tags.
+        self.known = KnownVersions.for_config(cfg)
+        self._guard = ResultGuard(cfg.store, self.known)
         self._queue: queue.Queue = queue.Queue(cfg.queue_size)
         expiry = BRIDGE_SESSION_EXPIRY_S if cfg.mqtt.session_expiry_s is None else cfg.mqtt.session_expiry_s
         self._persistent = expiry > 0
@@ -122,7 +126,7 @@ class Bridge:
             from edgeloop.bridge.events import EventWriter
             from edgeloop.bridge.loop import ClosedLoop
 
-            self.loop = ClosedLoop(cfg, EventWriter(make_sink(cfg), cfg.influx.tags))
+            self.loop = ClosedLoop(cfg, EventWriter(make_sink(cfg), cfg.influx.tags), known=self.known)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,6 +170,9 @@ class Bridge:
         self._started = True
         target = f"influx:{influx.db if influx.api == 'v1' else influx.bucket}"
         self._writer = BatchWriter(sink, self.rejects, target, self._settle, retry_max_s=influx.retry_max_s)
+        if self.cfg.store.known_versions != "off" and self.cfg.store.follow_statuses:  # before the backlog
+            client_id = f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known"
+            self.known.follow(self.cfg.mqtt, client_id, min(wait_s or 5.0, 5.0))
         self._thread.start()
         log.info("bridge writing to %s (%s, %s), subscribing %s", influx.url, influx.api, target, self.cfg.subscribe)
         try:
@@ -173,6 +180,7 @@ class Bridge:
         except Exception:
             self._queue.put(_STOP)
             self._thread.join(5.0)
+            self.known.close()
             raise
         if self.loop is not None:
             self.loop.start(wait_s)
@@ -209,6 +217,7 @@ class Bridge:
             self._thread.join(5.0)
         drained = not self._thread.is_alive() and self._queue.empty() and not writer.given_up_at_stop
         self._link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
+        self.known.close()
         writer.sink.close()
         return drained
 
@@ -242,6 +251,8 @@ class Bridge:
             "mqtt_reconnects": self._link.reconnects,
             "mqtt_handler_errors": self._link.handler_errors,
             "stored_lag_ms": w.lag.percentiles_ms() if w else {},
+            "results_refused": dict(self._guard.refused),
+            "known_versions": self.known.stats(),
         }
 
     # ------------------------------------------------------------------ network thread
@@ -347,17 +358,26 @@ class Bridge:
                 if parsed is None:
                     parsed = self._remember_topic(topic, parse_result_topic(topic))
                 device, model = parsed
-                encode = self._encoder.result
-                lines, device_ts = [], []
+                encode, check = self._encoder.result, self._guard.check
+                lines, device_ts, refused = [], [], None
+                now = time.time()
                 for result in decode_results(payload, max_bytes):
                     if result.device != device or result.model != model:
                         raise ContractError(
                             "topic_mismatch",
                             f"payload device/model {result.device}/{result.model} != topic {device}/{model}",
                         )
+                    refusal = check(result, now)
+                    if refusal is not None:
+                        refused = refused or {}
+                        refused.setdefault(refusal[0], [0, refusal[1]])[0] += 1
+                        continue
                     lines.append(encode(result))
                     device_ts.append(result.ts)
                 self._results += len(lines)
+                if refused:  # the admitted results of the message are stored; the rest dead-lettered
+                    for reason, (count, detail) in refused.items():
+                        self.rejects.reject(topic, payload, reason, f"{count} result(s): {detail}")
             elif topic.startswith("status/"):
                 device_ts = None
                 node = parse_status_topic(topic)
@@ -368,6 +388,10 @@ class Bridge:
                     status = decode_status(payload, max_bytes)
                     if status.node != node:
                         raise ContractError("topic_mismatch", f"payload node {status.node} != topic node {node}")
+                    self.known.announce(status)
+                    refusal = self._guard.timestamp(status.ts, time.time())
+                    if refusal is not None:
+                        raise ContractError(*refusal)
                     lines = [self._encoder.status(status)]
                     self._statuses += 1
             else:

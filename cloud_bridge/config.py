@@ -168,6 +168,60 @@ def _read_token(path: Path, warn: bool = True) -> str:
     return read_secret_file(path, "token file", warn=warn)
 
 
+class StoreSettings(BaseModel):
+    """What the bridge admits into the store (docs/security.md, "What a device can and cannot do").
+
+    A device chooses its results' ``model``/``model_version``/``sensor``/``node``/``site`` tags and
+    ``ts``; the ACL pins only the device id. So a result is stored only if its (model, version) is
+    known -- in the registry (``registry``) or announced by a node's retained status -- its
+    timestamp lies within [arrival - ``max_past_s``, arrival + ``max_future_s``], and its device has
+    used at most ``max_tag_values`` distinct values of each tag within ``tag_period_s``. Everything
+    else is dead-lettered with the reason (``unknown_model_version``, ``timestamp_out_of_range``,
+    ``tag_cardinality``). Status points get the timestamp check too.
+    """
+
+    model_config = _STRICT
+
+    known_versions: Literal["registry_or_status", "off"] = Field(
+        default="registry_or_status",
+        description="registry_or_status: store results only of (model, version) pairs the registry holds or "
+        "a node announces in its retained status/{node}; off: any (not recommended: see docs/security.md)",
+    )
+    registry: Path | None = Field(
+        default=None,
+        description="model registry directory read (never written) for known versions; default: "
+        "retrain.registry when drift or retrain is enabled, else none (status announcements only)",
+    )
+    follow_statuses: bool = Field(
+        default=True,
+        description="follow status/+ on a connection of its own (client id {mqtt.client_id}-known), reading the "
+        "retained ones before the main connection: a session's backlog and shared-subscription replicas (which "
+        "each get only some statuses) know every announced version; turn off when the broker forces client "
+        "id = identity (use_username_as_clientid): that connection would take over the bridge's session",
+    )
+    announced_versions_per_model: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=4, description="per node and model, how many of the versions it last announced stay known "
+        "(results still in its outbox after a model swap carry the previous one)",
+    )
+    announced_models_per_node: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=32, description="models of one node's status taken as announcements; more are ignored (counted)"
+    )
+    max_past_s: Annotated[float, Field(gt=0, le=10 * 365 * 86_400)] = Field(
+        default=7 * 86_400.0, description="oldest device timestamp stored, in seconds before arrival"
+    )
+    max_future_s: Annotated[float, Field(ge=0, le=365 * 86_400)] = Field(
+        default=300.0, description="newest device timestamp stored, in seconds after arrival (clock skew)"
+    )
+    max_tag_values: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=16, description="distinct values of each tag (sensor, model, model_version, node, site) one "
+        "device may use within tag_period_s",
+    )
+    tag_period_s: Annotated[float, Field(gt=0, le=365 * 86_400)] = 86_400.0
+    max_devices: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000, description="devices whose tag values are tracked (least recently seen forgotten first)"
+    )
+
+
 class BridgeConfig(BaseModel):
     """The whole bridge: MQTT in, InfluxDB out."""
 
@@ -193,6 +247,7 @@ class BridgeConfig(BaseModel):
     )
     influx: InfluxSettings = InfluxSettings()
     metrics: MetricsSettings = MetricsSettings(port=BRIDGE_METRICS_PORT)
+    store: StoreSettings = StoreSettings()
     # The closed loop (edgeloop.bridge.loop, docs/closed-loop.md); all off by default.
     samples: SampleStoreSettings = SampleStoreSettings()
     drift: DriftSettings = DriftSettings()
@@ -203,6 +258,13 @@ class BridgeConfig(BaseModel):
     def _client_id(cls, mqtt: MqttSettings, info: ValidationInfo) -> MqttSettings:
         node_id = info.data.get("node_id") or DEFAULT_CLIENT_ID
         return mqtt if mqtt.client_id else mqtt.model_copy(update={"client_id": node_id})
+
+    @property
+    def known_versions_registry(self) -> Path | None:
+        """The registry the bridge reads known (model, version) pairs from (``store.registry``)."""
+        if self.store.registry is not None:
+            return self.store.registry
+        return self.retrain.registry if (self.retrain.enabled or self.drift.enabled) else None
 
     @property
     def topic_filters(self) -> list[str]:

@@ -15,7 +15,19 @@ the two cleanly (two-sample KS, ``scipy.stats.ks_2samp``, on the score and on
 every raw feature). Requiring that change on a ``fleet_fraction`` of the
 cohort's devices is what keeps a single device's burst of faults (a real
 fault, not drift) from triggering a retrain, and ``consecutive`` evaluations
-in a row is what makes the drift *sustained*. The second way to drift,
+in a row is what makes the drift *sustained*.
+
+Why one device cannot steer it (issue 11): the closed loop hands the monitor
+only samples of known versions, within each device's row and byte budget
+(``edgeloop.bridge.loop``). Every known version in the window is judged, and
+``fleet_fraction`` counts devices -- each device once, whatever the number of
+its rows or versions -- over every device of the cohort with at least
+``min_device_samples`` random windows, so one device is one vote. The version
+reported is the one most devices run, not the one with most rows. Baselines
+are kept for at most ``_BASELINES_PER_DEVICE`` versions per device and
+``max_devices`` (device, version) pairs per cohort, least recently fed
+forgotten first, so a device making up versions cannot keep another device's
+baseline out. The second way to drift,
 *mismatch*, catches a fleet that already ran in a new regime when the model
 arrived: more than ``mismatch_rate`` (default half) of its random windows
 flagged, on a ``fleet_fraction`` of the devices.
@@ -34,7 +46,7 @@ import logging
 import math
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +63,9 @@ _EPS = 1e-4
 _LOG_FLOOR = 1e-3
 _MAX_RECENT = 500_000
 _BASELINE_MAX = 2000
+_BASELINES_PER_DEVICE = 3
+_PH_VERSIONS = 16
+_MAX_COHORTS = 1024
 
 
 # --------------------------------------------------------------------------- statistics
@@ -135,7 +150,7 @@ class _Baseline:
     ``_BASELINE_MAX``): spanning a whole window, it holds the device's slow cycles as well."""
 
     scores: list[float] = field(default_factory=list)
-    features: list[list[float]] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)  # float32 rows: a quarter of a list's memory
     started: float | None = None
     seen: int = 0
     complete_at: float | None = None
@@ -144,10 +159,11 @@ class _Baseline:
 @dataclass
 class _Cohort:
     recent: deque = field(default_factory=lambda: deque(maxlen=_MAX_RECENT))
-    baselines: dict[tuple[str, str], _Baseline] = field(default_factory=dict)
+    baselines: OrderedDict[tuple[str, str], _Baseline] = field(default_factory=OrderedDict)  # LRU first
+    device_versions: dict[str, deque] = field(default_factory=dict)  # device -> its baselined versions
     consecutive: int = 0
     first_drifted: float | None = None
-    ph: dict[str, Any] = field(default_factory=dict)
+    ph: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     ph_detections: dict[str, int] = field(default_factory=dict)
     last: Evaluation | None = None
 
@@ -176,6 +192,8 @@ class DriftMonitor:
         self._rng = random.Random(0)
         self.observed = 0
         self.ignored_flagged = 0
+        self.ignored_cohorts = 0
+        self.baselines_evicted = 0
         self.triggers = 0
         #: (at, model, cohort, status, changed devices, mismatched devices) of recent evaluations.
         self.history: deque[tuple[float, str, str, str, float, float]] = deque(maxlen=5000)
@@ -193,27 +211,59 @@ class DriftMonitor:
         key = (batch.model, self.cohort_of(batch))
         cohort = self._cohorts.get(key)
         if cohort is None:
+            if len(self._cohorts) >= _MAX_COHORTS:  # cohort names (site, node) are the publisher's choice
+                self.ignored_cohorts += 1
+                return
             cohort = self._cohorts[key] = _Cohort()
-        bkey = (batch.device, batch.model_version)
-        base = cohort.baselines.get(bkey)
-        if base is None and len(cohort.baselines) < self.settings.max_devices:
-            base = cohort.baselines[bkey] = _Baseline()
+        base = self._baseline(cohort, batch.device, batch.model_version)
         ph = cohort.ph.get(batch.model_version)
         if ph is None:
             ph = cohort.ph[batch.model_version] = self._page_hinkley(threshold=self.settings.ph_threshold, mode="both")
+            if len(cohort.ph) > _PH_VERSIONS:
+                cohort.ph.popitem(last=False)
+        else:
+            cohort.ph.move_to_end(batch.model_version)
         for row in batch.rows:
             if row.reason != "random":
                 self.ignored_flagged += 1
                 continue
             self.observed += 1
-            cohort.recent.append((received, batch.device, batch.model_version, row.score, row.anomaly, row.features))
-            if base is not None and base.complete_at is None:
-                self._add_to_baseline(base, row.score, row.features, received)
+            features = np.asarray(row.features, dtype=np.float32)
+            cohort.recent.append((received, batch.device, batch.model_version, row.score, row.anomaly, features))
+            if base.complete_at is None:
+                self._add_to_baseline(base, row.score, features, received)
             ph.update(math.log(max(row.score, 0.0) + _LOG_FLOOR))
             if ph.drift_detected:
                 cohort.ph_detections[batch.model_version] = cohort.ph_detections.get(batch.model_version, 0) + 1
 
-    def _add_to_baseline(self, base: _Baseline, score: float, features: list[float], received: float) -> None:
+    def _baseline(self, cohort: _Cohort, device: str, version: str) -> _Baseline:
+        """The (device, version) baseline, made if new: a device keeps its last few versions' baselines,
+        the cohort its ``max_devices`` most recently fed."""
+        bkey = (device, version)
+        base = cohort.baselines.get(bkey)
+        if base is not None:
+            cohort.baselines.move_to_end(bkey)
+            return base
+        versions = cohort.device_versions.setdefault(device, deque())
+        if len(versions) >= _BASELINES_PER_DEVICE:
+            self._forget(cohort, (device, versions[0]))
+        while len(cohort.baselines) >= self.settings.max_devices:
+            self._forget(cohort, next(iter(cohort.baselines)))
+        versions.append(version)
+        base = cohort.baselines[bkey] = _Baseline()
+        return base
+
+    def _forget(self, cohort: _Cohort, bkey: tuple[str, str]) -> None:
+        cohort.baselines.pop(bkey, None)
+        versions = cohort.device_versions.get(bkey[0])
+        if versions is not None:
+            if bkey[1] in versions:
+                versions.remove(bkey[1])
+            if not versions:
+                del cohort.device_versions[bkey[0]]
+        self.baselines_evicted += 1
+
+    def _add_to_baseline(self, base: _Baseline, score: float, features: np.ndarray, received: float) -> None:
         if base.started is None:
             base.started = received
         if received - base.started >= self.settings.window_s and len(base.scores) >= self.settings.baseline_samples:
@@ -295,57 +345,66 @@ class DriftMonitor:
         return self._meta_cache[key]
 
     def _evaluate(self, model: str, cohort_name: str, cohort: _Cohort, now: float) -> Evaluation:
+        """Judge every version in the window; count devices, each once, over the whole cohort."""
         s = self.settings
-        versions: dict[str, int] = {}
-        for row in cohort.recent:
-            versions[row[2]] = versions.get(row[2], 0) + 1
-        if not versions:
+        by_version: dict[str, dict[str, list[tuple]]] = {}
+        for r in cohort.recent:
+            by_version.setdefault(r[2], {}).setdefault(r[1], []).append(r)
+        if not by_version:
             return Evaluation(model, cohort_name, None, now, "insufficient", {"n": 0.0})
-        version = max(versions, key=versions.__getitem__)
-        rows = [r for r in cohort.recent if r[2] == version]
-        by_device: dict[str, list[tuple]] = {}
-        for r in rows:
-            by_device.setdefault(r[1], []).append(r)
-        eligible = {d: rs for d, rs in by_device.items() if len(rs) >= s.min_device_samples}
+        eligible = {
+            v: {d: rs for d, rs in devices.items() if len(rs) >= s.min_device_samples}
+            for v, devices in by_version.items()
+        }
+        # Reported (and used for the reference evidence): the version most devices run, not the one with most rows.
+        version = max(by_version, key=lambda v: (len(eligible[v]), sum(map(len, by_version[v].values()))))
+        rows = [r for rs in by_version[version].values() for r in rs]
         scores = np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows))
         anomalies = np.fromiter((r[4] for r in rows), dtype=bool, count=len(rows))
+        devices = {d for devs in eligible.values() for d in devs}
+        n_rows = sum(len(rs) for devs in eligible.values() for rs in devs.values())
         evidence: dict[str, float] = {
-            "n": float(len(rows)),
-            "devices": float(len(eligible)),
+            "n": float(n_rows),
+            "devices": float(len(devices)),
+            "versions": float(sum(1 for devs in eligible.values() if devs)),
             "anomaly_rate": float(anomalies.mean()),
             "ph_detections": float(cohort.ph_detections.get(version, 0)),
             "window_s": s.window_s,
         }
-        changed_n = compared = mismatched = 0
+        changed_set: set[str] = set()
+        compared_set: set[str] = set()
+        mismatched_set: set[str] = set()
         horizon = now - s.window_s
-        for device, drows in eligible.items():
-            d_scores = np.fromiter((r[3] for r in drows), dtype=np.float64, count=len(drows))
-            if float(np.mean([r[4] for r in drows])) > s.mismatch_rate:
-                mismatched += 1
-            base = cohort.baselines.get((device, version))
-            if base is None or base.complete_at is None or base.complete_at >= horizon:
-                continue  # baseline still forming (or overlapping the window): no change test yet
-            compared += 1
-            d_feats = np.asarray([r[5] for r in drows], dtype=np.float64)
-            is_changed, _, _ = changed(
-                np.asarray(base.scores), np.asarray(base.features, dtype=np.float64), d_scores, d_feats,
-                s.alpha, s.min_effect, s.feature_fraction,
-            )
-            changed_n += is_changed
-        n_dev = len(eligible)
+        for v, devs in eligible.items():
+            for device, drows in devs.items():
+                if float(np.mean([r[4] for r in drows])) > s.mismatch_rate:
+                    mismatched_set.add(device)
+                base = cohort.baselines.get((device, v))
+                if base is None or base.complete_at is None or base.complete_at >= horizon:
+                    continue  # baseline still forming (or overlapping the window): no change test yet
+                compared_set.add(device)
+                d_scores = np.fromiter((r[3] for r in drows), dtype=np.float64, count=len(drows))
+                is_changed, _, _ = changed(
+                    np.asarray(base.scores), np.asarray(base.features, dtype=np.float64), d_scores,
+                    np.asarray([r[5] for r in drows], dtype=np.float64), s.alpha, s.min_effect, s.feature_fraction,
+                )
+                if is_changed:
+                    changed_set.add(device)
+        n_dev, compared = len(devices), len(compared_set)
+        changed_n, mismatched = len(changed_set), len(mismatched_set)
         evidence.update(
             changed_devices=float(changed_n),
             compared_devices=float(compared),
             mismatched_devices=float(mismatched),
-            changed_fraction=changed_n / compared if compared else 0.0,
+            changed_fraction=changed_n / n_dev if n_dev else 0.0,
             mismatched_fraction=mismatched / n_dev if n_dev else 0.0,
         )
         meta = self._meta(model, version)
         if meta is not None:
             evidence.update(self._reference_evidence(meta, scores, [r[5] for r in rows]))
-        if len(rows) < s.min_samples or n_dev < s.min_devices:
+        if n_rows < s.min_samples or n_dev < s.min_devices:
             return Evaluation(model, cohort_name, version, now, "insufficient", evidence)
-        drifted = (compared >= s.min_devices and changed_n / compared >= s.fleet_fraction) or (
+        drifted = (compared >= s.min_devices and changed_n / n_dev >= s.fleet_fraction) or (
             mismatched / n_dev >= s.fleet_fraction
         )
         return Evaluation(model, cohort_name, version, now, "drifted" if drifted else "stable", evidence)
@@ -389,6 +448,8 @@ class DriftMonitor:
         return {
             "observed": self.observed,
             "ignored_flagged": self.ignored_flagged,
+            "ignored_cohorts": self.ignored_cohorts,
+            "baselines_evicted": self.baselines_evicted,
             "triggers": self.triggers,
             "evaluations": {
                 f"{e.model}/{e.cohort}": {"status": e.status, "version": e.version, **e.evidence}

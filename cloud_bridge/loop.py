@@ -14,6 +14,14 @@ and nothing here may wait on training):
                        candidate that passed the gate, asks the Deployer to roll it out (canary
                        first if configured); writes an event at every step
 
+What one device can send is bounded at the loop thread, before the store and the
+monitor (``edgeloop.bridge.admission``, docs/security.md): samples of a
+(model, version) that is neither in the registry nor announced in a node's
+retained ``status/{node}`` (this link subscribes ``status/+`` too), rows whose
+width is not the registry model's input width, and anything past the device's
+row and byte budget (``samples.device_budget_*``) are dead-lettered with the
+reason. Feature rows are held as float32 arrays, not Python lists.
+
 Triggers: sustained drift (``DriftMonitor``), ``{"model": NAME}`` on
 ``retrain.command_topic`` (``commands/bridge/retrain``; ``edgeloop model
 retrain NAME --request``), ``retrain.schedule_s``, and :meth:`request_retrain`.
@@ -40,6 +48,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeloop.bridge.admission import BUDGET, UNKNOWN, WIDTH, DeviceBudget, KnownVersions
 from edgeloop.bridge.config import BridgeConfig
 from edgeloop.bridge.drift import DriftMonitor, Trigger
 from edgeloop.bridge.events import EventWriter
@@ -54,13 +63,16 @@ from edgeloop.contract import (
     TopicLevel,
     decode_frame_sample,
     decode_samples,
+    decode_status,
     parse_sample_topic,
+    parse_status_topic,
 )
 from edgeloop.modelfile import ModelMetadata
 
 log = logging.getLogger("edgeloop.bridge.loop")
 
 SAMPLES_FILTER = "samples/+/+"
+STATUS_FILTER = "status/+"
 QUEUE_SIZE = 10_000
 RETENTION_EVERY_S = 600.0
 MAX_COMMAND_BYTES = 4096
@@ -87,7 +99,8 @@ class _Job:
 class ClosedLoop:
     """``start()``, ``stop()``, ``request_retrain()``, ``stats()``. Built and started by the Bridge."""
 
-    def __init__(self, cfg: BridgeConfig, events: EventWriter | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, cfg: BridgeConfig, events: EventWriter | None = None, workdir: Path | None = None,
+                 known: KnownVersions | None = None) -> None:
         self.cfg = cfg
         problems = []
         if cfg.retrain.enabled and not cfg.samples.enabled:
@@ -101,6 +114,11 @@ class ClosedLoop:
 
             self.registry = Registry(cfg.retrain.registry)
         self.monitor = DriftMonitor(cfg.drift, reference_for=self._reference) if cfg.drift.enabled else None
+        #: The versions samples may carry (shared with the Bridge's result path) and each device's budget.
+        self.known = known if known is not None else KnownVersions.for_config(cfg)
+        sm = cfg.samples
+        self.budget = DeviceBudget(sm.device_budget_rows, sm.device_budget_bytes, sm.device_budget_period_s,
+                                   cfg.store.max_devices)
         self.events = events if events is not None else EventWriter(None, cfg.influx.tags)
         self._events_lock = threading.Lock()
         # Job files (job.json, result.json, worker.log, the candidate) beside the sample store.
@@ -115,12 +133,12 @@ class ClosedLoop:
         self._log = RateLimitedLog(log)
         self._last_schedule: dict[str, float] = {}
         self._models_seen: set[str] = set()
-        self.received = self.dropped_queue_full = self.batches = self.frame_samples = 0
+        self.received = self.dropped_queue_full = self.batches = self.frame_samples = self.ignored_statuses = 0
         #: Age of the last sample message when the loop thread took it: a loop falling behind shows here
         #: first (the drift monitor's window counts from arrival, so a lag past ``window_s`` starves it).
         self.lag_s = 0.0
         self.triggers: list[dict[str, Any]] = []
-        subscriptions = [(SAMPLES_FILTER, 1)] if (self.store or self.monitor) else []
+        subscriptions = [(SAMPLES_FILTER, 1), (STATUS_FILTER, 1)] if (self.store or self.monitor) else []
         if cfg.retrain.enabled:
             subscriptions.append((cfg.retrain.command_topic, 1))
         client_id = f"{cfg.mqtt.client_id or 'edgeloop-bridge'}-loop"
@@ -220,8 +238,15 @@ class ClosedLoop:
         if topic == self.cfg.retrain.command_topic:
             self._command(topic, payload)
             return
+        if topic.startswith("status/"):
+            self._status(topic, payload)
+            return
         try:
             device, model = parse_sample_topic(topic)
+            if not self.budget.take(device, 0, len(payload), received):  # before decoding: that costs CPU
+                raise ContractError(BUDGET, f"device {device} is past its budget of "
+                                    f"{self.cfg.samples.device_budget_bytes} bytes per "
+                                    f"{self.cfg.samples.device_budget_period_s:g} s (samples.device_budget_bytes)")
             try:
                 batch = decode_samples(payload, self.cfg.max_payload_bytes)
             except ContractError:
@@ -230,6 +255,7 @@ class ClosedLoop:
                 raise
             if batch.device != device or batch.model != model:
                 raise ContractError("topic_mismatch", f"payload {batch.device}/{batch.model} != topic {device}/{model}")
+            self._admit(batch, received)
         except ContractError as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))
             return
@@ -239,6 +265,32 @@ class ClosedLoop:
             self.store.add(batch, received)
         if self.monitor is not None:
             self.monitor.observe(batch, received)
+
+    def _admit(self, batch, received: float) -> None:
+        """Raise ContractError unless ``batch`` is of a known version, of its model's width, within budget."""
+        model, version = batch.model, batch.model_version
+        if self.cfg.store.known_versions != "off" and not self.known.is_known(model, version):
+            raise ContractError(UNKNOWN, f"{model} {version!r} is neither in the registry nor announced in a "
+                                "node's status: not deployed")
+        width = self.known.width(model, version)
+        if width is not None and len(batch.rows[0].features) != width:
+            raise ContractError(WIDTH, f"rows of {len(batch.rows[0].features)} features; {model} {version} "
+                                f"takes {width}")
+        if not self.budget.take(batch.device, len(batch.rows), 0, received):
+            raise ContractError(BUDGET, f"device {batch.device} is past its budget of "
+                                f"{self.cfg.samples.device_budget_rows} rows per "
+                                f"{self.cfg.samples.device_budget_period_s:g} s (samples.device_budget_rows)")
+
+    def _status(self, topic: str, payload: bytes) -> None:
+        """A node's retained status: the versions it runs. Bad ones are the result path's to dead-letter."""
+        try:
+            node = parse_status_topic(topic)
+            if payload:
+                status = decode_status(payload, self.cfg.max_payload_bytes)
+                if status.node == node:
+                    self.known.announce(status)
+        except ContractError:
+            self.ignored_statuses += 1
 
     def _is_frame_sample(self, payload: bytes) -> bool:
         """Camera frames kept by the edge (``FrameSample``, stage "frame") share the topic; the
@@ -361,6 +413,8 @@ class ClosedLoop:
             "received": self.received,
             "batches": self.batches,
             "frame_samples_skipped": self.frame_samples,
+            "ignored_statuses": self.ignored_statuses,
+            "known_versions": self.known.stats(),
             "dropped_queue_full": self.dropped_queue_full,
             "queue_depth": self._queue.qsize(),
             "lag_s": round(self.lag_s, 3),

@@ -28,7 +28,14 @@ RETRAIN_COMMAND_TOPIC = "commands/bridge/retrain"
 
 
 class SampleStoreSettings(BaseModel):
-    """Where and how long the field samples (``samples/+/+``) are kept: Parquet, by model and day."""
+    """Where and how long the field samples (``samples/+/+``) are kept: Parquet, by model and day.
+
+    What any one device may send is bounded before the store and the drift monitor see it: only
+    samples of a known (model, version) (``store.known_versions``), with the feature width of that
+    version's model when the registry holds it, and at most ``device_budget_rows`` rows and
+    ``device_budget_bytes`` payload bytes per ``device_budget_period_s`` (a token bucket per device).
+    The rest is dead-lettered (``unknown_model_version``, ``feature_width``, ``device_budget``).
+    """
 
     model_config = _STRICT
 
@@ -39,6 +46,9 @@ class SampleStoreSettings(BaseModel):
     max_buffered_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 200_000
     retention_days: Annotated[float, Field(gt=0, le=3650)] = 14.0
     max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 2 * 1024**3
+    device_budget_rows: Annotated[int, Field(ge=1, le=100_000_000)] = 4000
+    device_budget_bytes: Annotated[int, Field(ge=1024, le=64 * 1024**3)] = 4 * 1024**2
+    device_budget_period_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
 
 
 class DriftSettings(BaseModel):
@@ -118,6 +128,10 @@ class RetrainSettings(BaseModel):
     min_train_samples: Annotated[int, Field(ge=20)] = 600
     wait_for_samples_s: Annotated[float, Field(ge=0)] = 600.0
     max_train_samples: Annotated[int, Field(ge=100)] = 50_000
+    max_device_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.25, description="no device contributes more than this share of the training rows (nor more "
+        "than the second-largest contributor; its most recent rows are kept)",
+    )
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 80
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
     threshold_quantile: Annotated[float, Field(gt=0.5, lt=1)] = 0.995

@@ -133,9 +133,10 @@ class SampleStore:
     def add(self, batch: SampleBatch, received: float | None = None) -> None:
         """Buffer one batch's rows (cheap: no I/O)."""
         received = self._clock() if received is None else received
+        # float32 arrays, not the decoded lists: a buffered feature costs 4 bytes instead of ~32.
         rows = [
             (received, r.ts, batch.device, batch.sensor, batch.node, batch.site, batch.model_version, r.seq,
-             r.score, r.anomaly, r.reason, r.features)
+             r.score, r.anomaly, r.reason, np.asarray(r.features, dtype=np.float32))
             for r in batch.rows
         ]
         with self._lock:

@@ -30,6 +30,12 @@ def merge(base: dict, *overrides: dict) -> dict:
     return out
 
 
+#: Bridge override for tests and benchmarks that publish synthetic results (fixed timestamps, versions no
+#: edge announces in a status): the store's known-version check off and the past window at its maximum.
+#: Production keeps both (docs/security.md, "What a device can and cannot do to the store and the loop").
+SYNTHETIC_RESULTS = {"store": {"known_versions": "off", "max_past_s": 10 * 365 * 86_400.0}}
+
+
 def edge_config(node: str, broker_url: str, *overrides: dict) -> dict:
     """An edge config: node id and broker, then ``overrides``."""
     return merge({"node_id": node, "mqtt": {"url": broker_url}}, *overrides)
@@ -50,7 +56,9 @@ def signed_deploy(public_key: Path, state_dir: Path, **settings: Any) -> dict:
 def closed_loop(workdir: Path, signing_key: Path, drift: dict | None = None, retrain: dict | None = None) -> dict:
     """Bridge override: sample store, drift monitor and retrain worker on, their files under ``workdir``."""
     return {
-        "samples": {"enabled": True, "dir": str(workdir / "samples"), "flush_interval_s": 0.5},
+        # The lab's fleets run up to 10x real time with a large sampling fraction: budgets to match.
+        "samples": {"enabled": True, "dir": str(workdir / "samples"), "flush_interval_s": 0.5,
+                    "device_budget_rows": 1_000_000, "device_budget_bytes": 1024**3},
         "drift": {"enabled": True, **(drift or {})},
         "retrain": {"enabled": True, "registry": str(workdir / "registry"), "signing_key_file": str(signing_key),
                     **(retrain or {})},

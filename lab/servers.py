@@ -277,8 +277,12 @@ class InfluxDB1(_Server):
     name = "influxd"
 
     def __init__(self, workdir: str | os.PathLike, port: int | None = None,
-                 admin: tuple[str, str] | None = None, data_conf: str = "") -> None:
+                 admin: tuple[str, str] | None = None, data_conf: str = "", max_values_per_tag: int | None = None) -> None:
+        """``admin``: auth-enabled with this admin user; ``data_conf``: more ``[data]`` lines;
+        ``max_values_per_tag``: influxd's ``[data] max-values-per-tag`` (default 100,000): a low one
+        shows in seconds what a tag of unbounded cardinality does to a database in production."""
         self.rpc_port = free_port()
+        self.max_values_per_tag = max_values_per_tag
         super().__init__(workdir, port)
         self.conf_path = self.workdir / "influxdb.conf"
         self.admin = admin
@@ -311,6 +315,7 @@ bind-address = "{self.host}:{self.rpc_port}"
   wal-dir = "{d / 'wal'}"
   query-log-enabled = false
 {self.data_conf}
+{"" if self.max_values_per_tag is None else f"  max-values-per-tag = {self.max_values_per_tag}"}
 [http]
   bind-address = "{self.host}:{self.port}"
   auth-enabled = {'true' if self.admin else 'false'}

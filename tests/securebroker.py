@@ -89,3 +89,14 @@ def secure_broker(workdir: Path, ca_file: Path, server: Issued, *, gateway: bool
     acl.write_text(production_acl(gateway, extra_acl))
     conf = PASSWORD_CONF if passwords is not None else CONF
     return Mosquitto(workdir, listener_conf=production_conf(ca_file, server, acl, conf, passwords))
+
+
+def identity_link(port: int, ca_file: Path, issued: Issued, client_id: str, subscriptions=(), on_message=None):  # noqa: ANN001, ANN201
+    """A started MqttLink to a secure broker on ``port`` with the identity (client certificate) ``issued``."""
+    from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
+
+    settings = MqttSettings(url=f"mqtts://127.0.0.1:{port}",
+                            tls=TlsSettings(ca_file=ca_file, cert_file=issued.cert, key_file=issued.key))
+    link = MqttLink(settings, client_id, subscriptions=list(subscriptions), on_message=on_message)
+    link.start(wait_s=10)
+    return link

@@ -12,6 +12,11 @@ Why it looks like this:
   above that device's median; after a first fit, the same cut is applied with
   the new model's scores, and the final model is fitted on what is left
   (measured on the simulator: this removes ~95% of fault windows and no drift).
+- **No device dominates** (issue 11): each device contributes at most its
+  most recent ``per_device_cap`` rows -- no more than the second-largest
+  contributor, and no more than ``max_device_share`` of the set where the fleet
+  has enough devices for that share -- so one device flooding the sample store
+  cannot become most of a model that is then signed and deployed.
 - **Splits**: rows are shuffled (seeded) into train 60% / calibration 20% /
   test 20%. The threshold is the ``threshold_quantile`` of calibration scores
   (split-conformal: the ceil((n+1) q)-th smallest, never interpolated down);
@@ -119,6 +124,40 @@ def robust_keep(scores: np.ndarray, groups: np.ndarray, k: float) -> np.ndarray:
     return keep
 
 
+def per_device_cap(counts: np.ndarray, share: float) -> int | None:
+    """The most rows one device may give: <= the second-largest count, and the largest c with
+    c <= share * sum(min(n, c)) when such a c >= 1 exists (a fleet of fewer than 1/share devices has
+    none). None: no cap (one device is the whole fleet)."""
+    counts = np.sort(np.asarray(counts, dtype=np.int64))[::-1]
+    if len(counts) < 2:
+        return None
+    cap = int(counts[1])
+
+    def fits(c: int) -> bool:
+        return c <= share * np.minimum(counts, c).sum()
+
+    if fits(1):  # fits() holds on [0, c*] (concave), so bisect for c*
+        lo, hi = 1, max(1, int(counts[0]))
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        cap = min(cap, lo)
+    return max(1, cap)
+
+
+def cap_per_device(devices: np.ndarray, share: float) -> np.ndarray:
+    """Mask keeping each device's most recent rows up to :func:`per_device_cap` (rows oldest first)."""
+    keep = np.ones(len(devices), dtype=bool)
+    names, inverse, counts = np.unique(devices, return_inverse=True, return_counts=True)
+    cap = per_device_cap(counts, share)
+    if cap is None:
+        return keep
+    for i in np.flatnonzero(counts > cap):
+        rows = np.flatnonzero(inverse == i)
+        keep[rows[: len(rows) - cap]] = False
+    return keep
+
+
 def conformal_threshold(scores: np.ndarray, quantile: float) -> float:
     """The ceil((n+1) q)-th smallest calibration score (the largest if that is past n).
 
@@ -210,6 +249,9 @@ def retrain(job: RetrainJob) -> RetrainResult:
     if len(frame) and frame.features.shape[1] != width:
         result.reason = f"samples have {frame.features.shape[1]} features, {job.model} {parent} takes {width}"
         return result
+    capped = cap_per_device(frame.device.astype(str), s.max_device_share)
+    result.metrics["rows_over_device_cap"] = float((~capped).sum())
+    frame = frame.select(capped)
     if len(frame) > s.max_train_samples:
         frame = frame.select(np.arange(len(frame)) >= len(frame) - s.max_train_samples)
     result.metrics["samples"] = float(len(frame))

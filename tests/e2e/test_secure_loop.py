@@ -15,6 +15,7 @@ secret appears in either process's log.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ from edgeloop.edge.config import BUNDLED_MODEL
 from edgeloop.edge.inference import TfliteModel
 
 SECRET = "kP4-e2e-secret-never-logged"
+#: Device time of the first reading: now, so the bridge's store.max_past_s window takes the results.
+T0 = time.time()
 READINGS = 6  # 64-sample readings, window 128 / hop 64 -> READINGS - 1 windows
 
 
@@ -44,12 +47,12 @@ def peer(port: int, ca: TestCA, cn: str, subscriptions=(), on_message=None) -> M
 
 def reading(seq: int) -> bytes:
     values = np.random.default_rng(seq).normal(0, 1, (64, 3)).round(4).tolist()
-    return json.dumps({"ts": 1_795_740_561.0 + seq * 0.064, "seq": seq, "values": values, "rate_hz": 1000.0}).encode()
+    return json.dumps({"ts": T0 + seq * 0.064, "seq": seq, "values": values, "rate_hz": 1000.0}).encode()
 
 
 def forged_result(device: str, seq: int) -> bytes:
     return result_payload(device, "vibration_ae", 10_000 + seq, sensor="vibration", model_version="6.6.6",
-                          ts=1_795_740_999.0 + seq, outputs=[0.0], score=0.0, label="normal")
+                          ts=T0 + 60 + seq, outputs=[0.0], score=0.0, label="normal")
 
 
 @pytest.mark.timeout(180)

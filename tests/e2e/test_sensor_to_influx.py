@@ -29,7 +29,8 @@ READINGS = 40  # vibration readings per device -> READINGS - 1 windows each (siz
 
 def fleet_readings(seed: int = 11) -> list[tuple[str, object]]:
     """READINGS vibration readings from each of DEVICES simulated machines, in time order."""
-    sim = FleetSimulator(DEVICES, seed=seed, anomaly_rate=0.01, sensors=("vibration",))
+    # Device time now: the bridge stores only timestamps near arrival (store.max_past_s).
+    sim = FleetSimulator(DEVICES, seed=seed, anomaly_rate=0.01, sensors=("vibration",), start_ts=time.time() - 60)
     readings = list(sim.readings(count=READINGS * DEVICES))
     per_device = {}
     for topic, _ in readings:

@@ -8,6 +8,7 @@ all real: mosquitto, the bridge's own link with manual acks, a persistent sessio
 from __future__ import annotations
 
 from helpers import ScriptedSink, result_payload
+from lab.configs import SYNTHETIC_RESULTS
 from lab.mqtt import connect, publish_all
 from lab.servers import eventually
 
@@ -21,6 +22,7 @@ def start_bridge(mosquitto, uid: str, sink: ScriptedSink) -> Bridge:
     cfg = BridgeConfig.model_validate({
         "mqtt": {"url": mosquitto.url, "client_id": f"bridge-{uid}"},  # one persistent session for both bridges
         "influx": {"api": "v1", "batch_size": 5, "flush_interval_ms": 20},
+        **SYNTHETIC_RESULTS,  # made-up results: no edge announces their version
     })
     bridge = Bridge(cfg, sink=sink)
     bridge.start(5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from helpers import result_payload
+from lab.configs import SYNTHETIC_RESULTS
 from lab.servers import InfluxDB1, eventually
 
 from edgeloop.bridge import Bridge, BridgeConfig
@@ -37,6 +38,7 @@ def config(mosquitto, uid: str, influxdb: InfluxDB1, db: str) -> BridgeConfig:
         "mqtt": {"url": mosquitto.url, "client_id": f"bridge-{uid}", "reconnect_min_s": 0.5, "reconnect_max_s": 2},
         "influx": {"api": "v1", "url": influxdb.url, "db": db, "batch_size": 100, "flush_interval_ms": 50,
                    "timeout_s": 2},
+        **SYNTHETIC_RESULTS,
     })
 
 

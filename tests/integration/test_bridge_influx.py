@@ -9,6 +9,7 @@ import urllib.parse
 
 import pytest
 import helpers
+from lab.configs import SYNTHETIC_RESULTS
 from lab.servers import eventually, http
 
 from edgeloop.bridge import Bridge, BridgeConfig, run_bridge
@@ -34,6 +35,7 @@ def bridge_config(mosquitto, uid: str, influx: dict, **over) -> BridgeConfig:
         {
             "mqtt": {"url": mosquitto.url, "client_id": f"bridge-{uid}"},
             "influx": {"batch_size": 500, "flush_interval_ms": 100, "tags": {"env": "test"}, **influx},
+            **SYNTHETIC_RESULTS,
             **over,
         }
     )

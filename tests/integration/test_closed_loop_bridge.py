@@ -12,7 +12,7 @@ from lab.servers import eventually
 
 from edgeloop.bridge import Bridge, BridgeConfig
 from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
-from edgeloop.contract import DeadLetter, FrameSample, SampleBatch, SampleRow, sample_topic
+from edgeloop.contract import DeadLetter, FrameSample, ModelRef, NodeStatus, SampleBatch, SampleRow, sample_topic
 
 SHA = "ef" * 32
 
@@ -56,6 +56,10 @@ def test_samples_are_stored_and_bad_input_is_dead_lettered_and_commands_become_e
     bridge.start(5)
     try:
         loop = bridge.loop
+        # The edge's retained status says which version it runs: samples of other versions are refused.
+        birth = NodeStatus(node="edge-1", state="online", ts=time.time(), models={model: ModelRef(version="1.0.0", sha256=SHA)})
+        assert wait_for_all([client.publish("status/edge-1", birth.model_dump_json().encode(), qos=1, retain=True)], 10)
+        eventually(lambda: loop.known.is_known(model, "1.0.0"), timeout=10, message="status not seen by the loop")
         good = [(sample_topic(d, model), batch(d, model, 10, start=i * 10).model_dump_json().encode())
                 for i, d in enumerate(["dev-a", "dev-b", "dev-a"])]
         bad = [
@@ -63,6 +67,8 @@ def test_samples_are_stored_and_bad_input_is_dead_lettered_and_commands_become_e
             (sample_topic("dev-x", model), batch("dev-y", model, 1).model_dump_json().encode()),  # topic mismatch
             (f"samples/dev-a/{model}/extra", b"{}"),  # not delivered: the filter is samples/+/+
             ("commands/bridge/retrain", b'{"model": "a/b"}'),
+            (sample_topic("dev-a", model), batch("dev-a", model, 1).model_copy(update={"model_version": "9"})
+             .model_dump_json().encode()),  # a version no node runs
         ]
         frame = [(sample_topic("cam-1", model), frame_sample(model))]  # a camera's FrameSample: skipped
         infos = [client.publish(t, p, qos=1) for t, p in good + bad + frame]
@@ -75,7 +81,8 @@ def test_samples_are_stored_and_bad_input_is_dead_lettered_and_commands_become_e
         eventually(lambda: loop.stats()["frame_samples_skipped"] == 1, timeout=10, message="frame sample")
         reasons = eventually(lambda: {DeadLetter.model_validate_json(p).reason for _, p in letters} or None,
                              timeout=10, message="dead letters")
-        eventually(lambda: loop.stats()["rejected"] == {"malformed_json": 1, "topic_mismatch": 1, "invalid_schema": 1},
+        eventually(lambda: loop.stats()["rejected"] == {"malformed_json": 1, "topic_mismatch": 1, "invalid_schema": 1,
+                                                        "unknown_model_version": 1},
                    timeout=10, message=f"rejects (dead letters: {reasons})")
 
         done = [(cfg.retrain.command_topic, json.dumps({"model": model}).encode())]

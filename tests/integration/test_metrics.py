@@ -20,6 +20,7 @@ from edgeloop.devices.simulator import FleetSimulator
 from edgeloop.edge.app import EdgeApp
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import load_edge_config
+from lab.configs import SYNTHETIC_RESULTS
 from lab.mqtt import close, connect, publish_all
 from helpers import result_payload
 from lab.servers import eventually, free_port, http
@@ -97,6 +98,7 @@ def test_bridge_metrics_scraped_over_http(mosquitto, influx_db, unique_id):
         "mqtt": {"url": mosquitto.url}, "node_id": f"bridge-{unique_id}",
         "influx": {"api": "v1", "url": influx.url, "db": db, "flush_interval_ms": 50},
         "metrics": {"enabled": True, "port": port},
+        **SYNTHETIC_RESULTS,
     })
     bridge = Bridge(cfg)
     server = bridge.serve_metrics()

@@ -24,6 +24,7 @@ from edgeloop.bridge.errors import Misconfigured, PartialWrite, Throttled, TooLa
 from edgeloop.mqtt import Message
 from helpers import ScriptedSink, result
 from lab.servers import eventually
+from lab.configs import SYNTHETIC_RESULTS
 
 def message(topic: str, payload: bytes | dict | list) -> Message:
     return Message(topic, payload if isinstance(payload, bytes) else json.dumps(payload).encode())
@@ -47,7 +48,7 @@ def make_bridge(sink, **influx) -> tuple[Bridge, list]:
     never connected; dead letters recorded."""
     cfg = BridgeConfig.model_validate(
         {"mqtt": {"url": no_broker()}, "influx": {"api": "v1", "batch_size": 10, "flush_interval_ms": 50, **influx},
-         "queue_size": 1000}
+         "queue_size": 1000, **SYNTHETIC_RESULTS}
     )
     bridge = Bridge(cfg, sink=sink)
     letters: list = []
@@ -235,7 +236,7 @@ def test_junk_is_rejected_by_reason_and_good_messages_around_it_are_written():
         bridge._on_message(message("results/dev-1/m1", result(seq=i)))
         bridge._on_message(message(topic, payload))
     bridge._on_message(message("status/edge-1", b""))  # a retained status being cleared: ignored
-    bridge._on_message(message("status/edge-1", {"node": "edge-1", "state": "online", "ts": 5.0}))
+    bridge._on_message(message("status/edge-1", {"node": "edge-1", "state": "online", "ts": 1795740561.0}))
     assert bridge.stop(timeout_s=5)
     stats = bridge.stats()
     expected: dict[str, int] = {}

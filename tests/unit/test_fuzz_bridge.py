@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from edgeloop.bridge.app import Bridge
 from edgeloop.bridge.batching import Batch
 from edgeloop.bridge.config import BridgeConfig
+from lab.configs import SYNTHETIC_RESULTS
 from edgeloop.contract import (
     ContractError,
     DeadLetter,
@@ -117,7 +118,8 @@ def contract_verdict(topic: str, payload: bytes) -> tuple[str | None, list]:
 @given(message=messages())
 def test_bridge_writes_only_what_the_contract_accepts_under_the_topics_identity(message):
     topic, payload = message
-    bridge = Bridge(BridgeConfig(max_payload_bytes=MAX_PAYLOAD), sink=ScriptedSink())  # never written to: the writer is not started
+    bridge = Bridge(BridgeConfig.model_validate({"max_payload_bytes": MAX_PAYLOAD, **SYNTHETIC_RESULTS}),
+                    sink=ScriptedSink())  # never written to: the writer is not started
     letters: list[tuple[str, bytes]] = []
     bridge.rejects.publish = lambda t, p: letters.append((t, p))
     batch = Batch()
