@@ -15,6 +15,7 @@ from integration.test_backpressure import wait_for
 from lab import configs
 from lab.faultrig import expected_windows, fleet_readings
 from lab.mqtt import Watcher, close, connect, publish_all
+from lab.servers import Mosquitto
 
 from edgeloop.edge.app import EdgeApp
 from edgeloop.edge.config import EdgeConfig
@@ -59,3 +60,13 @@ def test_mqtt5_edge_with_a_queue_smaller_than_what_it_holds_does_not_stall(mosqu
     assert stored == want == 9, f"{want - stored} of {want} windows never came; edge counters {counters}"
     # The announced Receive Maximum leaves room for what is held: nothing had to be let go early.
     assert counters["input_held"] == 2 and counters["input_released_early"] == 0, counters
+
+
+def test_the_stall_net_frees_a_broker_window_exactly_as_large_as_what_the_edge_holds(tmp_path, unique_id):
+    # The broker allows 2 in flight; the edge is told 4, so it holds up to 4 - 2 = 2: one stream's two
+    # held readings fill the window. Only the stall net (oldest released after 5 s quiet) lets more in.
+    with Mosquitto(tmp_path / "mosquitto", extra_conf="max_inflight_messages 2") as broker:
+        stored, want, counters = run_fleet(broker, f"edge-{unique_id}", 1, 4,
+                                           {"mqtt": {"protocol": "3.1.1"}, "input": {"broker_inflight": 4}})
+    assert stored == want == 3, f"{want - stored} of {want} windows never came; edge counters {counters}"
+    assert counters["input_released_early"] >= 1, counters  # by the stall net: nothing else releases early here
