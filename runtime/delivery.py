@@ -36,7 +36,7 @@ from edgeloop.edge.sender import OutboxSender
 
 log = logging.getLogger("edgeloop.edge")
 
-#: mosquitto's default ``max_inflight_messages``: what a 3.1.1 client gets unless ``input.broker_inflight`` says otherwise.
+#: mosquitto's default ``max_inflight_messages``: a 3.1.1 client's window unless ``input.broker_inflight`` is set.
 MQTT311_BROKER_INFLIGHT = 20
 
 #: Edge default for ``mqtt.session_expiry_s``: an hour of readings queued by the broker across a restart.
