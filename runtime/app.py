@@ -185,6 +185,7 @@ class EdgeApp:
                 or stopping
             ):
                 self._publish(engine.flush())
+            self.delivery.tick()  # the stall net: held readings must not fill the broker's window for good
             self.systemd.ping()  # WatchdogSec: proves this loop still turns
             if time.monotonic() >= next_expiry:
                 next_expiry = time.monotonic() + expiry_every

@@ -118,6 +118,12 @@ class InputSettings(BaseModel):
     qos: Literal[0, 1] = 1
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_payload_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 256 * 1024
+    broker_inflight: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+        default=None,
+        description="QoS 1 messages the broker sends this edge before waiting for acks (mosquitto: "
+        "max_inflight_messages); the edge holds fewer readings than that, so it never stalls; 0 = "
+        "no limit; default: 20 (mosquitto's) with MQTT 3.1.1, the announced Receive Maximum with MQTT 5",
+    )
 
 
 class OutputSettings(BaseModel):

@@ -30,11 +30,14 @@ from edgeloop.mqtt import MqttLink, wait_for_all
 from edgeloop.ratelimit import RateLimitedLog
 from edgeloop.edge.config import EdgeConfig
 from edgeloop.contract import ContractError, parse_sensor_topic
-from edgeloop.edge.inputacks import InputAcks
+from edgeloop.edge.inputacks import MAX_HELD, InputAcks, held_limit
 from edgeloop.edge.outbox import Outbox, default_state_dir
 from edgeloop.edge.sender import OutboxSender
 
 log = logging.getLogger("edgeloop.edge")
+
+#: mosquitto's default ``max_inflight_messages``: a 3.1.1 client's window unless ``input.broker_inflight`` is set.
+MQTT311_BROKER_INFLIGHT = 20
 
 #: Edge default for ``mqtt.session_expiry_s``: an hour of readings queued by the broker across a restart.
 EDGE_SESSION_EXPIRY_S = 3600
@@ -56,6 +59,22 @@ def window_history(cfg: EdgeConfig) -> dict[str, int]:
         sizes = [getattr(stage, "size", 0) for stage in p.stages if getattr(stage, "type", None) == "window"]
         out[p.sensor] = max(0, max(sizes, default=0) - 1)
     return out
+
+
+def receive_maximum(cfg: EdgeConfig) -> int:
+    """MQTT 5 Receive Maximum the edge announces: its queue plus the readings it may hold."""
+    return min(65535, cfg.input.queue_size + MAX_HELD)
+
+
+def broker_window(cfg: EdgeConfig) -> int | None:
+    """QoS 1 messages the broker has in flight to this edge at most (None: no limit)."""
+    configured = cfg.input.broker_inflight
+    if cfg.mqtt.protocol == "5":
+        announced = receive_maximum(cfg)
+        return announced if not configured else min(announced, configured)
+    if configured is None:
+        return MQTT311_BROKER_INFLIGHT
+    return configured or None
 
 
 class EdgeDelivery:
@@ -85,7 +104,10 @@ class EdgeDelivery:
         self.acks: InputAcks | None = None
         if cfg.input.qos == 1:
             history = window_history(cfg) if self.persistent else {}
-            self.acks = InputAcks(self._ack, lambda topic: self._history_of(topic, history))
+            # Held readings stay below the broker's in-flight window: a window full of them would
+            # stop the messages that release them (docs/reliability.md, "In-flight window").
+            self.acks = InputAcks(self._ack, lambda topic: self._history_of(topic, history),
+                                  max_held=held_limit(broker_window(cfg), cfg.input.queue_size))
 
     # ------------------------------------------------------------------ wiring
 
@@ -95,7 +117,7 @@ class EdgeDelivery:
             "clean_start": not self.persistent,
             "session_expiry_s": self.expiry_s,
             "manual_ack": self.acks is not None,
-            "receive_maximum": min(65535, self.cfg.input.queue_size) if self.acks is not None else None,
+            "receive_maximum": receive_maximum(self.cfg) if self.acks is not None else None,
             "on_publish": self.sender.on_publish if self.sender is not None else None,
         }
 
@@ -122,6 +144,13 @@ class EdgeDelivery:
         self.acks.received(topic, mid, qos, gen, samples)
         if not engine_pending:
             self._commit_inputs()
+
+    def tick(self) -> None:
+        """From the worker loop: the stall net (InputAcks.tick) for a broker window full of held readings."""
+        if self.acks is not None and self.acks.tick():
+            self._log.warning("input_stall", "no reading arrived for %.0fs with %d held: the broker's in-flight "
+                              "window may be full; released the oldest early (set input.broker_inflight lower)",
+                              self.acks.stall_s, self.acks.held + 1)
 
     def publish(self, messages: list[tuple[str, bytes]], engine_pending: int) -> None:
         """Results and samples: to disk, then to the broker. Readings whose windows are all out get acked."""

@@ -20,6 +20,14 @@ Safety valves, so held readings never stall the broker's in-flight window or
 outlive their packet id (brokers reuse ids after 65535 messages): a held
 reading is released (acknowledged, counted ``input_released_early``) when more
 than ``max_held`` are held, or when ``max_age`` later messages have arrived.
+The edge sets ``max_held`` below the broker's in-flight window
+(``held_limit``): held readings count against that window, and a window full of
+held readings would stop the very messages that release them (a deadlock).
+The stall net (``tick``) covers a window exactly as large as what the edge
+holds: when ``max_held`` readings are held, nothing else is in progress and no
+message has arrived for ``stall_s``, the oldest one is released -- once, until
+a message arrives again. Below ``max_held`` a quiet stream's readings are never
+released by time, so slow sensors keep their durability.
 After a reconnect, acknowledgements for the previous connection are not sent
 (``MqttLink.ack`` checks the generation): the broker resends those messages,
 and the engine skips what it has already seen (``stale_readings``).
@@ -28,11 +36,29 @@ and the engine skips what it has already seen (``stale_readings``).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 Ack = Callable[[int, int, int], object]  # (mid, qos, generation)
+
+#: Readings held at most, whatever the window (the packet-id valve's reason: ids are reused).
+MAX_HELD = 5000
+#: Seconds without any arriving message, at ``max_held`` held, before the stall net releases the oldest.
+STALL_S = 5.0
+
+
+def held_limit(window: int | None, queue_size: int, max_held: int = MAX_HELD) -> int:
+    """How many readings the edge may hold against a broker in-flight ``window`` (None: unlimited).
+
+    Held readings leave room for at least one more message (so something can always arrive and
+    release them), and for the input queue, up to half the window (so readings keep flowing).
+    """
+    if window is None:
+        return max_held
+    room = max(1, min(queue_size, window // 2))
+    return max(0, min(max_held, window - room))
 
 
 @dataclass(slots=True)
@@ -53,13 +79,18 @@ class InputAcks:
         ack: Ack,
         history: Callable[[str], int],
         *,
-        max_held: int = 5000,
+        max_held: int = MAX_HELD,
         max_age: int = 30_000,
+        stall_s: float = STALL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ack = ack
         self._history = history
         self.max_held = max_held
         self.max_age = max_age
+        self.stall_s = stall_s
+        self._clock = clock
+        self._last_arrival = clock()
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, int, int, int]] = []
         self._stamped: deque[tuple[int, list[tuple[str, int, int, int, int]]]] = deque()
@@ -70,12 +101,14 @@ class InputAcks:
         self.held = 0
         self.acked = 0
         self.released_early = 0
+        self.stall_releases = 0
 
     def received(self, topic: str, mid: int, qos: int, gen: int, samples: int) -> None:
         """A message was ingested; ``samples`` is what the engine took from it (0: rejected or skipped)."""
         if qos:
             with self._lock:
                 self._pending.append((topic, mid, qos, gen, samples))
+                self._last_arrival = self._clock()
 
     @property
     def uncommitted(self) -> int:
@@ -138,6 +171,32 @@ class InputAcks:
             if not stream:
                 del self._streams[topic]
                 del self._samples[topic]
+
+    def tick(self) -> bool:
+        """The stall net, called from the worker loop (every 0.5 s when idle). True if it released one.
+
+        Fires when ``max_held`` readings are held, nothing is waiting for the outbox, and no
+        message arrived for ``stall_s``: then the broker's window is probably full of what we hold
+        (no larger than assumed), and only an acknowledgement lets the next one in. One release:
+        the next needs a message to arrive and the limit to be reached again, so quiet streams lose
+        at most one held reading per quiet spell, and none while fewer than ``max_held`` are held.
+        """
+        with self._lock:
+            if (not self.held or self.held < self.max_held or self._pending or self._stamped
+                    or self._clock() - self._last_arrival < self.stall_s):
+                return False
+            _, topic = min((stream[0].index, topic) for topic, stream in self._streams.items() if stream)
+            stream = self._streams[topic]
+            head = stream.popleft()
+            self._samples[topic] -= head.samples
+            if not stream:
+                del self._streams[topic]
+                del self._samples[topic]
+            self.held -= 1
+            self.released_early += 1
+            self.stall_releases += 1
+            self._send(head.mid, head.qos, head.gen)
+            return True
 
     def release_all(self) -> None:
         """Acknowledge everything held (used when the session is not persistent: nothing would be resent)."""

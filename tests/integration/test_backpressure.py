@@ -6,10 +6,11 @@ promise (README, docs/reliability.md): at QoS 1 the network thread waits for
 room, so the broker keeps the rest, and every message is processed and
 acknowledged once the stall ends -- none dropped, none acked unprocessed.
 
-MQTT 3.1.1 on purpose: with MQTT 5 edgeloop sends the queue size as Receive
+MQTT 3.1.1 on purpose: with MQTT 5 the bridge sends its queue size as Receive
 Maximum, so the broker itself never has more in flight than the queue holds
-and the overflow path is not reached; in 3.1.1 mosquitto sends up to its
-``max_inflight_messages`` (20) to a client.
+and the overflow path is not reached (the edge announces its queue size plus
+the readings it may hold, tests/integration/test_inflight_window.py); in 3.1.1
+mosquitto sends up to its ``max_inflight_messages`` (20) to a client.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import pytest
 from edgeloop.bridge.config import BridgeConfig
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import load_edge_config
-from edgeloop.edge.delivery import EdgeDelivery, session_expiry_s, window_history
+from edgeloop.edge.delivery import EdgeDelivery, broker_window, session_expiry_s, window_history
+from edgeloop.edge.inputacks import MAX_HELD
 from edgeloop.edge.outbox import Outbox
 from edgeloop.edge.sender import OutboxSender
 from helpers import RecordingLink
@@ -96,7 +97,9 @@ def test_edge_link_options_follow_the_config(tmp_path):
     try:
         opts = d.link_options()
         assert opts["clean_start"] is False and opts["session_expiry_s"] == 3600 and opts["manual_ack"] is True
-        assert opts["receive_maximum"] == cfg.input.queue_size and opts["on_publish"] is not None
+        # Receive Maximum: the queue plus what may be held, so held readings never fill the window.
+        assert opts["receive_maximum"] == cfg.input.queue_size + MAX_HELD and opts["on_publish"] is not None
+        assert d.acks.max_held == MAX_HELD
     finally:
         d.close()
     clean = load_edge_config(None, {"node_id": "n2", "mqtt": {"session_expiry_s": 0}, "input": {"qos": 0},
@@ -105,6 +108,23 @@ def test_edge_link_options_follow_the_config(tmp_path):
     opts = d.link_options()
     assert opts["clean_start"] is True and opts["manual_ack"] is False and opts["on_publish"] is None
     d.close()
+
+
+def test_edge_holds_fewer_readings_than_the_broker_window(tmp_path):
+    def held_cap(**over) -> tuple[int | None, int, int | None]:
+        cfg = load_edge_config(None, {"node_id": "n1", "outbox": {"path": str(tmp_path / "o.sqlite")}, **over})
+        d = EdgeDelivery(cfg)
+        try:
+            return broker_window(cfg), d.acks.max_held, d.link_options()["receive_maximum"]
+        finally:
+            d.close()
+
+    assert held_cap(input={"queue_size": 2}) == (2 + MAX_HELD, MAX_HELD, 2 + MAX_HELD)
+    assert held_cap(input={"queue_size": 100_000}) == (65535, MAX_HELD, 65535)
+    assert held_cap(mqtt={"protocol": "3.1.1"}) == (20, 10, 10_000 + MAX_HELD)  # mosquitto's default
+    assert held_cap(mqtt={"protocol": "3.1.1"}, input={"broker_inflight": 100}) == (100, 50, 10_000 + MAX_HELD)
+    assert held_cap(mqtt={"protocol": "3.1.1"}, input={"broker_inflight": 0}) == (None, MAX_HELD, 10_000 + MAX_HELD)
+    assert held_cap(input={"broker_inflight": 64}) == (64, 32, 10_000 + MAX_HELD)  # a v5 broker capping lower
 
 
 class DiskCheckingLink(RecordingLink):

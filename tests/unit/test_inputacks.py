@@ -9,7 +9,7 @@ from helpers import RecordingLink
 
 from edgeloop.edge.config import load_edge_config
 from edgeloop.edge.delivery import EdgeDelivery
-from edgeloop.edge.inputacks import InputAcks
+from edgeloop.edge.inputacks import MAX_HELD, InputAcks, held_limit
 
 
 def make(history: int, **kw) -> tuple[InputAcks, list[int]]:
@@ -117,3 +117,61 @@ def test_through_edge_delivery_the_window_config_and_the_outbox_decide_the_acks(
         assert [mid for mid, _, _ in link.acks] == [1, 2, 3, 4]
     finally:
         delivery.close()
+
+
+def test_held_readings_stay_below_the_broker_window():
+    # MQTT 3.1.1 against mosquitto's 20: half the window stays free for the queue and new readings.
+    assert held_limit(20, queue_size=10_000) == 10
+    assert held_limit(100, queue_size=10_000) == 50
+    assert held_limit(1, queue_size=2) == 0  # a window of one: hold nothing, or nothing more arrives
+    # MQTT 5 announces queue_size + MAX_HELD: the queue's room is kept and MAX_HELD still fits.
+    assert held_limit(2 + MAX_HELD, queue_size=2) == MAX_HELD
+    assert held_limit(65535, queue_size=1_000_000) == MAX_HELD
+    assert held_limit(None, queue_size=2) == MAX_HELD  # no broker limit
+    for window in range(1, 200):
+        for queue_size in (1, 2, 10, 10_000):
+            assert held_limit(window, queue_size) < window  # room for at least one more message
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_stall_net_releases_the_oldest_once_when_the_limit_is_held_and_nothing_arrives():
+    clock = Clock()
+    acks, acked = make(history=10_000, max_held=3, stall_s=5.0, clock=clock)
+    for mid in (1, 2, 3):
+        acks.received(f"sensors/d{mid}/s", mid, 1, 1, 64)
+    acks.commit()
+    assert acks.held == 3 and acked == []
+    clock.now = 4.9
+    assert not acks.tick() and acked == []  # not yet quiet for stall_s
+    clock.now = 5.0
+    assert acks.tick() and acked == [1]  # the oldest
+    assert acks.released_early == 1 and acks.stall_releases == 1 and acks.held == 2
+    clock.now = 60.0
+    assert not acks.tick() and acked == [1]  # once: below the limit a quiet stream keeps its holds
+    acks.received("sensors/d4/s", 4, 1, 1, 64)  # the released slot let one in: at the limit again
+    acks.commit()
+    clock.now = 64.0
+    assert not acks.tick()
+    clock.now = 65.0
+    assert acks.tick() and acked == [1, 2]
+
+
+def test_the_stall_net_leaves_quiet_streams_below_the_limit_alone():
+    clock = Clock()
+    acks, acked = make(history=10_000, max_held=3, stall_s=5.0, clock=clock)
+    for mid in (1, 2):
+        acks.received(f"sensors/d{mid}/s", mid, 1, 1, 64)
+    acks.commit()
+    clock.now = 3600.0
+    assert not acks.tick() and acked == [] and acks.held == 2
+    acks.received("sensors/d3/s", 3, 1, 1, 64)  # at the limit, but its results are not on disk yet
+    acks.commit(stamp=1, synced=None)
+    clock.now = 7200.0
+    assert not acks.tick() and acked == []  # in progress: not a stall
