@@ -173,7 +173,7 @@ def test_too_large_is_sent_in_halves():
 @pytest.mark.parametrize("cause", ["not_found", "unauthorized", "forbidden", "no_endpoint", "http_418"])
 def test_a_misconfigured_server_holds_the_batch_unacknowledged_until_it_takes_it(cause):
     refusal = Misconfigured("HTTP 4xx: no", cause, "do the thing")
-    sink = ScriptedSink(*[refusal] * 4)
+    sink = ScriptedSink(*[refusal] * 40)  # held for 40 retries (>= ~1 s): the stats are read while it holds
     bridge, letters = make_bridge(sink, retry_max_s=0.05, flush_interval_ms=60_000)
     held: list[dict] = []
     for seq in range(10):
@@ -183,7 +183,7 @@ def test_a_misconfigured_server_holds_the_batch_unacknowledged_until_it_takes_it
     eventually(lambda: bridge.stats()["points_written"] == 10)
     stats = bridge.stats()
     assert stats["settled"] == 10 and stats["held_cause"] == "" and stats["held_points"] == 0
-    assert stats["write_errors"] == {cause: 4} and stats["retries"] == 4 and stats["points_dropped"] == 0
+    assert stats["write_errors"] == {cause: 40} and stats["retries"] == 40 and stats["points_dropped"] == 0
     assert letters == [] and len(sink.batches) == 1 and len(sink.batches[0]) == 10
     assert bridge.stop(timeout_s=5)
 

@@ -43,7 +43,7 @@ def test_every_named_test_function_exists():
 
 def test_stale_and_malformed_entries_are_refused(tmp_path):
     good = (REPO / "tests" / "mutants" / "drift.toml").read_text()
-    (tmp_path / "a.toml").write_text(good.replace("changed_n / compared >= s.fleet_fraction", "no such code"))
+    (tmp_path / "a.toml").write_text(good.replace("changed_n / n_dev >= s.fleet_fraction", "no such code"))
     with pytest.raises(mutate.StaleMutant, match="occurs 0 times"):
         mutate.check_current(mutate.load_mutants(tmp_path))
     (tmp_path / "a.toml").write_text(good.replace("tests = ", "tsets = "))
