@@ -21,6 +21,7 @@ from collections import Counter
 
 from integration.test_bridge_faults import count, messages, publish
 from lab import configs
+from lab.configs import SYNTHETIC_RESULTS
 from lab.faultrig import expected_windows, fleet_readings
 from lab.mqtt import Watcher, close, connect, publish_all
 from lab.servers import InfluxDB1, eventually
@@ -54,6 +55,7 @@ def test_bridge_with_a_tiny_queue_drops_no_qos1_result(tmp_path, mosquitto, uniq
             "queue_size": 2,
             "influx": {"api": "v1", "url": influxdb.url, "db": db, "batch_size": 5, "flush_interval_ms": 20,
                        "timeout_s": 2},
+            **SYNTHETIC_RESULTS,  # made-up results: no edge announces their version
         })
         bridge = Bridge(cfg)
         bridge.start(5)

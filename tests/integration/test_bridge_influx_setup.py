@@ -20,6 +20,7 @@ from lab.procs import REPO, CliProcess
 from lab.servers import InfluxDB1, VictoriaMetrics, eventually
 
 from edgeloop.bridge import Bridge, BridgeConfig, InfluxSetupError
+from lab.configs import SYNTHETIC_RESULTS
 from edgeloop.mqtt import MqttLink, MqttSettings, wait_for_all
 
 SHA = "cd" * 32
@@ -50,6 +51,7 @@ def config(mosquitto, uid: str, influx: dict) -> BridgeConfig:
     return BridgeConfig.model_validate({
         "mqtt": {"url": mosquitto.url, "client_id": f"bridge-{uid}", "reconnect_min_s": 0.2, "reconnect_max_s": 1},
         "influx": {"batch_size": 100, "flush_interval_ms": 50, "timeout_s": 2, "retry_max_s": 0.5, **influx},
+        **SYNTHETIC_RESULTS,  # made-up results: no edge announces their version
     })
 
 
@@ -109,8 +111,10 @@ def test_influx_create_db_creates_it_and_the_data_lands(mosquitto, influxdb, uni
                        on_message=lambda m: statuses.append(json.loads(m.payload)),
                        subscriptions=[("status/edgeloop-bridge", 1)])
     watcher.start(5)
-    bridge = CliProcess(["bridge", "run", "--broker", mosquitto.url, "--influx-url", influxdb.url,
-                         "--influx-api", "v1", "--influx-db", db, "--influx-create-db"],
+    synthetic = tmp_path / "bridge.yaml"  # made-up results: no edge announces their version
+    synthetic.write_text(json.dumps(SYNTHETIC_RESULTS))  # JSON is YAML
+    bridge = CliProcess(["bridge", "run", "-c", str(synthetic), "--broker", mosquitto.url, "--influx-url",
+                         influxdb.url, "--influx-api", "v1", "--influx-db", db, "--influx-create-db"],
                         tmp_path / "bridge.log").start()
     try:
         eventually(lambda: any(s["state"] == "online" for s in statuses), timeout=30,

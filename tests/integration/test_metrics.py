@@ -133,6 +133,7 @@ def test_bridge_metrics_show_a_held_batch_and_its_cause(mosquitto, influx_db, un
         "mqtt": {"url": mosquitto.url}, "node_id": f"bridge-{unique_id}",
         "influx": {"api": "v1", "url": influx.url, "db": db, "flush_interval_ms": 50, "retry_max_s": 0.5},
         "metrics": {"enabled": True, "port": free_port()},
+        **SYNTHETIC_RESULTS,
     })
     bridge = Bridge(cfg)
     server = bridge.serve_metrics()

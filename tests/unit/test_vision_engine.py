@@ -133,15 +133,20 @@ def test_frames_older_than_max_age_are_skipped_and_counted():
     assert eng.counters["frames_dropped_expired"] == 1 and letters == []
 
 
+def low_confidence_result() -> InferenceResult:
+    """A camera result scored 0.5: below the sampler's 0.6, so a sample candidate."""
+    return InferenceResult(
+        device="cam-0", sensor="belt", model="parts_cnn_int8", model_version="1", model_sha256="0" * 64, ts=1.75e9,
+        seq=0, outputs=[0.3, 0.5, 0.2], score=0.5, anomaly=False, label="ok", latency_ms=1.0,
+    )
+
+
 def test_sampler_keeps_low_confidence_frames_within_the_hourly_budget():
     clock = [1000.0]
     sampler = FrameSampler(FrameSampleSettings(enabled=True, max_per_hour=2, max_width=80), threshold=0.6,
                            clock=lambda: clock[0])
     frames, _ = scene_frames(1)
-    result = InferenceResult(
-        device="cam-0", sensor="belt", model="parts_cnn_int8", model_version="1", model_sha256="0" * 64, ts=1.75e9,
-        seq=0, outputs=[0.3, 0.5, 0.2], score=0.5, anomaly=False, label="ok", latency_ms=1.0,
-    )
+    result = low_confidence_result()
     meta = FrameMeta(ts=1.75e9, seq=0, label="defect")
     confident = result.model_copy(update={"score": 0.9})
     assert sampler.consider(confident, meta, frames[0].payload) is None
@@ -164,10 +169,7 @@ def test_sampler_budgets_stay_bounded_whatever_device_ids_peers_invent(monkeypat
     sampler = FrameSampler(FrameSampleSettings(enabled=True, max_per_hour=1, max_width=80), threshold=0.6,
                            clock=lambda: clock[0])
     frames, _ = scene_frames(1)
-    base = InferenceResult(
-        device="cam-0", sensor="belt", model="parts_cnn_int8", model_version="1", model_sha256="0" * 64, ts=1.75e9,
-        seq=0, outputs=[0.3, 0.5, 0.2], score=0.5, anomaly=False, label="ok", latency_ms=1.0,
-    )
+    base = low_confidence_result()
     meta = FrameMeta(ts=1.75e9, seq=0)
     for i in range(500):
         clock[0] += 1.0
