@@ -140,13 +140,14 @@ def test_a_signed_model_that_crashes_the_interpreter_is_refused_and_not_retried_
     assert main(["model", "add", str(files), "--registry", str(registry.root)]) == 1
     assert "SIGSEGV" in capsys.readouterr().err and "6.6.6" not in registry.versions(MODEL)
     registry.add(MODEL, content, meta, parent=BASE_VERSION)
-    with pytest.raises(DeployError, match="SIGSEGV"):
-        deployer.deploy(MODEL, "6.6.6")
-    assert not _has_retained(mosquitto.port, deploy_topic(MODEL)), "nothing was published"
-
+    # An edge online first: a rollout that matches no node publishes nothing without trying the artifact.
     edge = edge_process(tmp_path, mosquitto.url, "edge-crash", keys).start()
     procs.append(edge)
     watcher.wait_online("edge-crash", edge)
+    eventually(lambda: "edge-crash" in deployer.nodes(), timeout=15, message="the deployer never saw edge-crash")
+    with pytest.raises(DeployError, match="SIGSEGV"):
+        deployer.deploy(MODEL, "6.6.6")
+    assert not _has_retained(mosquitto.port, deploy_topic(MODEL)), "nothing was published"
     hand_signed(deployer, content, meta)  # signed anyway (a signing host without the trial)
     state = eventually(lambda: (s := _state(watcher, "edge-crash", edge)) and s.state == "refused" and s,
                        timeout=TRIAL_WAIT_S, message="the crashing model was not refused")
@@ -220,9 +221,11 @@ def test_a_model_that_never_returns_times_out_in_the_trial_and_the_edge_keeps_se
     watcher = watch_fleet(mosquitto.port)
     edge = start_edge(edge_config(mosquitto.url, "edge-loop", keys, tmp_path, trial_timeout_s=10))
     try:
+        # The edge online first: a rollout that matches no node publishes nothing without trying the artifact.
+        eventually(lambda: watcher.status("edge-loop") and "edge-loop" in deployer.nodes(), timeout=15,
+                   message="edge-loop not online")
         with pytest.raises(DeployError, match="timeout"):
             deployer.deploy(MODEL, "7.7.7")  # the cloud side's trial
-        eventually(lambda: watcher.status("edge-loop"), timeout=15, message="edge-loop not online")
         hand_signed(deployer, content, meta)
         state = eventually(lambda: (s := deploy_state(watcher, "edge-loop")) and s.state == "refused" and s,
                            timeout=TRIAL_WAIT_S, message="the looping model was not refused")
