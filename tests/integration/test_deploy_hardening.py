@@ -6,6 +6,7 @@ killed with a model on probation. docs/security.md, "Model deployment", lists wh
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from deploy_fixtures import (
@@ -131,6 +132,16 @@ def test_a_replayed_old_manifest_is_refused_and_stays_refused_after_a_restart(ri
         stream.close()
 
 
+#: LiteRT reads uninitialised memory on the rewritten file: a trial child usually dies by SIGSEGV, but now
+#: and then allocate_tensors raises instead (seen once in CI). Either way the trial refuses it
+#: (load_failed) and the process that asked keeps running, which is what is under test.
+CRASHED_OR_REFUSED = r"SIGSEGV|cannot allocate|failed to prepare"
+
+
+def crashed_or_refused(text: str) -> bool:
+    return re.search(CRASHED_OR_REFUSED, text) is not None
+
+
 def test_a_signed_model_that_crashes_the_interpreter_is_refused_and_not_retried_after_a_restart(
         rig, mosquitto, tmp_path, keys, capsys):
     registry, deployer, watcher, procs = rig
@@ -138,21 +149,21 @@ def test_a_signed_model_that_crashes_the_interpreter_is_refused_and_not_retried_
     # The cloud side tries it in a child before it takes it in (`model add`) and before it signs it.
     files = write_model_files(tmp_path / "crashing", content, meta)
     assert main(["model", "add", str(files), "--registry", str(registry.root)]) == 1
-    assert "SIGSEGV" in capsys.readouterr().err and "6.6.6" not in registry.versions(MODEL)
+    assert crashed_or_refused(capsys.readouterr().err) and "6.6.6" not in registry.versions(MODEL)
     registry.add(MODEL, content, meta, parent=BASE_VERSION)
     # An edge online first: a rollout that matches no node publishes nothing without trying the artifact.
     edge = edge_process(tmp_path, mosquitto.url, "edge-crash", keys).start()
     procs.append(edge)
     watcher.wait_online("edge-crash", edge)
     eventually(lambda: "edge-crash" in deployer.nodes(), timeout=15, message="the deployer never saw edge-crash")
-    with pytest.raises(DeployError, match="SIGSEGV"):
+    with pytest.raises(DeployError, match=CRASHED_OR_REFUSED):
         deployer.deploy(MODEL, "6.6.6")
     assert not _has_retained(mosquitto.port, deploy_topic(MODEL)), "nothing was published"
     hand_signed(deployer, content, meta)  # signed anyway (a signing host without the trial)
     state = eventually(lambda: (s := _state(watcher, "edge-crash", edge)) and s.state == "refused" and s,
                        timeout=TRIAL_WAIT_S, message="the crashing model was not refused")
     assert (state.reason, state.version) == ("load_failed", "6.6.6"), state
-    assert "SIGSEGV" in state.detail
+    assert crashed_or_refused(state.detail), state.detail
     assert edge.alive()
 
     stream = Stream(mosquitto.port, devices=1)
