@@ -30,7 +30,7 @@ T0 = 1_700_000_000_000_000_000
 def run(n: int = 5000, refused: tuple[int, ...] = (1, 10, 100, 5000)) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-partial-") as tmp, \
-            InfluxDB1(tmp, data_conf="  max-values-per-tag = 50") as influxd:
+            InfluxDB1(tmp, max_values_per_tag=50) as influxd:
         for k in refused:
             db = f"partial_{k}"
             influxd.create_database(db)

@@ -270,23 +270,20 @@ class InfluxDB1(_Server):
 
     ``admin=(user, password)`` turns on ``auth-enabled`` and creates that admin user once the
     server answers (influxd lets the first admin be created without credentials); the helpers
-    below then authenticate as it. ``data_conf`` adds lines to the ``[data]`` section, e.g.
-    ``max-values-per-tag = 5``.
+    below then authenticate as it. ``max_values_per_tag`` sets ``[data] max-values-per-tag``.
     """
 
     name = "influxd"
 
     def __init__(self, workdir: str | os.PathLike, port: int | None = None,
-                 admin: tuple[str, str] | None = None, data_conf: str = "", max_values_per_tag: int | None = None) -> None:
-        """``admin``: auth-enabled with this admin user; ``data_conf``: more ``[data]`` lines;
-        ``max_values_per_tag``: influxd's ``[data] max-values-per-tag`` (default 100,000): a low one
+                 admin: tuple[str, str] | None = None, max_values_per_tag: int | None = None) -> None:
+        """``admin``: auth-enabled with this admin user; ``max_values_per_tag``: influxd's ``[data] max-values-per-tag`` (default 100,000): a low one
         shows in seconds what a tag of unbounded cardinality does to a database in production."""
         self.rpc_port = free_port()
         self.max_values_per_tag = max_values_per_tag
         super().__init__(workdir, port)
         self.conf_path = self.workdir / "influxdb.conf"
         self.admin = admin
-        self.data_conf = data_conf
 
     def start(self) -> "InfluxDB1":
         super().start()
@@ -314,7 +311,6 @@ bind-address = "{self.host}:{self.rpc_port}"
   dir = "{d / 'data'}"
   wal-dir = "{d / 'wal'}"
   query-log-enabled = false
-{self.data_conf}
 {"" if self.max_values_per_tag is None else f"  max-values-per-tag = {self.max_values_per_tag}"}
 [http]
   bind-address = "{self.host}:{self.port}"

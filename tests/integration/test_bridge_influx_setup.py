@@ -304,7 +304,7 @@ def test_partial_write_counts_only_what_influxd_stored(mosquitto, tmp_path, uniq
     to series that already exist). The bridge must end with every good point stored and counted, and
     exactly the 10 refused ones dead-lettered."""
     db = "limits"
-    with InfluxDB1(tmp_path / "influxdb-limits", data_conf="  max-values-per-tag = 5") as influxdb:
+    with InfluxDB1(tmp_path / "influxdb-limits", max_values_per_tag=5) as influxdb:
         influxdb.create_database(db)
         letters: list[dict] = []
         dlq = MqttLink(MqttSettings(url=mosquitto.url), f"dlq-{unique_id}",
