@@ -40,7 +40,6 @@ session the broker sends it again to the next process.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading

@@ -18,7 +18,6 @@ demo and the benchmark start their own. Nothing here is a mock.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -133,7 +133,7 @@ def test_retrain_request_reaches_the_bridge_over_tls_from_bridge_yaml_alone(flee
 
 
 def test_a_rollout_that_sees_no_node_status_fails_and_says_so(mosquitto, tmp_path, capsys):
-    keys = make_keys(tmp_path)
+    make_keys(tmp_path)  # writes tmp_path/keys/deploy.key
     reg = ["--registry", str(tmp_path / "registry")]
     assert main(["model", "add", str(write_model_files(tmp_path / "m", *bundled())), "--promote", *reg]) == 0
     capsys.readouterr()
@@ -148,7 +148,7 @@ def test_a_rollout_that_sees_no_node_status_fails_and_says_so(mosquitto, tmp_pat
                                      ["model", "rollback", MODEL, "--deploy"], ["model", "retrain", MODEL, "--request"]],
                          ids=["deploy", "promote", "rollback", "retrain-request"])
 def test_fleet_commands_without_broker_or_config_refuse(tmp_path, capsys, command):
-    keys = make_keys(tmp_path)
+    make_keys(tmp_path)  # writes tmp_path/keys/deploy.key
     reg = ["--registry", str(tmp_path / "registry")]
     assert main(["model", "add", str(write_model_files(tmp_path / "m", *bundled())), "--promote", *reg]) == 0
     assert main(["model", "add", MODEL, str(tmp_path / "m" / f"{MODEL}.tflite"), "--version", "1.1.0", "--promote",

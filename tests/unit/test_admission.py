@@ -21,7 +21,6 @@ from edgeloop.bridge.drift import DriftMonitor
 from edgeloop.bridge.loopconfig import DriftSettings
 from edgeloop.bridge.training.retrain import cap_per_device, per_device_cap
 from edgeloop.contract import InferenceResult, ModelRef, NodeStatus, SampleBatch, SampleRow
-from edgeloop.mqtt import Message
 
 SHA = "cd" * 32
 
