@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +74,31 @@ class Codec(Protocol):
     def decode(self, topic: str, fields: Mapping[str, str], payload: bytes, arrival: float) -> Decoded: ...
 
 
-class CodecSettings(Protocol):
-    """What ``edgeloop.edge.config`` needs from each codec's settings model."""
+class InputBase(BaseModel):
+    """Keys every pipeline input has, whatever its codec.
 
-    codec: str
+    A pipeline's ``input:`` section is one codec's settings model (a subclass of
+    this with ``codec: Literal["<name>"]`` and its own mapping keys), picked by
+    ``codec`` from a discriminated union in ``edgeloop.edge.config``; a
+    ``preset:`` key expands to ``topic`` + ``codec`` + mapping before validation.
+    Subclasses implement ``n_channels`` and ``build()``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The topic template used when ``topic`` is not set (None: the engine's default for the codec).
+    default_topic: ClassVar[str | None] = None
+
+    topic: str | None = Field(
+        default=None,
+        description="topic template: MQTT levels, '+' and a final '#', and named levels such as {device} "
+        "(required: the device identity and tag) or {site} (a tag)",
+    )
 
     @property
     def n_channels(self) -> int | None:
         """Channels one message fills (checked against the pipeline's ``in_channels``); None: any."""
+        return None
 
-    def build(self) -> Codec: ...
+    def build(self) -> Codec:
+        raise NotImplementedError
