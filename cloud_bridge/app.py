@@ -172,7 +172,7 @@ class Bridge:
         self._writer = BatchWriter(sink, self.rejects, target, self._settle, retry_max_s=influx.retry_max_s)
         if self.cfg.store.known_versions != "off" and self.cfg.store.follow_statuses:  # before the backlog
             client_id = f"{self.cfg.mqtt.client_id or DEFAULT_CLIENT_ID}-known"
-            self.known.follow(self.cfg.mqtt, client_id, min(wait_s or 5.0, 5.0))
+            self.known.follow(self.cfg.mqtt_for("status"), client_id, min(wait_s or 5.0, 5.0))
         self._thread.start()
         log.info("bridge writing to %s (%s, %s), subscribing %s", influx.url, influx.api, target, self.cfg.subscribe)
         try:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 
 from edgeloop.configfile import load_config
 from edgeloop.metrics import BRIDGE_METRICS_PORT, MetricsSettings
-from edgeloop.mqttconfig import MqttSettings
+from edgeloop.mqttconfig import MqttSettings, TlsSettings
 from edgeloop.secrets import read_secret_file
 from edgeloop.contract import TopicLevel
 
@@ -196,8 +196,8 @@ class StoreSettings(BaseModel):
         default=True,
         description="follow status/+ on a connection of its own (client id {mqtt.client_id}-known), reading the "
         "retained ones before the main connection: a session's backlog and shared-subscription replicas (which "
-        "each get only some statuses) know every announced version; turn off when the broker forces client "
-        "id = identity (use_username_as_clientid): that connection would take over the bridge's session",
+        "each get only some statuses) know every announced version; where the broker makes the client id the "
+        "identity (use_username_as_clientid), give it an identity of its own: identities.status",
     )
     announced_versions_per_model: Annotated[int, Field(ge=1, le=64)] = Field(
         default=4, description="per node and model, how many of the versions it last announced stay known "
@@ -220,6 +220,27 @@ class StoreSettings(BaseModel):
     max_devices: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         default=100_000, description="devices whose tag values are tracked (least recently seen forgotten first)"
     )
+
+
+class ConnectionIdentity(BaseModel):
+    """Who one of the bridge's extra MQTT connections is, on a broker that makes every client id its
+    identity (docker/mosquitto/mosquitto.conf, ``use_username_as_clientid``): under the bridge's own
+    identity such a connection would take over the bridge's session, and the two would log each
+    other off forever. A client certificate (``cert_file``/``key_file``, with ``mqtt.tls``'s CA)
+    or a username with its password file; whatever is not set is taken from ``mqtt``."""
+
+    model_config = _STRICT
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+
+
+#: The bridge's extra connections: the status follower (store.follow_statuses), the closed loop
+#: (samples, retrain commands) and the retrain worker's deployer.
+ConnectionRole = Literal["status", "loop", "deployer"]
 
 
 class BridgeConfig(BaseModel):
@@ -252,6 +273,46 @@ class BridgeConfig(BaseModel):
     samples: SampleStoreSettings = SampleStoreSettings()
     drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
+    identities: dict[ConnectionRole, ConnectionIdentity] = Field(
+        default_factory=dict,
+        description="an identity of its own for each extra connection (status: store.follow_statuses; loop: "
+        "samples and retrain commands; deployer: retrain.deploy), needed where the broker makes the client id "
+        "the identity (docs/security.md); unset: mqtt's identity with client id {mqtt.client_id}-{role}",
+    )
+
+    @model_validator(mode="after")
+    def _identities(self) -> "BridgeConfig":
+        for role in self.identities:
+            self.mqtt_for(role)  # its files are loaded now: a bad one is a ConfigError at startup
+        return self
+
+    def mqtt_for(self, role: ConnectionRole) -> MqttSettings:
+        """``mqtt`` as the connection ``role`` uses it: with its own identity if ``identities`` has one.
+
+        Raises ValueError naming ``identities.{role}`` if that identity cannot be used."""
+        ident = self.identities.get(role)
+        if ident is None:
+            return self.mqtt
+        update: dict[str, Any] = {}
+        try:
+            if ident.cert_file is not None or ident.key_file is not None:
+                tls = self.mqtt.tls
+                if tls is None:
+                    raise ValueError("a client certificate needs mqtt.tls (an mqtts:// broker)")
+                update["tls"] = TlsSettings(
+                    ca_file=tls.ca_file, cert_file=ident.cert_file, key_file=ident.key_file,
+                    key_password_file=ident.key_password_file, min_version=tls.min_version,
+                    insecure_skip_verify=tls.insecure_skip_verify)
+            if ident.username is not None or ident.password_file is not None:
+                update["username"] = ident.username
+                update["password_file"] = ident.password_file
+                update["password"] = (SecretStr(read_secret_file(ident.password_file, "password_file"))
+                                      if ident.password_file is not None else None)
+        except ValueError as exc:  # pydantic's ValidationError is one: keep only its messages
+            errors = getattr(exc, "errors", None)
+            why = "; ".join(e["msg"] for e in errors()) if callable(errors) else str(exc)
+            raise ValueError(f"identities.{role}: {why}") from None
+        return self.mqtt.model_copy(update=update)
 
     @field_validator("mqtt")
     @classmethod

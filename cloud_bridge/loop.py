@@ -142,7 +142,7 @@ class ClosedLoop:
         if cfg.retrain.enabled:
             subscriptions.append((cfg.retrain.command_topic, 1))
         client_id = f"{cfg.mqtt.client_id or 'edgeloop-bridge'}-loop"
-        self._link = MqttLink(cfg.mqtt.model_copy(update={"client_id": client_id}), client_id,
+        self._link = MqttLink(cfg.mqtt_for("loop").model_copy(update={"client_id": client_id}), client_id,
                               on_message=self._on_message, subscriptions=subscriptions)
         self.rejects = Rejects("bridge", log, publish=lambda t, p: self._link.publish(t, p, qos=0))
 

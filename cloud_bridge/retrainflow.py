@@ -57,7 +57,7 @@ def connect_deployer(cfg: BridgeConfig, registry: Any, events: EventSink, client
     from edgeloop.signing import SigningKey
 
     rt = cfg.retrain
-    mqtt = mqtt if mqtt is not None else cfg.mqtt.model_copy(update={"client_id": client_id})
+    mqtt = mqtt if mqtt is not None else cfg.mqtt_for("deployer").model_copy(update={"client_id": client_id})
     return Deployer.connect(
         mqtt, registry, SigningKey.load(rt.signing_key_file),
         client_id=mqtt.client_id, wait_s=wait_s, chunk_size=rt.chunk_size, canary_timeout_s=rt.canary_timeout_s,

@@ -137,3 +137,31 @@ def test_overrides_win_over_the_file(tmp_path):
     path = write(tmp_path, "influx: {api: v1, db: fromfile, batch_size: 10}\n")
     cfg = load_bridge_config(path, {"influx": {"db": "fromflag"}})
     assert (cfg.influx.db, cfg.influx.batch_size) == ("fromflag", 10)
+
+
+def test_each_extra_connection_can_have_an_identity_of_its_own(tmp_path):
+    """On a broker that makes the client id the identity, the bridge's extra connections need certificates
+    (or usernames) of their own: otherwise they would take over the bridge's session (docs/security.md)."""
+    from certs import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    main, status = ca.client("edgeloop-bridge"), ca.client("edgeloop-bridge-status")
+    (tmp_path / "pw").write_text("loop-secret\n")
+    cfg = load_bridge_config(write(tmp_path, f"""\
+mqtt: {{url: "mqtts://broker", tls: {{ca_file: {ca.ca_file}, cert_file: {main.cert}, key_file: {main.key}}}}}
+identities:
+  status: {{cert_file: {status.cert}, key_file: {status.key}}}
+  loop: {{username: edgeloop-bridge-loop, password_file: {tmp_path / "pw"}}}
+"""), {})
+    assert cfg.mqtt_for("deployer") == cfg.mqtt
+    follower = cfg.mqtt_for("status")
+    assert (follower.tls.cert_file, follower.tls.ca_file, follower.url) == (status.cert, ca.ca_file, "mqtts://broker")
+    loop = cfg.mqtt_for("loop")
+    assert (loop.username, loop.password.get_secret_value(), loop.tls) == ("edgeloop-bridge-loop", "loop-secret",
+                                                                           cfg.mqtt.tls)
+    with pytest.raises(ConfigError) as info:  # a certificate that is not there: at startup, naming the role
+        load_bridge_config(write(tmp_path, f"""\
+mqtt: {{url: "mqtts://broker", tls: {{ca_file: {ca.ca_file}}}}}
+identities: {{status: {{cert_file: {tmp_path / "nope.crt"}, key_file: {status.key}}}}}
+"""), {})
+    assert "identities.status" in str(info.value) and "cert_file" in str(info.value)
