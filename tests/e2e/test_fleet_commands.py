@@ -1,8 +1,10 @@
 """The operator's fleet commands against the production broker (mutual TLS, ACL) and a real edge process.
 
 ``model add NAME FILE --version``, ``model promote --deploy``, ``model deploy`` and ``model retrain
---request`` reach the broker through ``-c bridge.yaml`` alone: its whole ``mqtt:`` section (URL,
-TLS with the bridge's client certificate, credentials), as ``bridge run`` does. The edge is the
+--request`` reach the broker through ``-c`` alone: its whole ``mqtt:`` section (URL, TLS with a
+client certificate, credentials), as ``bridge run`` does. The file is the bridge's with the
+operator's certificate (identity ``edgeloop-operator``): the broker makes every client id its
+identity, so a command under the bridge's certificate would log the running bridge off. The edge is the
 real ``edgeloop edge run`` process with signed deployment on; it verifies what it is sent.
 
 Also: a rollout that matches no node fails and says why; the registry's ``current`` follows what
@@ -28,13 +30,17 @@ from edgeloop.contract import decode_status
 from edgeloop.modelfile import write_model_files
 
 
+#: The edge runtime on dev-a (its own identity, serving itself) and the operator running the commands.
+FLEET = "edge dev-a dev-a\noperator edgeloop-operator\nbridge edgeloop-bridge deploy\n"
+
+
 @pytest.fixture
 def fleet(tmp_path):
     """(bridge.yaml, registry dir, edge process, statuses seen by an observer, observer link, pki) on a TLS broker."""
     ca = TestCA(tmp_path / "pki")
-    edge_id, bridge_id = ca.client("dev-a"), ca.client("edgeloop-bridge")
+    edge_id, operator_id = ca.client("dev-a"), ca.client("edgeloop-operator")
     keys = make_keys(tmp_path)
-    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server()) as broker:
+    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server(), fleet=FLEET) as broker:
         url = f"mqtts://127.0.0.1:{broker.port}"
         tls = {"ca_file": str(ca.ca_file)}
         edge_yaml = configs.write_config(tmp_path / "edge.yaml", configs.edge_config(
@@ -42,9 +48,9 @@ def fleet(tmp_path):
                            "status_interval_s": 1},
             configs.signed_deploy(keys.public_file, tmp_path / "edge-models", canary_windows=5)))
         registry = tmp_path / "registry"
-        bridge_yaml = configs.write_config(tmp_path / "bridge.yaml", {
-            "mqtt": {"url": url, "client_id": "edgeloop-bridge",
-                     "tls": {**tls, "cert_file": str(bridge_id.cert), "key_file": str(bridge_id.key)}},
+        bridge_yaml = configs.write_config(tmp_path / "operator.yaml", {
+            "mqtt": {"url": url, "client_id": "edgeloop-operator",
+                     "tls": {**tls, "cert_file": str(operator_id.cert), "key_file": str(operator_id.key)}},
             "influx": {"api": "v1", "url": "http://127.0.0.1:9", "db": "edgeloop", "timeout_s": 1},
             "retrain": {"registry": str(registry), "signing_key_file": str(tmp_path / "keys" / "deploy.key")},
         })
@@ -90,11 +96,10 @@ def test_a_second_version_deploys_over_tls_from_bridge_yaml_alone(fleet, tmp_pat
     assert report["nodes"]["dev-a"] in ("healthy", "canary") and report["current"] == "1.1.0"
     assert "deployed: 1 node(s) run it; registry current 1.1.0" in captured.err
     eventually(lambda: running(statuses) == "1.1.0", timeout=30, message="dev-a does not report 1.1.0")
-    assert f"mqtt: of {bridge_yaml}, TLS with client certificate), client id edgeloop-bridge-deploy-" in captured.err
-    # Its own client id (the file's + "-deploy-..."), never the bridge's: that would log the running bridge off.
+    assert f"mqtt: of {bridge_yaml}, TLS with client certificate), client id edgeloop-operator-deploy-" in captured.err
+    # The broker makes the client id the identity: the operator's, never the bridge's (that would log it off).
     connected = re.findall(r"New client connected from \S+ as (\S+)", broker.log_path.read_text())
-    assert any(re.fullmatch(r"edgeloop-bridge-deploy-[0-9a-f]{8}", c) for c in connected), connected
-    assert "edgeloop-bridge" not in connected
+    assert "edgeloop-operator" in connected and "edgeloop-bridge" not in connected, connected
 
     # A version the edge refuses: the registry's current stays what the edge runs, and says so.
     write_model_files(tmp_path / "tiny", *tiny_variant("9.9.9"))

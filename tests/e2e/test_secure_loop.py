@@ -1,15 +1,16 @@
 """The whole loop over mutual TLS with the production broker config, and forgers on the same broker.
 
-device dev-a --mTLS--> mosquitto (docker/mosquitto conf + ACL) --mTLS--> edge (identity dev-a,
-the edge runtime running on the device) --> mosquitto --> bridge (identity edgeloop-bridge,
-encrypted key) --> InfluxDB. Edge and bridge are the real CLI processes started from config
-files that point at certificates made in this test.
+device dev-a --mTLS--> mosquitto (docker/mosquitto conf + generated ACL) --mTLS--> edge (identity
+edge-a, serving dev-a) --> mosquitto --> bridge (identity edgeloop-bridge, encrypted key; its status
+follower as edgeloop-bridge-status) --> InfluxDB. One certificate per process: the broker makes every
+client id its identity. Edge and bridge are the real CLI processes started from config files that
+point at certificates made in this test.
 
-Meanwhile another device (dev-b) and a certificate the CA should never have issued
-("dev-b/evil") try to put results into the database under dev-a's name. Afterwards the
-database holds exactly the windows of dev-a's real readings, the forgeries were refused by the
-broker (ACL) or by the bridge (payload device != topic device; wrong topic shape), and no
-secret appears in either process's log.
+Meanwhile another device (dev-b), the edge serving it (edge-b) and a certificate the CA should
+never have issued ("dev-b/evil") try to put results into the database under dev-a's name.
+Afterwards the database holds exactly the windows of dev-a's real readings, the forgeries were
+refused by the broker (ACL) or by the bridge (payload device != topic device), no connection took
+over another's session, and no secret appears in either process's log.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from certs import TestCA
 from helpers import result_payload
-from securebroker import OBSERVER, secure_broker
+from securebroker import OBSERVER, TEST_FLEET, secure_broker
 from lab.procs import CliProcess, logs, terminate_all
 from lab.servers import eventually
 
@@ -59,17 +60,19 @@ def forged_result(device: str, seq: int) -> bytes:
 def test_mutual_tls_loop_stores_only_genuine_results(tmp_path, influx_db):
     influx, db = influx_db
     ca = TestCA(tmp_path / "pki")
-    edge_id, bridge_id = ca.client("dev-a"), ca.client("edgeloop-bridge", key_password=SECRET.encode())
+    edge_id, bridge_id = ca.client("edge-a"), ca.client("edgeloop-bridge", key_password=SECRET.encode())
+    follower_id = ca.client("edgeloop-bridge-status")
     (tmp_path / "bridge-key-pw").write_text(SECRET)
     (tmp_path / "bridge-key-pw").chmod(0o600)
     (tmp_path / "mqtt-pw").write_text(SECRET + "-mqtt")
     (tmp_path / "mqtt-pw").chmod(0o600)
 
-    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server()) as broker:
+    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server(), fleet=TEST_FLEET + "edge edge-b dev-b\n") \
+            as broker:
         url = f"mqtts://127.0.0.1:{broker.port}"
         edge_cfg = tmp_path / "edge.yaml"
         edge_cfg.write_text(f"""\
-node_id: dev-a
+node_id: edge-a
 mqtt:
   url: {url}
   tls: {{ca_file: {ca.ca_file}, cert_file: {edge_id.cert}, key_file: {edge_id.key}}}
@@ -87,6 +90,8 @@ mqtt:
     cert_file: {bridge_id.cert}
     key_file: {bridge_id.key}
     key_password_file: {tmp_path / "bridge-key-pw"}
+identities:
+  status: {{cert_file: {follower_id.cert}, key_file: {follower_id.key}}}
 influx:
   api: v1
   url: {influx.url}
@@ -111,21 +116,25 @@ influx:
         debug = ["--log-level", "DEBUG"]
         edge = CliProcess([*debug, "edge", "run", "-c", str(edge_cfg)], tmp_path / "edge.log", env=env).start()
         bridge = CliProcess([*debug, "bridge", "run", "-c", str(bridge_cfg)], tmp_path / "bridge.log", env=env).start()
-        device = forger = evil = None
+        device = forger = forging_edge = evil = None
         try:
             # Both services are up when their retained "online" status is on the broker.
-            eventually(lambda: all(b'"online"' in online.get(f"status/{n}", b"") for n in ("dev-a", "edgeloop-bridge")),
+            eventually(lambda: all(b'"online"' in online.get(f"status/{n}", b"") for n in ("edge-a", "edgeloop-bridge")),
                        timeout=60, message="edge or bridge not online", alive=[edge, bridge])
 
             device = peer(broker.port, ca, "dev-a")
             forger = peer(broker.port, ca, "dev-b")
+            forging_edge = peer(broker.port, ca, "edge-b")
             evil = peer(broker.port, ca, "dev-b/evil")
             infos = [device.publish("sensors/dev-a/vibration", reading(seq), qos=1) for seq in range(READINGS)]
             infos += [
                 forger.publish("results/dev-a/vibration_ae", forged_result("dev-a", 1), qos=1),  # broker: denied
+                forger.publish("results/dev-b/vibration_ae", forged_result("dev-a", 4), qos=1),  # broker: denied
                 forger.publish("sensors/dev-a/vibration", reading(READINGS), qos=1),  # broker: denied
-                forger.publish("results/dev-b/vibration_ae", forged_result("dev-a", 2), qos=1),  # bridge: mismatch
-                # A 4-level topic the broker lets through (the CN has a "/"): the bridge's results/+/+ never matches it.
+                forging_edge.publish("results/dev-a/vibration_ae", forged_result("dev-a", 5), qos=1),  # broker: denied
+                # dev-b's edge may publish dev-b's results, not in dev-a's name: the bridge refuses the mismatch.
+                forging_edge.publish("results/dev-b/vibration_ae", forged_result("dev-a", 2), qos=1),
+                # A certificate in no fleet file (and with a "/" in its CN) may do nothing at all.
                 evil.publish("results/dev-b/evil/vibration_ae", forged_result("dev-a", 3), qos=1),
             ]
             for info in infos:
@@ -140,14 +149,14 @@ influx:
                        message="the bridge's dead letter for the mismatched result", alive=[edge, bridge])
         finally:
             codes = terminate_all(edge, bridge)
-            for link in (observer, device, forger, evil):
+            for link in (observer, device, forger, forging_edge, evil):
                 if link is not None:
                     link.stop()
         assert codes == [0, 0], logs(edge, bridge)
 
         rows = influx.points('SELECT * FROM "inference"', db)
         assert len(rows) == READINGS - 1
-        assert {r["device"] for r in rows} == {"dev-a"} and {r["node"] for r in rows} == {"dev-a"}
+        assert {r["device"] for r in rows} == {"dev-a"} and {r["node"] for r in rows} == {"edge-a"}
         # Exactly the windows of dev-a's readings (each ends at the reading that completed it), all scored by
         # the edge's model: a forged row (seq >= 10000, version 6.6.6) in place of a genuine one fails either.
         assert sorted(r["seq"] for r in rows) == list(range(1, READINGS))
@@ -156,6 +165,11 @@ influx:
         assert [(d.reason, d.topic) for d in mismatch] == [("topic_mismatch", "results/dev-b/vibration_ae")]
     # dev-b's reading on sensors/dev-a/... would have made one more window: the broker refused it,
     # as it refused dev-b's result on results/dev-a/... (the count above holds exactly dev-a's windows).
+        broker_log = broker.log_path.read_text()
+    # Every process connected as its own identity, and none took over another's session.
+    for identity in ("edge-a", "edgeloop-bridge", "edgeloop-bridge-status"):
+        assert f" as {identity} (" in broker_log, identity
+    assert "already connected" not in broker_log
     text = edge.log() + bridge.log()
-    assert "edge dev-a starting" in text and "'rejected': {'topic_mismatch': 1}" in bridge.log()
+    assert "edge edge-a starting" in text and "'rejected': {'topic_mismatch': 1}" in bridge.log()
     assert SECRET not in text

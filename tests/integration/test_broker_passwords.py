@@ -35,7 +35,7 @@ def broker(tmp_path_factory):
     passwords = d / "passwords"
     subprocess.run([mosquitto_passwd(), "-b", "-c", str(passwords), "dev-1", PASSWORD], check=True)
     subprocess.run([mosquitto_passwd(), "-b", str(passwords), OBSERVER, PASSWORD + "-obs"], check=True)
-    with secure_broker(d / "broker", ca.ca_file, ca.server(), passwords=passwords) as b:
+    with secure_broker(d / "broker", ca.ca_file, ca.server(), passwords=passwords, fleet="device dev-1\n") as b:
         yield b, ca
 
 
@@ -62,14 +62,31 @@ def test_right_password_gets_in_and_the_acl_applies_to_the_username(broker, tmp_
         assert observer.subscribed.wait(10)
         try:
             # The ACL applies to the username: dev-1 may not write into dev-2's topics.
-            for topic in ("sensors/dev-2/vibration", "models/m/deploy", "sensors/dev-1/vibration", "status/dev-1"):
+            for topic in ("sensors/dev-2/vibration", "models/m/deploy", "status/dev-1", "sensors/dev-1/vibration",
+                          "sensors/dev-1/fence"):
                 device.publish(topic, topic.encode(), qos=1).wait(10)
-            eventually(lambda: ("status/dev-1", b"status/dev-1") in got)  # the fence: published last
+            eventually(lambda: ("sensors/dev-1/fence", b"sensors/dev-1/fence") in got)  # the fence: published last
         finally:
             device.stop()
             observer.stop()
-    assert [t for t, _ in got if t != "status/dev-1"] == ["sensors/dev-1/vibration"]
+    assert [t for t, _ in got if t != "sensors/dev-1/fence"] == ["sensors/dev-1/vibration"]
     assert PASSWORD not in caplog.text
+
+
+def test_the_username_is_the_client_id(broker, tmp_path):
+    """use_username_as_clientid in the password variant too: two connections with dev-1's password but
+    different client ids are one client; the second logs the first off (no one else's session is reachable)."""
+    b, ca = broker
+    first = MqttLink(settings(b.port, ca, tmp_path, "dev-1", PASSWORD), "dev-1-a")
+    first.start(wait_s=10)
+    second = MqttLink(settings(b.port, ca, tmp_path, "dev-1", PASSWORD), "somebody-else")
+    try:
+        second.start(wait_s=10)
+        eventually(lambda: not first.connected.is_set(), message="the first dev-1 connection was not replaced")
+    finally:
+        second.stop()
+        first.stop()
+    assert "Client dev-1 already connected, closing old connection." in b.log_path.read_text()
 
 
 @pytest.mark.parametrize(("username", "password"), [("dev-1", "wrong"), ("dev-1", None), ("nobody", PASSWORD)])

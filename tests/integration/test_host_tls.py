@@ -1,12 +1,13 @@
 """Mutual TLS on a host, as docs/security.md ("Broker on a host") tells it, with the project's own publisher.
 
 The ```` ```sh host-tls ```` block of docs/security.md is run as written, with ``/etc/mosquitto``
-and ``/var/lib/mosquitto`` moved under a temporary root, on certificates ``make-certs.sh`` made.
-mosquitto then starts as root from the file the block wrote (only the listener is moved to a free
-loopback port) and, like the packaged service, drops to the user ``mosquitto`` before it reads
-the key. Through it, ``edgeloop devices simulate`` publishes over mutual TLS as devices whose
-certificates ``make-certs.sh`` issued, at QoS 1, and an edge running as one of them receives its
-device's readings (the shipped ACL keeps the other device's away from it).
+and ``/var/lib/mosquitto`` moved under a temporary root, on certificates and the ACL ``make-certs.sh``
+made from the shipped example fleet file (docker/mosquitto/fleet). mosquitto then starts as root
+from the file the block wrote (only the listener is moved to a free loopback port) and, like the
+packaged service, drops to the user ``mosquitto`` before it reads the key. Through it, ``edgeloop
+devices simulate`` publishes over mutual TLS as devices whose certificates ``make-certs.sh``
+issued, at QoS 1, and the edge ``edge-1`` (its own certificate) scores the readings of the devices
+the fleet file lets it serve.
 
 Runs as root (as CI and ``make test`` on a fresh machine do): the point is what root-started
 mosquitto can and cannot read.
@@ -34,7 +35,7 @@ from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
 
 DOCS = REPO / "docs" / "security.md"
 MOSQUITTO_DIR = REPO / "docker" / "mosquitto"
-DEVICES = ("dev-1", "dev-2")
+DEVICES = ("dev-1", "dev-2")  # in docker/mosquitto/fleet, served by edge-1
 
 
 def _as_root() -> None:
@@ -46,9 +47,9 @@ def install_host_broker(root: Path) -> Path:
     """``make-certs.sh`` certificates, then the docs' host-tls block under ``root``; the conf file it wrote."""
     checkout = root / "checkout" / "docker" / "mosquitto"
     checkout.mkdir(parents=True)
-    for name in ("acl", "mosquitto.conf", "make-certs.sh"):
+    for name in ("fleet", "mosquitto.conf", "make-certs.sh"):
         shutil.copy2(MOSQUITTO_DIR / name, checkout / name)
-    for args in (["ca"], ["server", "localhost", "127.0.0.1"], *(["client", d] for d in (*DEVICES, "edgeloop-bridge"))):
+    for args in (["ca"], ["server", "localhost", "127.0.0.1"], ["fleet", "fleet"]):
         subprocess.run(["sh", "./make-certs.sh", "certs", *args], cwd=checkout, check=True, capture_output=True,
                        timeout=60)
     var = root / "var" / "lib" / "mosquitto"  # the package creates it, owned by mosquitto
@@ -121,17 +122,17 @@ def test_the_documented_host_broker_serves_simulated_devices_over_mutual_tls(roo
         watcher = MqttLink(
             MqttSettings(url=url, tls=TlsSettings(ca_file=certs / "ca.crt", cert_file=certs / "edgeloop-bridge.crt",
                                                   key_file=certs / "edgeloop-bridge.key")),
-            "test-watcher", subscriptions=[("results/#", 1), ("status/dev-1", 1)], on_message=observe)
+            "test-watcher", subscriptions=[("results/#", 1), ("status/edge-1", 1)], on_message=observe)
         watcher.start(wait_s=10)
         edge_cfg = tmp_path / "edge.yaml"
         edge_cfg.write_text(json.dumps({
-            "node_id": "dev-1", "input": {"qos": 1}, "status_interval_s": 1,
-            "mqtt": {"url": url, "tls": {"ca_file": str(certs / "ca.crt"), "cert_file": str(certs / "dev-1.crt"),
-                                         "key_file": str(certs / "dev-1.key")}},
+            "node_id": "edge-1", "input": {"qos": 1}, "status_interval_s": 1,
+            "mqtt": {"url": url, "tls": {"ca_file": str(certs / "ca.crt"), "cert_file": str(certs / "edge-1.crt"),
+                                         "key_file": str(certs / "edge-1.key")}},
         }))
         edge = CliProcess(["edge", "run", "-c", str(edge_cfg)], tmp_path / "edge.log").start()
         try:
-            eventually(lambda: online, timeout=60, message="the edge (dev-1) did not come online (edge.log)")
+            eventually(lambda: online, timeout=60, message="the edge (edge-1) did not come online (edge.log)")
             sim = subprocess.run(
                 [sys.executable, "-m", "edgeloop.cli", "devices", "simulate", "--broker", url,
                  "--ca-file", str(certs / "ca.crt"), "--cert-dir", str(certs), "--device-ids", ",".join(DEVICES),
@@ -141,13 +142,13 @@ def test_the_documented_host_broker_serves_simulated_devices_over_mutual_tls(roo
             report = json.loads(sim.stdout)
             assert (report["qos"], report["acknowledged"], report["failed"]) == (1, True, 0)
             assert report["sent"] == 12 * len(DEVICES) and report["sent_by_sensor"]["vibration"] >= 20
-            # Windows of 2 readings: dev-1's 10 or more vibration readings make 9 or more results.
-            eventually(lambda: len(results) >= 9, timeout=60, message=f"results from the edge: {results}")
+            # Windows of 2 readings: each device's 10 or more vibration readings make 9 or more results.
+            eventually(lambda: all(sum(r.device == d for r in results) >= 9 for d in DEVICES), timeout=60,
+                       message=f"results from the edge: {results}")
         finally:
             rc = edge.terminate()
             watcher.stop()
     assert rc == 0, edge.log_tail()
-    # dev-2's readings (published as dev-2, accepted by the broker) never reach dev-1's edge: the ACL.
-    assert {(r.device, r.node) for r in results} == {("dev-1", "dev-1")}
-    assert len({r.seq for r in results}) == len(results)
+    assert {(r.device, r.node) for r in results} == {(d, "edge-1") for d in DEVICES}
+    assert all(len({r.seq for r in results if r.device == d}) == sum(r.device == d for r in results) for d in DEVICES)
     assert "Traceback" not in edge.log()

@@ -5,8 +5,10 @@ client with its own certificate; influxd with a low ``max-values-per-tag`` (40),
 of unbounded cardinality does to a production database shows in seconds; the bridge with its
 default admission settings and a model registry.
 
-The ACL lets ``dev-evil`` publish ``results/dev-evil/+``, ``samples/dev-evil/+`` and
-``status/dev-evil`` with any payload. It sends results of 60 made-up versions (announcing each
+The ACL (generated from ``FLEET``: the edge runtime on each device, as its own identity serving
+that device) lets ``dev-evil`` publish ``results/dev-evil/+``, ``samples/dev-evil/+`` and
+``status/dev-evil`` with any payload: a compromised edge. (A sensor publisher, ``device`` in a
+fleet file, may not publish results at all.) It sends results of 60 made-up versions (announcing each
 in its status first, the strongest form), results dated 1970 and 2099, samples of a made-up
 version, of the wrong width, and a flood of samples. Before these checks the made-up versions
 pushed influxd past its limit and a newly deployed version's results were refused; the
@@ -55,19 +57,33 @@ def samples(device: str, version: str, rows: int, width: int = WIDTH, seed: int 
                        ).model_dump_json().encode()
 
 
+#: Each identity an edge serving itself; the bridge and its extra connections (BridgeConfig.identities).
+FLEET = """\
+edge dev-a dev-a
+edge dev-b dev-b
+edge dev-evil dev-evil
+bridge edgeloop-bridge
+bridge edgeloop-bridge-loop
+status-reader edgeloop-bridge-status
+"""
+
+
 @pytest.mark.timeout(240)
 def test_a_hostile_device_cannot_break_influxdb_or_the_loop_for_the_fleet(tmp_path):
     ca = TestCA(tmp_path / "pki")
     registry = seeded_registry(tmp_path / "registry")
-    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server()) as broker, \
+    with secure_broker(tmp_path / "broker", ca.ca_file, ca.server(), fleet=FLEET) as broker, \
             InfluxDB1(tmp_path / "influxdb", max_values_per_tag=MAX_VALUES_PER_TAG) as influx:
         db = "hostile"
         influx.create_database(db)
-        bridge_id = ca.client("edgeloop-bridge")
+        bridge_id, loop_id, status_id = (ca.client(n) for n in ("edgeloop-bridge", "edgeloop-bridge-loop",
+                                                                 "edgeloop-bridge-status"))
         cfg = BridgeConfig.model_validate({
             "mqtt": {"url": f"mqtts://127.0.0.1:{broker.port}",
                      "tls": {"ca_file": str(ca.ca_file), "cert_file": str(bridge_id.cert),
                              "key_file": str(bridge_id.key)}},
+            "identities": {"loop": {"cert_file": str(loop_id.cert), "key_file": str(loop_id.key)},
+                           "status": {"cert_file": str(status_id.cert), "key_file": str(status_id.key)}},
             "influx": {"api": "v1", "url": influx.url, "db": db, "flush_interval_ms": 100},
             "store": {"max_tag_values": TAG_VALUES},
             "samples": {"enabled": True, "dir": str(tmp_path / "samples"), "flush_interval_s": 0.2,
@@ -143,6 +159,8 @@ def test_a_hostile_device_cannot_break_influxdb_or_the_loop_for_the_fleet(tmp_pa
             assert bridge.stop(timeout_s=10)
             for link in (observer, legit, other, evil):
                 link.stop()
+        # The bridge's three connections, each its own identity: none took over another's session.
+        assert "already connected" not in broker.log_path.read_text()
 
 
 def test_a_restarted_bridge_stores_the_backlog_of_announced_versions(mosquitto, influx_db, unique_id):
