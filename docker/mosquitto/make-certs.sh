@@ -20,7 +20,7 @@ case "$0" in /*) self=$0 ;; *) self=$start/$0 ;; esac
 mkdir -p "$dir"
 cd "$dir"
 here=$(pwd)
-if command -v git >/dev/null 2>&1 && top=$(git rev-parse --show-toplevel 2>/dev/null); then
+if [ "$kind" != acl ] && command -v git >/dev/null 2>&1 && top=$(git rev-parse --show-toplevel 2>/dev/null); then
     git check-ignore -q ca.key || {
         echo "refusing to write keys into $dir: it is inside the git work tree $top and git does not ignore it" >&2
         echo "(they could be committed). Use a directory outside the repository, or one .gitignore covers" >&2

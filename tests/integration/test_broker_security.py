@@ -4,10 +4,12 @@ Every client here connects through ``MqttLink`` with ``TlsSettings`` (the produc
 to mosquitto running the production listener and ACL (tests/securebroker.py), with
 certificates made inside the test.
 
-How "the broker did not deliver it" is observed without waiting for a timeout: after the probe
-message, the same client publishes a fence message on a topic it may use. MQTT keeps one
-client's messages in order to one subscriber, so once the fence has arrived, the probe would
-have arrived before it if the broker had let it through.
+How "the broker did not deliver it" is observed without waiting for a timeout: mosquitto routes
+a message before it acknowledges it, and keeps the messages queued for one client in order. So
+after the actor's PUBACK, a fence the observer publishes to itself arrives after the probe if the
+probe was let through; and a reader's own publish is acknowledged after everything routed to it
+before (probe_publish, probe_read). The ACL is generated from a fleet file by make-certs.sh, as
+users make theirs; every client id is its identity (use_username_as_clientid).
 
 The measured matrix must equal ``EXPECTED`` below *and* the table in docs/security.md
 (``EDGELOOP_WRITE_DOCS=1`` rewrites that table from the measurement).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import os
 import socket
-import random
 import ssl
 import subprocess
 import threading
@@ -30,8 +31,7 @@ from securebroker import OBSERVER, REPO, TEST_FLEET, generate_acl, secure_broker
 from lab.servers import eventually
 
 from edgeloop.errors import TransientError
-from edgeloop.backoff import ReconnectBackoff
-from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings
+from edgeloop.mqtt import MqttLink, MqttSettings, TlsSettings, wait_for_all
 
 DOCS = REPO / "docs" / "security.md"
 #: The tests' fleet, plus a device whose sensors are listed (its retained messages are bounded).
@@ -406,8 +406,6 @@ def test_the_per_client_queue_limit_holds(broker, pki):
     device = link(device_id)
     device.start(wait_s=10)
     try:
-        from edgeloop.mqtt import wait_for_all
-
         assert wait_for_all([device.publish(topic, b"%d" % i, qos=1) for i in range(sent)], 120)
     finally:
         device.stop()
