@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
 import subprocess
 import threading
 import uuid
@@ -585,3 +586,41 @@ def test_mosquitto_cannot_switch_retain_off_for_one_listener(tmp_path):
         assert _publish_retained_then_ping(broker.port) == b""  # ... and the services' listener too
     with Mosquitto(tmp_path / "plain") as broker:
         assert _publish_retained_then_ping(broker.port) == b"\xd0\x00"  # PINGRESP: retain is fine by default
+
+
+def test_the_bridge_runs_all_its_connections_on_the_identity_bound_broker(broker, pki, tmp_path):
+    """Main connection, status follower, closed loop and retrain deployer, each with its own certificate
+    (``identities``): all connect as themselves, stay connected, and none logs another off."""
+    from deploy_fixtures import make_keys, seeded_registry
+    from helpers import ScriptedSink
+
+    from edgeloop.bridge.app import Bridge
+    from edgeloop.bridge.config import BridgeConfig
+
+    ca, _ = pki
+    names = {"status": "edgeloop-bridge-status", "loop": "edgeloop-bridge-loop", "deployer": "edgeloop-bridge-deployer"}
+    main, *_ = issued = [ca.client(n) for n in ("edgeloop-bridge", *names.values())]
+    make_keys(tmp_path)
+    cfg = BridgeConfig.model_validate({
+        "mqtt": {"url": f"mqtts://127.0.0.1:{broker.port}",
+                 "tls": {"ca_file": str(ca.ca_file), "cert_file": str(main.cert), "key_file": str(main.key)}},
+        "identities": {role: {"cert_file": str(i.cert), "key_file": str(i.key)} for role, i in zip(names, issued[1:])},
+        "influx": {"api": "v1", "url": "http://127.0.0.1:9", "db": "unused"},
+        "samples": {"enabled": True, "dir": str(tmp_path / "samples")},
+        "retrain": {"enabled": True, "registry": str(seeded_registry(tmp_path / "registry").root),
+                    "signing_key_file": str(tmp_path / "keys" / "deploy.key")},
+    })
+    log_before = len(broker.log_path.read_text())
+    bridge = Bridge(cfg, sink=ScriptedSink())
+    bridge.start(10)
+    try:
+        assert bridge.loop.deployer is not None
+        time.sleep(2)  # a connection taken over shows within a reconnect or two
+        links = [bridge._link, bridge.known._link, bridge.loop._link, bridge.loop.deployer.link]
+        assert all(link.connected.is_set() for link in links)
+    finally:
+        bridge.stop(timeout_s=10)
+    log = broker.log_path.read_text()[log_before:]
+    for identity in ("edgeloop-bridge", *names.values()):
+        assert f" as {identity} (" in log, identity
+    assert "already connected" not in log
