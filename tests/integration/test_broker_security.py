@@ -558,34 +558,48 @@ def test_a_bad_fleet_file_writes_no_acl(tmp_path, line, why):
     assert not (tmp_path / "out" / "acl").exists()
 
 
-def _publish_retained_then_ping(port: int) -> bytes:
-    """MQTT 3.1.1 on a raw socket: CONNECT, a retained QoS 0 PUBLISH, PINGREQ; what the broker answers after."""
+def _publish_retained_then_ping(port: int, v5: bool = False) -> tuple[bytes, bytes]:
+    """Raw MQTT (3.1.1 or 5): CONNECT, a retained QoS 0 PUBLISH, PINGREQ. Returns (CONNACK, what came after)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x0a\x00\x00")
-        assert s.recv(4) == b"\x20\x02\x00\x00"
+        s.sendall(b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x0a\x00\x00\x00" if v5
+                  else b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x0a\x00\x00")
+        connack = s.recv(256)
+        assert connack[:1] == b"\x20" and connack[3:4] == b"\x00", connack  # accepted
         topic, payload = b"sensors/dev-a/junk", b"x"
-        body = len(topic).to_bytes(2, "big") + topic + payload
+        body = len(topic).to_bytes(2, "big") + topic + (b"\x00" if v5 else b"") + payload
         s.sendall(bytes([0x31, len(body)]) + body + b"\xc0\x00")
+        after = b""
         try:
-            return s.recv(2)
+            while chunk := s.recv(16):
+                after += chunk
+                if after == b"\xd0\x00":  # PINGRESP: still connected
+                    break
         except ConnectionResetError:
-            return b""
+            pass
+        return connack, after
+
+
+RETAIN_NOT_SUPPORTED = b"\xe0\x01\x9a"  # MQTT 5 DISCONNECT, reason 0x9A "Retain not supported"
 
 
 def test_mosquitto_cannot_switch_retain_off_for_one_listener(tmp_path):
     """Why devices do not get a listener of their own without retain: in mosquitto 2.0 retain_available
     applies to the whole broker even with per_listener_settings, so it would refuse the edges' retained
-    status and the manifests too. A retained publish on either listener disconnects the client (3.1.1)."""
+    status and the manifests too. What a client sees: MQTT 3.1.1 is disconnected without a word; MQTT 5
+    is told in CONNACK (Retain Available = 0) and disconnected with "Retain not supported"."""
     from lab.servers import Mosquitto, free_port
 
     devices_port = free_port()
     split = ("per_listener_settings true\nlistener {port} {host}\nallow_anonymous true\n"
              f"listener {devices_port} 127.0.0.1\nallow_anonymous true\nretain_available false\n")
     with Mosquitto(tmp_path / "split", listener_conf=split) as broker:
-        assert _publish_retained_then_ping(devices_port) == b""  # the devices' listener: disconnected
-        assert _publish_retained_then_ping(broker.port) == b""  # ... and the services' listener too
-    with Mosquitto(tmp_path / "plain") as broker:
-        assert _publish_retained_then_ping(broker.port) == b"\xd0\x00"  # PINGRESP: retain is fine by default
+        for port in (devices_port, broker.port):  # the devices' listener, and the services' listener too
+            assert _publish_retained_then_ping(port)[1] == b""
+            connack, after = _publish_retained_then_ping(port, v5=True)
+            assert b"\x25\x00" in connack[5:] and after == RETAIN_NOT_SUPPORTED, (connack, after)
+    with Mosquitto(tmp_path / "plain") as broker:  # retain is fine by default: PINGRESP
+        assert _publish_retained_then_ping(broker.port)[1] == b"\xd0\x00"
+        assert _publish_retained_then_ping(broker.port, v5=True)[1] == b"\xd0\x00"
 
 
 def test_the_bridge_runs_all_its_connections_on_the_identity_bound_broker(broker, pki, tmp_path):
