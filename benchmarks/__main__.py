@@ -6,6 +6,9 @@ Measurements, in this order (names for ``--only``):
     naive    the hand-written per-message loop, flat out
     edge     the edge runtime (``edgeloop edge run``), flat out; CPU and peak RSS
     latency  echo, naive and edge at 1,000 and 5,000 readings/s: p50/p99, CPU, RSS
+    paired   the edge and a bare paho subscriber on the same paced 1,000 readings/s stream at
+             once: CPU per message of each (issue 12)
+    imports  RSS each import adds in a fresh interpreter (numpy, pydantic, paho, LiteRT, the edge)
     bridge   bridge -> influxd (v1) and VictoriaMetrics (v2), 1 and 100 results/msg,
              with the bare MQTT drain, the bare write loop and the naive bridge
 
@@ -26,11 +29,11 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import bridge, load, mqtt_limit, report
+from benchmarks import bridge, imports, load, mqtt_limit, report
 from benchmarks.harness import machine_facts
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("limit", "naive", "edge", "latency", "bridge")
+NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge")
 RATES = (1000.0, 5000.0)
 
 
@@ -52,6 +55,8 @@ RUNNERS = {
         "batch_results": load.flat_out(w, q, load.edge({"output": {"batch_results": True}}), "edge-flat-batched"),
     },
     "latency": _latency,
+    "paired": lambda w, q: load.paired(w, q),
+    "imports": lambda w, q: imports.run(q),
     "bridge": lambda w, q: bridge.run(w, q),
 }
 
