@@ -55,7 +55,13 @@ RUNNERS = {
         "batch_results": load.flat_out(w, q, load.edge({"output": {"batch_results": True}}), "edge-flat-batched"),
     },
     "latency": _latency,
-    "paired": lambda w, q: load.paired(w, q),
+    "paired": lambda w, q: {
+        "default": load.paired(w, q),
+        # The same with MQTT 3.1.1 on both sides (no v5 properties to parse per message); the broker's
+        # in-flight window is 1000 here, so the edge is told (input.broker_inflight, docs/reliability.md).
+        "mqtt311": load.paired(w, q, tag="paired-311", protocol="3.1.1",
+                               edge_config={"mqtt": {"protocol": "3.1.1"}, "input": {"broker_inflight": 1000}}),
+    },
     "imports": lambda w, q: imports.run(q),
     "bridge": lambda w, q: bridge.run(w, q),
 }

@@ -173,7 +173,7 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
 
 
 def paired(workdir: Path, quick: bool, rate: float = 1000.0, devices: int = 100, edge_config: dict | None = None,
-           tag: str = "paired") -> dict:
+           tag: str = "paired", protocol: str = "5") -> dict:
     """The edge and a bare paho subscriber (``benchmarks.naive --mode bare``) on the same paced stream, at once.
 
     Why at once: CPU per message of two processes fed the same messages under the same noise is
@@ -188,7 +188,7 @@ def paired(workdir: Path, quick: bool, rate: float = 1000.0, devices: int = 100,
         feed = bare = None
         try:
             feed = PacedFeed(broker, source, devices, READING_QOS)
-            bare = ScriptProcess(broker, workdir, "bare", qos=READING_QOS).start()
+            bare = ScriptProcess(broker, workdir, "bare", qos=READING_QOS, protocol=protocol).start()
             with measuring(edge(edge_config), broker, workdir, recorder) as run:
                 bare_cpu0 = bare.cpu_seconds()
                 t_start = time.time()
@@ -216,6 +216,7 @@ def paired(workdir: Path, quick: bool, rate: float = 1000.0, devices: int = 100,
         "achieved_per_s": round(n_sent / elapsed, 1),
         "devices": devices,
         "readings": n_sent,
+        "protocol": protocol,
         "edge": {"readings_in": edge_in, "results_received": len(run.arrivals), "cpu_s": round(run.cpu_s, 3),
                  "cpu_us_per_reading": round(edge_us, 1) if edge_us else None,
                  "cpu_percent": round(100.0 * run.cpu_s / elapsed, 1), "peak_rss_mb": round(run.rss_mb, 1),

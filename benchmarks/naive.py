@@ -127,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["naive", "echo", "bare"], default="naive")
     ap.add_argument("--qos", type=int, choices=[0, 1], default=1, help="subscription QoS")
     ap.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version")
     args = ap.parse_args(argv)
 
     loop = NaiveEdge(args.mode, args.model, args.qos)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     subscribed = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{args.mode}", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{args.mode}",
+                         protocol=paho.MQTTv5 if args.protocol == "5" else paho.MQTTv311)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.on_message = loop.on_message
