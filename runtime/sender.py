@@ -12,10 +12,6 @@ after a restart, everything still on disk is handed over again, in order.
 Threads: ``on_publish`` runs on paho's network thread and only appends the
 mid to a deque (it must not take a lock paho's own publish path may hold);
 the sender thread maps mids to rows and deletes them in one transaction per turn.
-A PUBACK wakes the sender only once a quarter of the window is acknowledged
-(issue 12: a wake per PUBACK cost a thread switch and a DELETE transaction per
-result); the worker's ``wake()`` after every append and ``drain()`` settle the
-rest, so acknowledged rows wait at most until the next append or ``IDLE_WAIT_S``.
 """
 
 from __future__ import annotations
@@ -42,8 +38,6 @@ class OutboxSender:
         self.outbox = outbox
         self.link = link  # set before start() when the link is built after the sender
         self.window = max(1, window)
-        #: PUBACKs that wake the sender (to free room in its window) when nothing else does.
-        self.wake_after = max(1, self.window // 4)
         self.sent = 0
         self.acked = 0
         self.refused = 0
@@ -60,10 +54,8 @@ class OutboxSender:
     def on_publish(self, mid: int, refusal: str | None) -> None:
         """paho's network thread: a PUBACK (or a QoS 0 write) for ``mid``; ``refusal`` is the broker's
         v5 reason when it refused the message, else None."""
-        acks = self._acks
-        acks.append((mid, refusal))
-        if len(acks) >= self.wake_after:
-            self._wake.set()
+        self._acks.append((mid, refusal))
+        self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
