@@ -43,7 +43,11 @@ def _latency(workdir: Path, quick: bool) -> dict:
     for rate in RATES:
         for name, consumer in consumers.items():
             _progress(f"latency: {name} at {rate:,.0f} readings/s")
-            out[name][str(int(rate))] = load.paced(workdir, quick, consumer, f"latency-{name}-{int(rate)}", rate)
+            try:
+                out[name][str(int(rate))] = load.paced(workdir, quick, consumer, f"latency-{name}-{int(rate)}", rate)
+            except RuntimeError as exc:  # e.g. did not drain in time: that run failed, the others still count
+                traceback.print_exc()
+                out[name][str(int(rate))] = {"error": str(exc).splitlines()[0]}
     return out
 
 

@@ -78,6 +78,10 @@ def build_rows(b: dict) -> list[Row]:
         edge_r = _get(lat, "edge", rate)
         if edge_r is None:
             continue
+        if "error" in edge_r:  # the run failed (e.g. the edge did not drain in time): it did not keep up
+            rows.append(Row("latency", f"edge @ {int(rate):,}/s: {edge_r['error'][:80]}", None, "-",
+                            target="keeps up", passed=False))
+            continue
         for q in ("p50", "p99"):
             target = passed = None
             echo_p99 = _get(lat, "echo", rate, "p99_ms")
