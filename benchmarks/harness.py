@@ -411,9 +411,10 @@ class EdgeProcess(_Measured):
 class ScriptProcess(_Measured):
     """``python -m benchmarks.naive --mode naive|echo``: prints ``ready``, and its counters on SIGTERM."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path, mode: str, qos: int) -> None:
+    def __init__(self, broker: Mosquitto, workdir: Path, mode: str, qos: int, protocol: str = "5") -> None:
         self.name = mode
-        self.proc = CliProcess(["--host", broker.host, "--port", str(broker.port), "--mode", mode, "--qos", str(qos)],
+        self.proc = CliProcess(["--host", broker.host, "--port", str(broker.port), "--mode", mode, "--qos", str(qos),
+                                "--protocol", protocol],
                                workdir / f"{mode}.log", module="benchmarks.naive", pipe_stdout=True)
 
     def start(self, timeout_s: float = 60.0) -> "ScriptProcess":

@@ -170,3 +170,60 @@ def paced(workdir: Path, quick: bool, consumer: Consumer, tag: str, rate: float,
         "peak_rss_mb": round(rss, 1),
         "counters": {k: v for k, v in counters.items() if v},
     }
+
+
+def paired(workdir: Path, quick: bool, rate: float = 1000.0, devices: int = 100, edge_config: dict | None = None,
+           tag: str = "paired", protocol: str = "5") -> dict:
+    """The edge and a bare paho subscriber (``benchmarks.naive --mode bare``) on the same paced stream, at once.
+
+    Why at once: CPU per message of two processes fed the same messages under the same noise is
+    the fairest ratio this machine gives; each process's CPU is utime+stime from /proc over the feed.
+    """
+    duration, warmup = (3.0, 1.0) if quick else (12.0, 2.0)
+    workdir = workdir / tag
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = ReadingSource(devices)
+    with bench_broker(workdir) as broker:
+        recorder = ResultRecorder(broker, workdir / "results.txt").start()
+        feed = bare = None
+        try:
+            feed = PacedFeed(broker, source, devices, READING_QOS)
+            bare = ScriptProcess(broker, workdir, "bare", qos=READING_QOS, protocol=protocol).start()
+            with measuring(edge(edge_config), broker, workdir, recorder) as run:
+                bare_cpu0 = bare.cpu_seconds()
+                t_start = time.time()
+                sent = feed.run(rate, duration)
+                elapsed = time.time() - t_start
+                n_sent = int(np.count_nonzero(~np.isnan(sent)))
+                run.expected = n_sent - devices
+            bare_cpu = bare.cpu_seconds() - bare_cpu0
+            bare_rss = bare.peak_rss_mb()
+            bare_counters = bare.stop()
+        finally:
+            if bare is not None:
+                bare.kill()
+            if feed is not None:
+                feed.close()
+            recorder.kill()
+    index = {d: i for i, d in enumerate(source.devices)}
+    lat = [(t - sent[index[d], s]) * 1000.0 for t, d, s in run.arrivals if sent[index[d], s] - t_start >= warmup]
+    edge_in = run.counters.get("readings_in", 0)
+    bare_in = bare_counters.get("readings_in", 0)
+    edge_us = 1e6 * run.cpu_s / edge_in if edge_in else None
+    bare_us = 1e6 * bare_cpu / bare_in if bare_in else None
+    return {
+        "offered_per_s": rate,
+        "achieved_per_s": round(n_sent / elapsed, 1),
+        "devices": devices,
+        "readings": n_sent,
+        "protocol": protocol,
+        "edge": {"readings_in": edge_in, "results_received": len(run.arrivals), "cpu_s": round(run.cpu_s, 3),
+                 "cpu_us_per_reading": round(edge_us, 1) if edge_us else None,
+                 "cpu_percent": round(100.0 * run.cpu_s / elapsed, 1), "peak_rss_mb": round(run.rss_mb, 1),
+                 "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2),
+                 "counters": {k: v for k, v in run.counters.items() if v}},
+        "bare": {"messages": bare_in, "cpu_s": round(bare_cpu, 3),
+                 "cpu_us_per_message": round(bare_us, 1) if bare_us else None,
+                 "cpu_percent": round(100.0 * bare_cpu / elapsed, 1), "peak_rss_mb": round(bare_rss, 1)},
+        "cpu_ratio": round(edge_us / bare_us, 3) if edge_us and bare_us else None,
+    }

@@ -11,6 +11,9 @@ writes results to a disk outbox first and acknowledges input only after that.
 ``echo``: on_message publishes ``{"device", "seq"}`` straight back: the MQTT
 round trip through paho and the broker, nothing else (the latency limit).
 
+``bare``: on_message only counts (paho acknowledges QoS 1 itself): what receiving
+the stream costs at all, the CPU limit of the paired measurement (benchmarks/load.py).
+
 Both run as their own process (``python -m benchmarks.naive --port P --mode M``)
 so that they, like the edge, get a whole interpreter and GIL to themselves:
 the process prints ``ready`` after its SUBACK and, on SIGTERM, one JSON line
@@ -85,6 +88,9 @@ class NaiveEdge:
 
     def on_message(self, client, _userdata, msg) -> None:  # noqa: ANN001
         t0 = time.perf_counter()
+        if self.mode == "bare":
+            self.readings += 1
+            return
         device = msg.topic.split("/")[1]
         if self.mode == "echo":
             seq = int(_SEQ.search(msg.payload).group(1))
@@ -118,16 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--mode", choices=["naive", "echo"], default="naive")
+    ap.add_argument("--mode", choices=["naive", "echo", "bare"], default="naive")
     ap.add_argument("--qos", type=int, choices=[0, 1], default=1, help="subscription QoS")
     ap.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version")
     args = ap.parse_args(argv)
 
     loop = NaiveEdge(args.mode, args.model, args.qos)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     subscribed = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{args.mode}", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{args.mode}",
+                         protocol=paho.MQTTv5 if args.protocol == "5" else paho.MQTTv311)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.on_message = loop.on_message

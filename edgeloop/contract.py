@@ -80,6 +80,11 @@ def check_level(value: str, what: str = "topic level") -> str:
     return value
 
 
+def is_level(value: object) -> bool:
+    """Whether ``value`` is a topic level exactly as the models' ``TopicLevel`` fields accept it."""
+    return type(value) is str and _LEVEL_RE.fullmatch(value) is not None
+
+
 def sensor_topic(device: str, sensor: str) -> str:
     return f"sensors/{check_level(device, 'device')}/{check_level(sensor, 'sensor')}"
 
@@ -152,7 +157,8 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Timestamp = Annotated[float, Field(gt=0, lt=4102444800.0)]  # 1970 .. 2100, unix seconds
+MAX_TIMESTAMP = 4102444800.0  # 2100, unix seconds
+Timestamp = Annotated[float, Field(gt=0, lt=MAX_TIMESTAMP)]  # 1970 .. 2100, unix seconds
 
 
 class SensorReading(BaseModel):

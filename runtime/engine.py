@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pydantic_core
 from pydantic import ValidationError
 
 from edgeloop.errors import PayloadError
@@ -26,9 +27,13 @@ from edgeloop.contract import (
     ContractError,
     InferenceResult,
     MAX_FEATURES,
+    MAX_OUTPUTS,
+    MAX_TIMESTAMP,
+    SCHEMA_VERSION,
     ModelRef,
     SampleRow,
     decode_reading,
+    is_level,
     parse_sensor_topic,
     result_topic,
 )
@@ -233,31 +238,33 @@ class Engine:
         done = time.monotonic()
         if self.on_batch is not None:
             self.on_batch(model.name, len(pending), time.perf_counter() - started, [done - p.received for p in pending])
-        results: list[InferenceResult] = []
+        encoded: list[tuple[str, bytes]] = []
         produced: list[bool] = []
-        for item, out, score in zip(pending, outputs.tolist(), scores.tolist()):
+        anomalies = 0
+        # Per batch, not per result (issue 12): outputs are checked for finiteness at once, and a row
+        # that passes every check _plain_row makes is encoded from a dict. The model's fixed fields
+        # (name, version, sha256, labels, node, site) are proven by one InferenceResult per batch;
+        # any row in doubt goes through InferenceResult as before (same result, same reject).
+        finite = np.isfinite(outputs).all(axis=1) if outputs.shape[1] <= MAX_OUTPUTS else np.zeros(len(pending), bool)
+        proven: bool | None = None
+        name, version, sha, labels, threshold = model.name, model.version, model.sha256, model.labels, model.threshold
+        for item, out, score, ok in zip(pending, outputs.tolist(), scores.tolist(), finite.tolist()):
             device, sensor = item.window.key
-            anomaly = score > model.threshold
+            anomaly = score > threshold
+            fields = {
+                "v": SCHEMA_VERSION, "device": device, "sensor": sensor, "model": name, "model_version": version,
+                "model_sha256": sha, "ts": item.window.ts_end, "seq": item.window.seq, "outputs": out,
+                "score": score, "anomaly": anomaly, "label": labels[1] if anomaly else labels[0],
+                "latency_ms": (done - item.received) * 1000.0, "node": self.node_id, "site": self.site,
+            }
             try:
-                results.append(
-                    InferenceResult(
-                        device=device,
-                        sensor=sensor,
-                        model=model.name,
-                        model_version=model.version,
-                        model_sha256=model.sha256,
-                        ts=item.window.ts_end,
-                        seq=item.window.seq,
-                        outputs=out,
-                        score=score,
-                        anomaly=anomaly,
-                        label=model.labels[1] if anomaly else model.labels[0],
-                        latency_ms=(done - item.received) * 1000.0,
-                        node=self.node_id,
-                        site=self.site,
-                    )
-                )
-                produced.append(True)
+                if ok and _plain_row(fields):
+                    if proven is None:
+                        InferenceResult(**fields)  # raises ValidationError like the slow path would
+                        proven = True
+                    payload = _to_json({k: v for k, v in fields.items() if v is not None})
+                else:
+                    payload = InferenceResult(**fields).model_dump_json(exclude_none=True).encode()
             except ValidationError as exc:  # e.g. a NaN score from a broken model or extreme inputs
                 self.counters["invalid_outputs"] += 1
                 self.rejects.reject(
@@ -268,15 +275,19 @@ class Engine:
                     f"{exc.errors()[0]['msg']}",
                 )
                 produced.append(False)
+                continue
+            encoded.append((result_topic(device, name), payload))
+            produced.append(True)
+            anomalies += anomaly
         self.counters["windows"] += len(pending)
-        self.counters["results_out"] += len(results)
+        self.counters["results_out"] += len(encoded)
         tally = runner.tally
         tally["windows"] += len(pending)
-        tally["anomalies"] += sum(1 for r in results if r.anomaly)
-        tally["invalid"] += len(pending) - len(results)
+        tally["anomalies"] += anomalies
+        tally["invalid"] += len(pending) - len(encoded)
         tally["latency_s"] += sum(done - p.received for p in pending)
         self.counters["batches"] += 1
-        messages = self._encode(results)
+        messages = self._encode(encoded)
         if self.sampler is not None:
             messages += self._samples(model, pending, raw, scores)
         if runner.shadow is not None:
@@ -314,15 +325,26 @@ class Engine:
         return encode_batches(kept, model=model.name, model_version=model.version, model_sha256=model.sha256,
                               node=self.node_id, site=self.site)
 
-    def _encode(self, results: list[InferenceResult]) -> list[tuple[str, bytes]]:
+    def _encode(self, encoded: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """One message per result, or (``output.batch_results``) one JSON array per topic."""
         if not self.batch_results:
-            return [
-                (result_topic(r.device, r.model), r.model_dump_json(exclude_none=True).encode()) for r in results
-            ]
-        grouped: dict[str, list[InferenceResult]] = {}
-        for r in results:
-            grouped.setdefault(result_topic(r.device, r.model), []).append(r)
-        return [
-            (topic, b"[" + b",".join(r.model_dump_json(exclude_none=True).encode() for r in group) + b"]")
-            for topic, group in grouped.items()
-        ]
+            return encoded
+        grouped: dict[str, list[bytes]] = {}
+        for topic, payload in encoded:
+            grouped.setdefault(topic, []).append(payload)
+        return [(topic, b"[" + b",".join(group) + b"]") for topic, group in grouped.items()]
+
+
+_to_json = pydantic_core.to_json
+_SEQ_LIMIT = 2**63
+
+
+def _plain_row(fields: dict) -> bool:
+    """The per-window fields of a result that are plainly valid (outputs' finiteness is checked per batch).
+
+    False means "let InferenceResult decide", never "invalid".
+    """
+    ts, seq, latency = fields["ts"], fields["seq"], fields["latency_ms"]
+    return (type(ts) is float and 0.0 < ts < MAX_TIMESTAMP and type(seq) is int and 0 <= seq < _SEQ_LIMIT
+            and type(latency) is float and 0.0 <= latency < float("inf") and type(fields["score"]) is float
+            and is_level(fields["device"]) and is_level(fields["sensor"]))

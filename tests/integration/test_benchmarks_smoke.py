@@ -56,9 +56,32 @@ def test_quick_limit_naive_and_edge_write_complete_results(tmp_path: Path) -> No
     assert _positive(edge_row["value"]) and _positive(edge_row["baseline"]) and _positive(edge_row["limit"])
     # The row reports the measurements above, and its verdict is computed from them (not asserted: speed).
     assert (edge_row["value"], edge_row["baseline"]) == (b["edge"]["default"]["readings_per_s"], naive["readings_per_s"])
-    assert edge_row["passed"] is (edge_row["value"] >= edge_row["baseline"])
+    assert edge_row["passed"] is (edge_row["value"] >= edge_row["baseline"] and edge_row["value"] >= 0.6 * edge_row["limit"])
     printed = next(line for line in proc.stdout.splitlines() if "edge runtime, flat out (default config)" in line)
     assert ("PASS" if edge_row["passed"] else "FAIL") in printed  # the printed table says the same
+
+
+def test_quick_paired_and_imports_write_complete_results(tmp_path: Path) -> None:
+    """Issue 12's paired run: the edge and the bare subscriber both got the whole stream, and the row's
+    ratio and verdict are computed from their CPU per message; the import costs are all there."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "paired,imports", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((tmp_path / "latest.json").read_text())
+    assert result["errors"] == {}
+    for variant, protocol in (("default", "5"), ("mqtt311", "3.1.1")):
+        run = result["benchmarks"]["paired"][variant]
+        assert run["protocol"] == protocol
+        assert run["edge"]["readings_in"] == run["readings"] == run["bare"]["messages"], run
+        assert run["edge"]["results_received"] == run["readings"] - run["devices"], run
+        assert _positive(run["edge"]["cpu_us_per_reading"]) and _positive(run["bare"]["cpu_us_per_message"])
+        assert abs(run["cpu_ratio"] - run["edge"]["cpu_us_per_reading"] / run["bare"]["cpu_us_per_message"]) < 0.01
+    row = next(r for r in result["rows"] if r["name"].startswith("edge CPU per reading, paced"))
+    assert row["passed"] is (row["vs_limit"] <= 2.0)
+    imports = result["benchmarks"]["imports"]
+    assert all(_positive(imports[k]) for k in ("bare_interpreter_mb", "numpy", "pydantic (BaseModel)", "paho-mqtt"))
 
 
 def test_naive_baseline_computes_the_products_features() -> None:
