@@ -260,6 +260,12 @@ def markdown(result: dict, rows: list[Row], command: str) -> str:
         f"- broker config: `{'; '.join(m['broker_conf'])}`",
         f"- run: `{command}` ({'quick' if result['quick'] else 'full'}, {result['elapsed_s']:.0f} s)",
     ]
+    dr = result.get("benchmarks", {}).get("drain")
+    if dr:
+        facts.append(f"- drain: {dr['points']:,} points over {dr['devices']} devices, {dr['runs']} alternating run(s) "
+                     f"per subscriber; Telegraf: `{dr['telegraf']}`")
+    for name, err in result.get("errors", {}).items():
+        facts.append(f"- ERROR in {name} (its rows are missing): {err.splitlines()[0][:200]}")
     return "\n".join([
         "# Benchmark results",
         "",
