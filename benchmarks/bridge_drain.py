@@ -9,8 +9,10 @@ is utime+stime of the process from /proc, peak RSS its ``VmHWM``.
 
 Subscribers, alternating, ``--runs`` each (default 3; 1 with ``--quick``):
 
-- ``paho``: the MQTT limit, a bare paho process that acknowledges every
-  message and writes nothing (clock until it received N);
+- ``paho``: the MQTT limit, a bare paho process (MQTT v5, as the bridge) that
+  acknowledges every message and writes nothing (clock until it received N);
+  ``paho_v311`` the same on MQTT 3.1.1 (1 result/message), to show what v5
+  costs per message;
 - ``bridge``: ``edgeloop bridge run`` (one process, default config);
 - ``bridge x2``: two bridge processes in one ``share_group`` (``$share``);
 - ``telegraf``: the peer, when ``EDGELOOP_PEER_TELEGRAF`` names its binary
@@ -111,38 +113,41 @@ def prefill(broker, msgs: list[tuple[str, bytes]]) -> None:  # noqa: ANN001
 # ------------------------------------------------------------------ the measured processes
 
 
-def _paho_child(host: str, port: int, client_id: str, n: int) -> None:
-    """The MQTT limit as a process: resume the session, ack (paho's auto-ack) and count to ``n``."""
-    import threading
-
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
+#: The MQTT limit as a process: resume the session, let paho ack each message on receipt, count to N,
+#: print the finish time, wait for stdin to close (the parent reads /proc first). Run with ``python -c``
+#: so that it imports paho and nothing else: its start-up and CPU are paho's, not this harness's.
+PAHO_CHILD = r"""
+import json, sys, threading, time
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+host, port, client_id, n, v5 = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "5"
+if v5:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    count = [0]
-    first = []
-    done = threading.Event()
-
-    def on_message(_c, _u, _m) -> None:  # noqa: ANN001
-        if not first:
-            first.append(time.time())
-        count[0] += 1
-        if count[0] >= n:
-            done.set()
-
-    client.on_message = on_message
-    client.connect(host, port, clean_start=False, properties=props)
-    client.loop_start()
-    done.wait(600)
-    print(json.dumps({"t_done": time.time(), "t_first": first[0] if first else None, "received": count[0]}),
-          flush=True)
-    sys.stdin.readline()  # the parent reads /proc, then closes stdin
-    client.disconnect()
-    client.loop_stop()
+    kwargs = {"clean_start": False, "properties": props}
+else:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                         clean_session=False)
+    kwargs = {}
+count, first, done = [0], [], threading.Event()
+def on_message(_c, _u, _m):
+    if not first:
+        first.append(time.time())
+    count[0] += 1
+    if count[0] >= n:
+        done.set()
+client.on_message = on_message
+client.connect(host, port, **kwargs)
+client.loop_start()
+done.wait(600)
+print(json.dumps({"t_done": time.time(), "t_first": first[0] if first else None, "received": count[0]}), flush=True)
+sys.stdin.readline()
+client.disconnect()
+client.loop_stop()
+"""
 
 
 def _influx_count(influx: InfluxDB1, db: str) -> int:
@@ -186,15 +191,14 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(5)
 
 
-def run_paho(broker, workdir: Path, msgs: list, tag: str) -> dict:  # noqa: ANN001
-    cid = f"drain-paho-{tag}"
-    make_session(broker, cid, "results/+/+")
+def run_paho(broker, workdir: Path, msgs: list, tag: str, v5: bool = True) -> dict:  # noqa: ANN001
+    cid = f"drain-paho{'' if v5 else '311'}-{tag}"
+    make_session(broker, cid, "results/+/+", v5=v5)
     prefill(broker, msgs)
     log = open(workdir / f"{cid}.log", "w")
     t_spawn = time.time()
-    p = subprocess.Popen([sys.executable, "-m", "benchmarks.bridge_drain", "paho", broker.host, str(broker.port), cid,
-                          str(len(msgs))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                         cwd=Path(__file__).resolve().parents[1], text=True)
+    p = subprocess.Popen([sys.executable, "-c", PAHO_CHILD, broker.host, str(broker.port), cid, str(len(msgs)),
+                          "5" if v5 else "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         line = p.stdout.readline()
         if not line:
@@ -355,18 +359,19 @@ def run(workdir: Path, quick: bool, runs: int | None = None, n_points: int | Non
         out["bare_write_points_per_s"] = [round(bare_sink("v1", influx.url, n, fresh()), 1) for _ in range(runs)]
         for per_msg in per_msgs:
             key = f"{per_msg}_per_msg"
-            res: dict = {"paho": [], "bridge": [], "bridge_x2": [], "telegraf": []}
+            res: dict = {"paho": [], "paho_v311": [], "bridge": [], "bridge_x2": [], "telegraf": []}
             for r in range(runs):
                 tag = f"{per_msg}-{r}"
-                subs = ["paho", "bridge", "bridge_x2"] + (["telegraf"] if telegraf and per_msg == 1 else [])
+                subs = ["paho", "bridge", "bridge_x2"] + (["paho_v311"] if per_msg == 1 else []) + (
+                    ["telegraf"] if telegraf and per_msg == 1 else [])
                 if r % 2:
                     subs.reverse()  # alternate the order between runs
                 for sub in subs:
                     print(f"[bench] bridge_drain: {sub}, {per_msg} result(s)/msg, run {r + 1}/{runs}",
                           file=sys.stderr, flush=True)
                     msgs = messages(n, per_msg, fresh())
-                    if sub == "paho":
-                        raw = run_paho(broker, workdir, msgs, tag)
+                    if sub in ("paho", "paho_v311"):
+                        raw = run_paho(broker, workdir, msgs, tag, v5=sub == "paho")
                     elif sub == "bridge":
                         raw = run_bridge(broker, influx, workdir, msgs, n, tag)
                     elif sub == "bridge_x2":
@@ -378,13 +383,10 @@ def run(workdir: Path, quick: bool, runs: int | None = None, n_points: int | Non
     return out
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "paho":
-        _paho_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
-    else:  # python -m benchmarks.bridge_drain run [N] [RUNS]: this measurement alone, JSON on stdout
-        import tempfile
+if __name__ == "__main__":  # python -m benchmarks.bridge_drain [N] [RUNS]: this measurement alone, JSON on stdout
+    import tempfile
 
-        n_arg = int(sys.argv[2]) if len(sys.argv) > 2 else None
-        runs_arg = int(sys.argv[3]) if len(sys.argv) > 3 else None
-        with tempfile.TemporaryDirectory(prefix="edgeloop-drain-") as d:
-            print(json.dumps(run(Path(d), False, runs_arg, n_arg), indent=1))
+    n_arg = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    runs_arg = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    with tempfile.TemporaryDirectory(prefix="edgeloop-drain-") as d:
+        print(json.dumps(run(Path(d), False, runs_arg, n_arg), indent=1))

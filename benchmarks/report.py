@@ -148,6 +148,11 @@ def drain_rows(dr: dict | None) -> list[Row]:
     rows.append(Row(sec, "drain limit: bare paho QoS 1 process, 1 result/msg", paho1, "msg/s"))
     rows.append(Row(sec, "drain limit: bare paho CPU per message", _median(one.get("paho"), "cpu_us_per_msg"),
                     "us", higher_is_better=False))
+    if one.get("paho_v311"):
+        rows.append(Row(sec, "drain: bare paho process on MQTT 3.1.1 (the bridge needs v5), 1 result/msg",
+                        _median(one["paho_v311"], "msg_per_s"), "msg/s", limit=paho1))
+        rows.append(Row(sec, "drain: bare paho CPU per message on MQTT 3.1.1", _median(one["paho_v311"], "cpu_us_per_msg"),
+                        "us", limit=_median(one.get("paho"), "cpu_us_per_msg"), higher_is_better=False))
     if tg:
         rows.append(Row(sec, "drain peer: Telegraf 1 result/msg (json_v2, 4 tags, 5 fields)", tg_rate, "msg/s",
                         limit=paho1))
@@ -264,6 +269,7 @@ def markdown(result: dict, rows: list[Row], command: str) -> str:
     if dr:
         facts.append(f"- drain: {dr['points']:,} points over {dr['devices']} devices, {dr['runs']} alternating run(s) "
                      f"per subscriber; Telegraf: `{dr['telegraf']}`")
+    facts += [f"- {note}" for note in result.get("notes", [])]
     for name, err in result.get("errors", {}).items():
         facts.append(f"- ERROR in {name} (its rows are missing): {err.splitlines()[0][:200]}")
     return "\n".join([
