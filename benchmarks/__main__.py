@@ -11,6 +11,9 @@ Measurements, in this order (names for ``--only``):
     imports  RSS each import adds in a fresh interpreter (numpy, pydantic, paho, LiteRT, the edge)
     bridge   bridge -> influxd (v1) and VictoriaMetrics (v2), 1 and 100 results/msg,
              with the bare MQTT drain, the bare write loop and the naive bridge
+    drain    issue 12: bridge processes (1 and 2 in a $share group) draining a queued
+             backlog into influxd, beside a bare paho process, the bare write loop and,
+             when EDGELOOP_PEER_TELEGRAF names its binary, Telegraf
 
 Every server is started here, on free loopback ports, and stopped at the end.
 Writes ``benchmarks/results/latest.json`` and a timestamped copy; a full run
@@ -29,11 +32,11 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import bridge, imports, load, mqtt_limit, report
+from benchmarks import bridge, bridge_drain, imports, load, mqtt_limit, report
 from benchmarks.harness import machine_facts
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge")
+NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge", "drain")
 RATES = (1000.0, 5000.0)
 
 
@@ -68,6 +71,7 @@ RUNNERS = {
     },
     "imports": lambda w, q: imports.run(q),
     "bridge": lambda w, q: bridge.run(w, q),
+    "drain": lambda w, q: bridge_drain.run(w, q),
 }
 
 

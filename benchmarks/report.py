@@ -146,6 +146,76 @@ def build_rows(b: dict) -> list[Row]:
         for per_msg in (1, 100):
             rows.append(Row("bridge", f"limit: bare paho QoS 1 drain, {per_msg} result(s)/msg",
                             _get(br, f"bare_paho_qos1_{per_msg}_per_msg_points_per_s"), "points/s"))
+    rows += drain_rows(b.get("drain"))
+    return rows
+
+
+def _median(runs: list[dict] | None, key: str) -> float | None:
+    values = sorted(r[key] for r in runs or [] if r.get(key) is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def drain_rows(dr: dict | None) -> list[Row]:
+    """Issue 12's bridge goals, process against process (``benchmarks/bridge_drain.py``): medians of the runs.
+
+    For the rows comparing with Telegraf, its figure stands in the *naive* column."""
+    if not dr:
+        return []
+    rows: list[Row] = []
+    sec = "drain"
+    n, runs = dr.get("points"), dr.get("runs")
+    bare_write = _median([{"v": v} for v in dr.get("bare_write_points_per_s", [])], "v")
+    rows.append(Row(sec, f"drain limit: bare write loop -> influxd 1.x ({n:,} points, median of {runs})", bare_write,
+                    "points/s"))
+    one, hundred = dr.get("1_per_msg", {}), dr.get("100_per_msg", {})
+    paho1 = _median(one.get("paho"), "msg_per_s")
+    tg = one.get("telegraf")
+    tg_rate, tg_cpu = _median(tg, "msg_per_s"), _median(tg, "cpu_us_per_msg")
+    rows.append(Row(sec, "drain limit: bare paho QoS 1 process, 1 result/msg", paho1, "msg/s"))
+    rows.append(Row(sec, "drain limit: bare paho CPU per message", _median(one.get("paho"), "cpu_us_per_msg"),
+                    "us", higher_is_better=False))
+    if one.get("paho_v311"):
+        rows.append(Row(sec, "drain: bare paho process on MQTT 3.1.1 (the bridge needs v5), 1 result/msg",
+                        _median(one["paho_v311"], "msg_per_s"), "msg/s", limit=paho1))
+        rows.append(Row(sec, "drain: bare paho CPU per message on MQTT 3.1.1", _median(one["paho_v311"], "cpu_us_per_msg"),
+                        "us", limit=_median(one.get("paho"), "cpu_us_per_msg"), higher_is_better=False))
+    if tg:
+        rows.append(Row(sec, "drain peer: Telegraf 1 result/msg (json_v2, 4 tags, 5 fields)", tg_rate, "msg/s",
+                        limit=paho1))
+        rows.append(Row(sec, "drain peer: Telegraf CPU per message", tg_cpu, "us", higher_is_better=False))
+        rows.append(Row(sec, "drain peer: Telegraf peak RSS", _median(tg, "peak_rss_mib"), "MiB",
+                        higher_is_better=False))
+    for sub, label in (("bridge", "1 process"), ("bridge_x2", "2 processes, $share")):
+        rate = _median(one.get(sub), "msg_per_s")
+        cpu = _median(one.get(sub), "cpu_us_per_msg")
+        if rate is None:
+            continue
+        rows.append(Row(sec, f"bridge drain, 1 result/msg, {label}", rate, "msg/s", limit=paho1, baseline=tg_rate,
+                        target=">= 0.9x limit" if sub == "bridge" else None,
+                        passed=(rate >= 0.9 * paho1) if sub == "bridge" and paho1 else None))
+        rows.append(Row(sec, f"bridge CPU per message, 1 result/msg, {label}", cpu, "us",
+                        limit=_median(one.get("paho"), "cpu_us_per_msg"), baseline=tg_cpu, higher_is_better=False))
+        if tg_rate is not None and tg_cpu is not None:
+            rows.append(Row(sec, f"bridge vs Telegraf ({label}): rate >= its rate at CPU/msg <= its CPU/msg", rate,
+                            "msg/s", baseline=tg_rate, target=">= 1.0x naive (Telegraf), CPU <= Telegraf's",
+                            passed=rate >= tg_rate and cpu <= tg_cpu))
+        rows.append(Row(sec, f"bridge peak RSS, {label} (max of processes)", _median(one.get(sub), "peak_rss_mib"),
+                        "MiB", baseline=_median(tg, "peak_rss_mib"), higher_is_better=False))
+    paho100 = _median(hundred.get("paho"), "points_per_s")
+    if paho100 is not None:
+        rows.append(Row(sec, "drain limit: bare paho QoS 1 process, 100 results/msg", paho100, "points/s"))
+    for sub, label in (("bridge", "1 process"), ("bridge_x2", "2 processes, $share")):
+        rate = _median(hundred.get(sub), "points_per_s")
+        if rate is None:
+            continue
+        rows.append(Row(sec, f"bridge drain, 100 results/msg, {label}", rate, "points/s", limit=bare_write,
+                        target=">= 0.7x limit" if sub == "bridge" else None,
+                        passed=(rate >= 0.7 * bare_write) if sub == "bridge" and bare_write else None))
+        rows.append(Row(sec, f"bridge CPU per point, 100 results/msg, {label}",
+                        _median(hundred.get(sub), "cpu_us_per_msg") / 100.0, "us", higher_is_better=False))
     return rows
 
 
@@ -203,7 +273,13 @@ for latency, a bare paho process echoing each reading back), *naive* is the
 hand-written per-message loop (`benchmarks/naive.py`), both measured in the same
 run as the product. Latency is reading publish -> result arrival, wall clock, at
 a C subscriber. The bridge's limit is the smaller of the MQTT drain rate and the
-database write rate. Methods: `docs/benchmarks.md`."""
+database write rate. Methods: `docs/benchmarks.md`.
+
+The *drain* rows (issue 12) run every subscriber as its own process and time
+it from spawn (start-up included) until all points are in influxd (the paho
+limit: until it received them all); CPU is the process's utime+stime, medians
+of alternating runs. In the rows comparing with Telegraf, the *naive* column
+holds Telegraf's figure."""
 
 
 def markdown(result: dict, rows: list[Row], command: str) -> str:
@@ -218,6 +294,13 @@ def markdown(result: dict, rows: list[Row], command: str) -> str:
         f"- broker config: `{'; '.join(m['broker_conf'])}`",
         f"- run: `{command}` ({'quick' if result['quick'] else 'full'}, {result['elapsed_s']:.0f} s)",
     ]
+    dr = result.get("benchmarks", {}).get("drain")
+    if dr:
+        facts.append(f"- drain: {dr['points']:,} points over {dr['devices']} devices, {dr['runs']} alternating run(s) "
+                     f"per subscriber; Telegraf: `{dr['telegraf']}`")
+    facts += [f"- {note}" for note in result.get("notes", [])]
+    for name, err in result.get("errors", {}).items():
+        facts.append(f"- ERROR in {name} (its rows are missing): {err.splitlines()[0][:200]}")
     return "\n".join([
         "# Benchmark results",
         "",
