@@ -138,7 +138,8 @@ class PipelineSettings(BaseModel):
                              "e.g. zigbee2mqtt/{device}")
         channels = self.source.n_channels
         if channels is not None and channels != self.in_channels:
-            raise ValueError(f"input.fields: maps {channels} channels, in_channels is {self.in_channels}")
+            key = "input.fields" if "fields" in type(self.source).model_fields else "input"
+            raise ValueError(f"{key}: maps {channels} channels, in_channels is {self.in_channels}")
         return self
 
 
