@@ -14,6 +14,8 @@ Measurements, in this order (names for ``--only``):
     drain    issue 12: bridge processes (1 and 2 in a $share group) draining a queued
              backlog into influxd, beside a bare paho process, the bare write loop and,
              when EDGELOOP_PEER_TELEGRAF names its binary, Telegraf
+    codecs   decode + engine ingest per payload format, in process (benchmarks/codecs.py),
+             the edgeloop codec beside the ingest path from before codecs
 
 Every server is started here, on free loopback ports, and stopped at the end.
 Writes ``benchmarks/results/latest.json`` and a timestamped copy; a full run
@@ -32,11 +34,11 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import bridge, bridge_drain, imports, load, mqtt_limit, report
+from benchmarks import bridge, bridge_drain, codecs, imports, load, mqtt_limit, report
 from benchmarks.harness import machine_facts
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge", "drain")
+NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge", "drain", "codecs")
 RATES = (1000.0, 5000.0)
 
 
@@ -72,6 +74,7 @@ RUNNERS = {
     "imports": lambda w, q: imports.run(q),
     "bridge": lambda w, q: bridge.run(w, q),
     "drain": lambda w, q: bridge_drain.run(w, q),
+    "codecs": lambda w, q: codecs.run(w, q),
 }
 
 

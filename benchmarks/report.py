@@ -146,6 +146,16 @@ def build_rows(b: dict) -> list[Row]:
         for per_msg in (1, 100):
             rows.append(Row("bridge", f"limit: bare paho QoS 1 drain, {per_msg} result(s)/msg",
                             _get(br, f"bare_paho_qos1_{per_msg}_per_msg_points_per_s"), "points/s"))
+    for name, c in (b.get("codecs") or {}).items():
+        base = (b.get("codecs") or {}).get(c.get("baseline") or "")
+        rows.append(Row("codecs", f"ingest {name}", c["readings_per_s"], "readings/s", limit=q1,
+                        baseline=base["readings_per_s"] if base else None))
+        target = passed = None
+        if base:  # the edgeloop codec must not be slower than the path before codecs (5%: run-to-run noise)
+            target, passed = "<= 1.05x before", c["cpu_us_per_reading"] <= 1.05 * base["cpu_us_per_reading"]
+        rows.append(Row("codecs", f"CPU per reading, {name}", c["cpu_us_per_reading"], "us",
+                        baseline=base["cpu_us_per_reading"] if base else None, target=target, passed=passed,
+                        higher_is_better=False))
     rows += drain_rows(b.get("drain"))
     return rows
 
@@ -216,6 +226,7 @@ def drain_rows(dr: dict | None) -> list[Row]:
                         passed=(rate >= 0.7 * bare_write) if sub == "bridge" and bare_write else None))
         rows.append(Row(sec, f"bridge CPU per point, 100 results/msg, {label}",
                         _median(hundred.get(sub), "cpu_us_per_msg") / 100.0, "us", higher_is_better=False))
+
     return rows
 
 
@@ -279,7 +290,11 @@ The *drain* rows (issue 12) run every subscriber as its own process and time
 it from spawn (start-up included) until all points are in influxd (the paho
 limit: until it received them all); CPU is the process's utime+stime, medians
 of alternating runs. In the rows comparing with Telegraf, the *naive* column
-holds Telegraf's figure."""
+holds Telegraf's figure.
+
+In the codecs rows (decode + engine ingest in process, no
+network), *naive* is the ingest path from before codecs on the same payloads, and
+the limit is the bare paho QoS 1 receive rate. Methods: `docs/benchmarks.md`."""
 
 
 def markdown(result: dict, rows: list[Row], command: str) -> str:

@@ -44,7 +44,7 @@ def detect_kind(source: str, doc: dict[str, Any], kinds: dict[str, set[str]]) ->
     A file with only keys several kinds share (``mqtt:``), with keys of
     several kinds, or with no known key is a ConfigError asking for ``--kind``.
     """
-    keys = set(doc)
+    keys = {k if isinstance(k, str) else repr(k) for k in doc}  # YAML keys may be null or numbers
     owned = {
         kind: sorted(keys & (fields - set().union(*(f for k, f in kinds.items() if k != kind))))
         for kind, fields in kinds.items()

@@ -321,3 +321,13 @@ def test_model_add_registers_a_file_as_another_version(tmp_path):
     run = edgeloop("model", "add", "vibration_ae", str(other), "--version", "2 0", *reg)
     assert run.returncode == 1 and "must match" in run.stderr, run.stderr
     assert registry.versions("vibration_ae") == ["1.0.0", "1.1.0"]
+
+
+def test_a_config_whose_top_level_keys_are_not_strings_is_a_config_error():
+    """YAML ``? : x`` or ``1: x`` at the top level: a ConfigError naming the keys, not a TypeError
+    (found by test_fuzz_config)."""
+    from edgeloop.cli import detect_kind
+    from edgeloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"none of its keys \(1, None\)"):
+        detect_kind("x.yaml", {None: None, 1: "x"}, {"edge": {"mqtt", "pipelines"}, "bridge": {"mqtt", "influx"}})

@@ -229,7 +229,7 @@ def test_the_graph_sees_lazy_relative_and_from_package_imports(tmp_path, monkeyp
 #: Outside the product, paho is used directly only where MQTT itself is measured (docs/benchmarks.md);
 #: everything else watches and feeds the broker through the workshop's lab/mqtt.py.
 BARE_PAHO = {"lab/mqtt.py", "benchmarks/mqtt_limit.py", "benchmarks/naive.py", "benchmarks/bridge.py",
-             "benchmarks/vision.py", "benchmarks/reliability.py"}
+             "benchmarks/vision.py", "benchmarks/reliability.py", "benchmarks/bridge_drain.py"}
 
 
 def test_the_workshop_tests_and_benchmarks_reach_paho_only_through_lab_mqtt():
