@@ -75,8 +75,11 @@ class SenmlChannel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="record name (resolved: base name + name) that fills the channel")
+    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
+        default=None, description="SenML unit the record must carry (e.g. Cel, %RH); alone: the channel is "
+        "the record with this unit")
 
     @model_validator(mode="after")
     def _named(self) -> "SenmlChannel":
@@ -94,8 +97,8 @@ class SenmlInput(InputBase):
         "'wrong_unit' when a record carries another), or {unit} alone for packs told apart by unit")
     match: Literal["suffix", "exact"] = Field(
         default="suffix",
-        description="suffix: a channel name also matches a resolved name ending in ':name' or '/name' "
-        "(the base name is a device URN); exact: the whole resolved name")
+        description="suffix: a channel name also matches the part of a resolved name after its last ':' "
+        "or '/' (the base name is a device URN); exact: the whole resolved name")
     format: Literal["auto", "json", "cbor"] = Field(
         default="auto", description="payload encoding; auto: CBOR when the first byte is a CBOR array head")
     device: Literal["topic", "base_name"] = Field(
