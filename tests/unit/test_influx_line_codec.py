@@ -4,17 +4,22 @@ nasty keys and values) and as Telegraf writes it, each reject reason, and a prop
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 from pydantic import ValidationError
+import yaml
 
 from edgeloop.errors import PayloadError
 from edgeloop.edge.ingest.codec import Decoded
 from edgeloop.edge.ingest.influx_line import InfluxLineInput
-from tests.fuzzing import NASTY_TEXT, fuzz, tally
+from docblocks import fenced
+from fuzzing import NASTY_TEXT, fuzz, tally
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 NOW = 1_764_460_800.0
 TS_NS = 1_700_000_000_123_456_789
@@ -81,6 +86,13 @@ def test_other_measurements_are_ignored_and_none_is_a_reject():
     mixed = b"cpu,host=a usage_idle=99.1 1700000000000000000\nenv,host=a t=20.5 1700000000000000000\n"
     assert rows(decode(codec(measurement="env", fields=["t"]), mixed)) == [("dev1", 1.7e9, [20.5])]
     assert reject(codec(measurement="mem", fields=["t"]), mixed).reason == "wrong_measurement"
+
+
+def test_the_readme_example_is_what_it_says():
+    settings = yaml.safe_load(fenced(README, "yaml influx-config")[0])["input"]
+    [lines] = fenced(README, "text influx-lines")
+    assert rows(decode(InfluxLineInput(**settings).build(), lines.encode())) == [
+        ("gw-1", 1764460800.0, [21.5, 45.0, 1013.25]), ("gw-1", 1764460801.0, [21.75, 46.0, pytest.approx(1013.2)])]
 
 
 # ---------------------------------------------------------------------- influxdb-client's encoder
@@ -173,7 +185,7 @@ def test_device_tag_missing_on_a_line():
 
 
 def test_blank_lines_and_comments_are_skipped_and_values_typed():
-    payload = b"# written by hand\n\nm v=1e3,w=-2i,x=3u,y=t,z=FALSE\n   \nm v=.5,w=0i,x=0u,y=true,z=f\n"
+    payload = b"# written by hand\n\nm v=1e3,w=-2i,x=3u,y=T,z=FALSE\n   \nm v=.5,w=0i,x=0u,y=true,z=F\n"
     assert rows(decode(codec(fields=["v", "w", "x", "y", "z"]), payload)) == [
         ("dev1", None, [1000.0, -2.0, 3.0, 1.0, 0.0]), ("dev1", None, [0.5, 0.0, 0.0, 1.0, 0.0])]
 

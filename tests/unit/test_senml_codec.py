@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import cbor2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+import yaml
 
 from edgeloop.errors import PayloadError
 from edgeloop.edge.ingest.codec import Decoded
 from edgeloop.edge.ingest.senml import CBOR_LABELS, SenmlInput
-from tests.fuzzing import fuzz, json_bytes, json_values, near_miss, tally
+from docblocks import fenced
+from fuzzing import fuzz, json_bytes, json_values, near_miss, tally
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 NOW = 1_764_460_800.0  # 2025-11-30, the arrival time handed to decode
 
@@ -194,6 +199,12 @@ def test_device_from_base_name_splits_a_collection_of_resources():
 def test_records_of_base_fields_only_are_skipped():
     c = codec(channels=[{"name": "temp", "unit": "Cel"}, {"name": "heat", "unit": "/"}, {"name": "fan", "unit": "/"}])
     assert rows(decode(c, RFC_5_1_7)) == [("dev1", NOW, [23.1, 1.0, 0.0])]
+
+
+def test_the_readme_example_is_what_it_says():
+    settings = yaml.safe_load(fenced(README, "yaml senml-config")[0])["input"]
+    [pack] = fenced(README, "json senml-pack")
+    assert rows(decode(SenmlInput(**settings).build(), pack.encode())) == [("dev1", NOW, [120.1, 1.2])]
 
 
 # ---------------------------------------------------------------------- resolution details
