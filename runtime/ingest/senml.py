@@ -28,9 +28,9 @@ name in effect for each record, less trailing ``:``/``/`` (a pack may then carry
 several devices, RFC 8428 section 5.1.6); the engine validates it like any topic level.
 
 CBOR (RFC 8428 section 6, integer labels) is decoded with ``cbor2``, imported only when
-a senml input is configured; ``format: auto`` takes a payload whose first byte is a
-CBOR array head (0x80..0x9f) as CBOR, anything else as JSON, which starts with ``[`` or
-whitespace. JSON is parsed by pydantic-core, already a dependency.
+a senml input is configured; ``format: auto`` takes a payload that starts with a CBOR
+array head (0x80..0x9f) or the self-described CBOR tag as CBOR, anything else as JSON,
+which starts with ``[`` or whitespace. JSON is parsed by pydantic-core, already a dependency.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ from edgeloop.edge.ingest.codec import Decoded, InputBase, Reading
 CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",
                0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd"}
 KNOWN = frozenset(CBOR_LABELS.values())
+#: RFC 8949 section 3.4.6: the self-described CBOR tag (55799) some encoders put in front.
+SELF_DESCRIBED = b"\xd9\xd9\xf7"
 #: The SenML version this codec implements (RFC 8428 section 4.4).
 VERSION = 10
 #: RFC 8428 section 4.5.3: a resolved time below this is relative to now.
@@ -152,8 +154,11 @@ class SenmlCodec:
     # ------------------------------------------------------------------ parsing
 
     def _parse(self, payload: bytes) -> list[Any]:
-        cbor = self.format == "cbor" or (self.format == "auto" and payload[:1] and 0x80 <= payload[0] <= 0x9F)
+        cbor = self.format == "cbor" or (self.format == "auto" and bool(payload) and (
+            0x80 <= payload[0] <= 0x9F or payload.startswith(SELF_DESCRIBED)))
         if cbor:
+            if payload.startswith(SELF_DESCRIBED):  # cbor2 would hand the tagged pack back immutable
+                payload = payload[len(SELF_DESCRIBED):]
             try:
                 doc = self.cbor.loads(payload)
             except Exception as exc:  # cbor2 raises CBORDecodeError, but also ValueError/TypeError/... on odd input

@@ -153,6 +153,8 @@ def test_cbor_pack_of_section_6_decodes_like_its_json_twin():
     c = codec(channels=[{"name": "current", "unit": "A"}])
     assert rows(decode(c, RFC_6_CBOR)) == rows(decode(c, RFC_5_1_2C))
     assert rows(decode(codec(channels=["current"], format="cbor"), RFC_6_CBOR)) == rows(decode(c, RFC_5_1_2C))
+    tagged = cbor2.dumps(cbor2.CBORTag(55799, cbor2.loads(RFC_6_CBOR)))  # self-described CBOR
+    assert tagged[:3] == b"\xd9\xd9\xf7" and rows(decode(c, tagged)) == rows(decode(c, RFC_5_1_2C))
     with pytest.raises(PayloadError) as err:
         decode(codec(channels=["current"], format="json"), RFC_6_CBOR)
     assert err.value.reason == "invalid_json"
