@@ -235,6 +235,7 @@ class SenmlCodec:
                 when = arrival + when
             if not MIN_TS <= when < MAX_TS:  # also catches inf from two huge finite terms
                 raise PayloadError("bad_timestamp", f"record {i}: time {when!r} is outside 2000..2100 (clock not set?)")
+            when = round(when, 6)  # bt + t and a plain t for the same instant can differ in the last bit
             device = bn.rstrip(_SEPARATORS) if self.from_base_name else topic_device
             if self.from_base_name and not device:
                 raise PayloadError("missing_device", f"record {i} has no base name to take the device from")

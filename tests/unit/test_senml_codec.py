@@ -223,6 +223,12 @@ def test_absolute_and_relative_times_mix_per_rfc():
     assert out == [("dev1", 1.7e9, [1.0]), ("dev1", NOW - 10, [2.0]), ("dev1", NOW + 5, [3.0])]
 
 
+def test_one_instant_written_two_ways_is_one_row():
+    # 1734642233.284 + -48.986 is 1734642184.2979999 in floating point, not 1734642184.298
+    pack = [{"bt": 1734642233.284, "n": "a", "t": -48.986, "v": 1}, {"bt": 1734642184.298, "n": "b", "v": 2}]
+    assert rows(decode(codec(channels=["a", "b"]), json.dumps(pack).encode())) == [("dev1", 1734642184.298, [1.0, 2.0])]
+
+
 def test_wrong_unit_is_rejected_and_a_missing_unit_accepted():
     c = codec(channels=[{"name": "temp", "unit": "Cel"}])
     assert reject(c, b'[{"n":"temp","u":"K","v":296.2}]').reason == "wrong_unit"
