@@ -8,6 +8,8 @@ Measurements, in this order (names for ``--only``):
     latency  echo, naive and edge at 1,000 and 5,000 readings/s: p50/p99, CPU, RSS
     bridge   bridge -> influxd (v1) and VictoriaMetrics (v2), 1 and 100 results/msg,
              with the bare MQTT drain, the bare write loop and the naive bridge
+    codecs   decode + engine ingest per payload format, in process (benchmarks/codecs.py),
+             the edgeloop codec beside the ingest path from before codecs
 
 Every server is started here, on free loopback ports, and stopped at the end.
 Writes ``benchmarks/results/latest.json`` and a timestamped copy; a full run
@@ -26,11 +28,11 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import bridge, load, mqtt_limit, report
+from benchmarks import bridge, codecs, load, mqtt_limit, report
 from benchmarks.harness import machine_facts
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("limit", "naive", "edge", "latency", "bridge")
+NAMES = ("limit", "naive", "edge", "latency", "bridge", "codecs")
 RATES = (1000.0, 5000.0)
 
 
@@ -53,6 +55,7 @@ RUNNERS = {
     },
     "latency": _latency,
     "bridge": lambda w, q: bridge.run(w, q),
+    "codecs": lambda w, q: codecs.run(w, q),
 }
 
 

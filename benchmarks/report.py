@@ -117,6 +117,17 @@ def build_rows(b: dict) -> list[Row]:
         for per_msg in (1, 100):
             rows.append(Row("bridge", f"limit: bare paho QoS 1 drain, {per_msg} result(s)/msg",
                             _get(br, f"bare_paho_qos1_{per_msg}_per_msg_points_per_s"), "points/s"))
+
+    for name, c in (b.get("codecs") or {}).items():
+        base = (b.get("codecs") or {}).get(c.get("baseline") or "")
+        rows.append(Row("codecs", f"ingest {name}", c["readings_per_s"], "readings/s", limit=q1,
+                        baseline=base["readings_per_s"] if base else None))
+        target = passed = None
+        if base:  # the edgeloop codec must not be slower than the path before codecs (5%: run-to-run noise)
+            target, passed = "<= 1.05x before", c["cpu_us_per_reading"] <= 1.05 * base["cpu_us_per_reading"]
+        rows.append(Row("codecs", f"CPU per reading, {name}", c["cpu_us_per_reading"], "us",
+                        baseline=base["cpu_us_per_reading"] if base else None, target=target, passed=passed,
+                        higher_is_better=False))
     return rows
 
 
@@ -174,7 +185,9 @@ for latency, a bare paho process echoing each reading back), *naive* is the
 hand-written per-message loop (`benchmarks/naive.py`), both measured in the same
 run as the product. Latency is reading publish -> result arrival, wall clock, at
 a C subscriber. The bridge's limit is the smaller of the MQTT drain rate and the
-database write rate. Methods: `docs/benchmarks.md`."""
+database write rate. In the codecs rows (decode + engine ingest in process, no
+network), *naive* is the ingest path from before codecs on the same payloads, and
+the limit is the bare paho QoS 1 receive rate. Methods: `docs/benchmarks.md`."""
 
 
 def markdown(result: dict, rows: list[Row], command: str) -> str:

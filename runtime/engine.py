@@ -37,6 +37,7 @@ from edgeloop.contract import (
     result_topic,
 )
 from edgeloop.edge.ingest.codec import Codec, Decoded, Reading
+from edgeloop.edge.ingest.edgeloop_codec import EdgeloopCodec
 from edgeloop.edge.ingest.topics import IDENTITY, MAX_TAGS, RESERVED_NAMES, Router
 from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.sampling import Sampler, encode_batches
@@ -159,6 +160,10 @@ class Engine:
                 raise PayloadError("oversized", f"payload of {len(payload)} bytes exceeds {self.max_payload_bytes}")
             sensor, codec = self.routes[index]
             runner = self.runners[sensor]
+            if type(codec) is EdgeloopCodec and len(fields) == 1:  # the default: no Reading/Decoded objects
+                samples, ts, seq, rate_hz = codec.samples(payload)
+                return self._push(runner, topic, payload, (device, runner.settings.sensor), None, None,
+                                  samples, ts, seq, rate_hz, received)
             try:
                 decoded = codec.decode(topic, fields, payload, time.time())
             except (ContractError, PayloadError):
@@ -186,7 +191,7 @@ class Engine:
 
     def _take(self, runner: PipelineRunner, topic: str, payload: bytes, fields: dict[str, str], reading: Reading,
               received: float) -> int:
-        """One reading into its stream's window; the samples taken (0: rejected or repeated)."""
+        """Check one reading a codec made (device, tags, shape), then :meth:`_push` it."""
         try:
             device = reading.device
             if device is not fields.get(IDENTITY) and (not isinstance(device, str) or not _LEVEL(device)):
@@ -200,19 +205,28 @@ class Engine:
                 samples = samples.reshape(1, -1)
             if samples.ndim != 2 or not (0 < samples.shape[0] <= MAX_SAMPLES_PER_READING) or samples.shape[1] > MAX_CHANNELS:
                 raise PayloadError("wrong_shape", f"a reading of shape {samples.shape}")
+        except (ContractError, PayloadError) as exc:
+            self.rejects.reject(topic, payload, exc.reason, str(exc))
+            return 0
+        return self._push(runner, topic, payload, (device, sensor), site, tags, samples, reading.ts, reading.seq,
+                          reading.rate_hz, received)
+
+    def _push(self, runner: PipelineRunner, topic: str, payload: bytes, key: StreamKey, site: str | None,
+              tags: dict[str, str] | None, samples: np.ndarray, ts: float | None, seq: int | None,
+              rate_hz: float | None, received: float) -> int:
+        """One stream's samples into its window; the samples taken (0: rejected or repeated)."""
+        try:
             if not np.isfinite(samples).all():  # finite as JSON, yet beyond float32 (|x| > 3.4e38)
                 raise PayloadError("non_finite", "a value is too large for float32")
             if samples.shape[1] != runner.pipeline.in_channels:
                 raise PayloadError(
                     "wrong_shape", f"reading has {samples.shape[1]} channels, pipeline expects {runner.pipeline.in_channels}"
                 )
-            key = (device, sensor)
             if key not in runner.last_seq and len(runner.last_seq) >= runner.settings.max_streams:
                 raise PayloadError(
                     "too_many_streams",
                     f"pipeline {runner.settings.sensor!r} already keeps {runner.settings.max_streams} live streams (max_streams)"
                 )
-            seq = reading.seq
             if seq is None:  # the format has none: number arrivals (gaps and repeats cannot be seen)
                 seq = runner.last_seq.get(key, -1) + 1
             if not self._in_sequence(runner, key, seq):
@@ -222,8 +236,7 @@ class Engine:
                 runner.stream_tags[key] = (site, tags)
             elif runner.stream_tags:
                 runner.stream_tags.pop(key, None)
-            ts = reading.ts if reading.ts is not None else time.time()
-            windows = runner.pipeline.push(key, samples, ts, reading.rate_hz, seq)
+            windows = runner.pipeline.push(key, samples, time.time() if ts is None else ts, rate_hz, seq)
         except (ContractError, PayloadError) as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))
             return 0

@@ -24,6 +24,13 @@ class EdgeloopCodec:
     name: ClassVar[str] = "edgeloop"
 
     def decode(self, topic: str, fields: Mapping[str, str], payload: bytes, arrival: float) -> Decoded:
+        samples, ts, seq, rate_hz = self.samples(payload)
+        return Decoded([Reading(fields.get("device", ""), samples, ts, seq, rate_hz)])
+
+    @staticmethod
+    def samples(payload: bytes) -> tuple[np.ndarray, float, int, float | None]:
+        """(samples (n, C) float32, ts, seq, rate_hz): what ``decode`` returns, without the objects around
+        it. The engine calls this directly on its default path (a Reading and a Decoded cost ~4 us)."""
         try:
             reading = decode_reading(payload, _NO_LIMIT)
         except ContractError as exc:
@@ -31,7 +38,7 @@ class EdgeloopCodec:
         samples = np.asarray(reading.values, dtype=np.float32)
         if samples.ndim == 1:
             samples = samples.reshape(1, -1)
-        return Decoded([Reading(fields.get("device", ""), samples, reading.ts, reading.seq, reading.rate_hz)])
+        return samples, reading.ts, reading.seq, reading.rate_hz
 
 
 class EdgeloopInput(InputBase):

@@ -57,6 +57,9 @@ class TopicTemplate:
     #: (index, name) pairs bound on match.
     names: tuple[tuple[int, str], ...]
     multi: bool  # ends in '#'
+    #: The whole template as one regular expression over the topic, named levels as named groups:
+    #: one C call per message instead of a Python loop over levels.
+    regex: re.Pattern[str]
 
     @classmethod
     def parse(cls, text: str) -> "TopicTemplate":
@@ -99,7 +102,7 @@ class TopicTemplate:
         extra = [n for _, n in names if n not in BOUND_FIELDS]
         if len(extra) > MAX_TAGS:
             raise TemplateError(f"{len(extra)} tag levels, at most {MAX_TAGS}")
-        return cls(text, levels, tuple(literals), tuple(names), levels[-1] == "#")
+        return cls(text, levels, tuple(literals), tuple(names), levels[-1] == "#", _compile(levels))
 
     @property
     def filter(self) -> str:
@@ -112,21 +115,34 @@ class TopicTemplate:
 
     def match(self, levels: list[str]) -> dict[str, str] | None:
         """Bound names if ``levels`` (a topic split on '/') matches, else None."""
-        n = len(self.levels)
-        if self.multi:
-            if len(levels) < n - 1:
-                return None
-        elif len(levels) != n:
-            return None
-        for i, literal in self.literals:
-            if levels[i] != literal:
-                return None
-        if levels and levels[0].startswith("$"):
-            return None  # MQTT: wildcards never match '$' topics; literals cannot start with '$'
-        return {name: levels[i] for i, name in self.names}
+        return self.match_topic("/".join(levels))
+
+    def match_topic(self, topic: str) -> dict[str, str] | None:
+        """Bound names if ``topic`` matches, else None."""
+        found = self.regex.fullmatch(topic)
+        return None if found is None else found.groupdict()
 
     def overlaps(self, other: "TopicTemplate") -> bool:
         return filters_overlap(self.filter, other.filter)
+
+
+def _compile(levels: tuple[str, ...]) -> re.Pattern[str]:
+    """MQTT matching as a regex: '+' and named levels take one level (possibly empty), a final '#' the
+    parent level and everything below it; no wildcard matches a topic starting with '$'."""
+    no_dollar = r"(?!\$)"
+    parts = []
+    for i, level in enumerate(levels):
+        sep, guard = ("/", "") if i else ("", no_dollar)
+        named = _NAME_RE.match(level)
+        if level == "#":
+            parts.append("(?:/.*)?" if i else no_dollar + ".*")
+        elif named:
+            parts.append(f"{sep}(?P<{named.group(1)}>{guard}[^/]*)")
+        elif level == "+":
+            parts.append(f"{sep}{guard}[^/]*")
+        else:
+            parts.append(sep + re.escape(level))
+    return re.compile("".join(parts), re.DOTALL)
 
 
 def filters_overlap(a: str, b: str) -> bool:
@@ -153,9 +169,8 @@ class Router:
     def route(self, topic: str) -> tuple[int, dict[str, str]] | None:
         if len(topic) > MAX_TOPIC_BYTES:  # chars <= bytes: a cheap pre-check, exact below
             return None
-        levels = topic.split("/")
         for index, template in enumerate(self.templates):
-            fields = template.match(levels)
-            if fields is not None:
-                return index, fields
+            found = template.regex.fullmatch(topic)
+            if found is not None:
+                return index, found.groupdict()
         return None

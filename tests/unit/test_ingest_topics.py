@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fuzzing import fuzz
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeloop.errors import ConfigError
 from edgeloop.edge.config import load_edge_config
@@ -118,3 +121,36 @@ def test_the_older_topic_key_still_narrows_the_subscription(tmp_path):
     cfg = load_edge_config(write(tmp_path, "pipelines:\n  - sensor: vibration\n    topic: sensors/dev-7/vibration\n"))
     assert cfg.pipelines[0].subscription == "sensors/dev-7/vibration"
     assert cfg.pipelines[0].template.text == "sensors/{device}/vibration"
+
+
+# ----------------------------------------------------------------- property: the regex is MQTT matching
+
+def mqtt_matches(filter_: str, topic: str) -> bool:
+    """MQTT 3.1.1 section 4.7, written level by level as a reference."""
+    f, t = filter_.split("/"), topic.split("/")
+    if topic.startswith("$") and f[0] in ("+", "#"):
+        return False
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(t) == len(f)
+
+
+levels = st.sampled_from(["a", "b", "$x", "", "x.y"])
+template_levels = st.sampled_from(["a", "b", "+", "{device}", "{line}"])
+
+
+@fuzz
+@given(st.lists(template_levels, min_size=1, max_size=4), st.booleans(), st.lists(levels, min_size=1, max_size=5))
+def test_template_matching_is_mqtt_matching(parts, multi, topic_levels):
+    seen: set[str] = set()
+    parts = [p for p in parts if not (p.startswith("{") and (p in seen or seen.add(p)))] or ["a"]
+    template = TopicTemplate.parse("/".join(parts + (["#"] if multi else [])))
+    topic = "/".join(topic_levels)
+    fields = template.match_topic(topic)
+    assert (fields is not None) == mqtt_matches(template.filter, topic), (template.text, topic)
+    if fields is not None:
+        for index, name in template.names:
+            assert fields[name] == topic.split("/")[index]

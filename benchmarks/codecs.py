@@ -1,0 +1,220 @@
+"""What each payload format costs the edge: decode + engine ingest per reading, no network.
+
+``python -m benchmarks.codecs [--quick]`` alone, or ``make bench`` (measurement ``codecs``).
+
+Each case is one entry of :data:`CASES`: a name, the pipeline's ``input:`` settings and a
+payload generator, so a new codec adds one entry. Every case runs the real
+``Engine.ingest`` (routing, codec, checks, sequence, windowing) in this process with the
+bundled model; windows are cut but not scored (inference costs the same whatever the format
+and is measured by ``edge``/``latency``). Payloads are rendered before the clock starts.
+
+The baseline is the ingest path as it was before codecs existed: ``parse_sensor_topic`` +
+``decode_reading`` + numpy, the same checks and windowing (:func:`legacy_ingest`), timed in the
+same run on the same payloads as the ``edgeloop`` codec, so "the edgeloop codec is no slower
+than before" is a ratio, not a claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeloop.contract import decode_reading, parse_sensor_topic
+from edgeloop.edge.config import BUNDLED_MODEL, EdgeConfig
+from edgeloop.edge.engine import Engine, PipelineRunner, _Pending
+from edgeloop.edge.inference import TfliteModel
+from edgeloop.errors import PayloadError
+from edgeloop.rejects import Rejects
+
+DEVICES = 50
+BATCH = 2000  # messages rendered, then ingested under the clock
+TS0 = 1_795_740_561.0
+
+#: One-value messages (a climate sensor): 3 channels, windows of 8 messages.
+CLIMATE_STAGES = [
+    {"type": "window", "size": 8, "hop": 8},
+    {"type": "features", "stats": ["mean", "std", "rms", "peak", "crest", "kurtosis"], "fft_bands": 4},
+    {"type": "normalize", "from_model": True},
+]
+
+Payload = Callable[[int], tuple[str, bytes]]  # message index -> (topic, payload)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    input: dict[str, Any] | None  # the pipeline's input: settings (None: the default, edgeloop on sensors/...)
+    payload: Payload
+    in_channels: int = 3
+    stages: list[dict] | None = None  # None: the bundled vibration pipeline (window 128, hop 64)
+    legacy: bool = False  # time legacy_ingest instead of Engine.ingest (the before-codecs baseline)
+
+
+def _chunk(i: int) -> tuple[str, bytes]:
+    """A vibration reading as the simulator sends it: 64 samples x 3 axes."""
+    rng = np.random.default_rng(i % 997)
+    values = rng.normal(0.0, 1.0, (64, 3)).round(4).tolist()
+    seq = i // DEVICES
+    return (f"sensors/dev-{i % DEVICES}/vibration",
+            json.dumps({"v": 1, "ts": TS0 + seq * 0.064, "seq": seq, "values": values, "rate_hz": 1000.0}).encode())
+
+
+def _one(i: int) -> tuple[str, bytes]:
+    seq = i // DEVICES
+    return (f"sensors/dev-{i % DEVICES}/climate",
+            json.dumps({"v": 1, "ts": TS0 + seq * 30, "seq": seq, "values": [21.5 + i % 7 * 0.1, 40.0, 1013.2]}).encode())
+
+
+def _z2m(i: int) -> tuple[str, bytes]:
+    return (f"zigbee2mqtt/sensor-{i % DEVICES}",
+            json.dumps({"temperature": 22.75 + i % 7 * 0.05, "linkquality": 97, "humidity": 55.43, "pressure": 1000.6,
+                        "battery": 86, "voltage": 2995}).encode())
+
+
+def _tasmota(i: int) -> tuple[str, bytes]:
+    seq = i // DEVICES
+    return (f"tele/tasmota_{i % DEVICES}/SENSOR",
+            json.dumps({"Time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(TS0 + seq * 10)),
+                        "BME280": {"Temperature": 16.6 + i % 7 * 0.1, "Humidity": 63.9, "Pressure": 1001.8},
+                        "PressureUnit": "hPa", "TempUnit": "C"}).encode())
+
+
+def _statestream(i: int) -> tuple[str, bytes]:
+    return f"homeassistant/sensor/probe_{i % DEVICES}/state", json.dumps(str(21.5 + i % 7 * 0.1)).encode()
+
+
+ONE_CHANNEL = [{"type": "select", "channels": [0, 0, 0]}, *CLIMATE_STAGES]
+
+#: One entry per (codec, payload shape). Other codecs add theirs here.
+CASES: list[Case] = [
+    Case("before codecs: decode_reading, 64x3 chunk", None, _chunk, legacy=True),
+    Case("edgeloop, 64x3 chunk", None, _chunk),
+    Case("before codecs: decode_reading, 1 sample", {"codec": "edgeloop", "topic": "sensors/{device}/climate"}, _one,
+         stages=CLIMATE_STAGES, legacy=True),
+    Case("edgeloop, 1 sample", {"codec": "edgeloop", "topic": "sensors/{device}/climate"}, _one, stages=CLIMATE_STAGES),
+    Case("json, zigbee2mqtt preset", {"preset": "zigbee2mqtt"}, _z2m, stages=CLIMATE_STAGES),
+    Case("json, tasmota preset (dotted paths, ISO time)", {"preset": "tasmota", "timezone": "UTC"}, _tasmota,
+         stages=CLIMATE_STAGES),
+    Case("json, homeassistant-statestream (bare value)", {"preset": "homeassistant-statestream"}, _statestream,
+         in_channels=1, stages=ONE_CHANNEL),
+]
+
+
+def legacy_ingest(engine: Engine, topic: str, payload: bytes, received: float) -> int:
+    """``Engine.ingest`` as it was before codecs (commit cd7df3e), kept to time against."""
+    engine.counters["readings_in"] += 1
+    try:
+        device, _ = parse_sensor_topic(topic)
+        runner = next(iter(engine.runners.values()))
+        reading = decode_reading(payload, engine.max_payload_bytes)
+        samples = np.asarray(reading.values, dtype=np.float32)
+        if samples.ndim == 1:
+            samples = samples.reshape(1, -1)
+        if not np.isfinite(samples).all():
+            raise PayloadError("non_finite", "a value is too large for float32")
+        if samples.shape[1] != runner.pipeline.in_channels:
+            raise PayloadError("wrong_shape", "channels")
+        key = (device, runner.settings.sensor)
+        if key not in runner.last_seq and len(runner.last_seq) >= runner.settings.max_streams:
+            raise PayloadError("too_many_streams", "streams")
+        if not engine._in_sequence(runner, key, reading.seq):
+            return 0
+        runner.last_seen[key] = received
+        windows = runner.pipeline.push(key, samples, reading.ts, reading.rate_hz, reading.seq)
+    except Exception as exc:  # noqa: BLE001
+        engine.rejects.reject(topic, payload, getattr(exc, "reason", "error"), str(exc))
+        return 0
+    if windows:
+        if engine.oldest_pending is None:
+            engine.oldest_pending = received
+        runner.pending.extend(_Pending(w, received) for w in windows)
+    return int(samples.shape[0])
+
+
+def _engine(case: Case, model: TfliteModel) -> Engine:
+    sensor = "climate" if case.stages is not None else "vibration"
+    pipeline: dict[str, Any] = {"sensor": sensor, "in_channels": case.in_channels}
+    if case.input is not None:
+        pipeline["input"] = case.input
+    if case.stages is not None:
+        pipeline["stages"] = case.stages
+    cfg = EdgeConfig(pipelines=[pipeline])
+    runners = [PipelineRunner.build(p, model) for p in cfg.pipelines]
+    return Engine(runners, Rejects("edge", logging.getLogger("bench.codecs")), node_id="bench")
+
+
+def measure(case: Case, model: TfliteModel, messages: int) -> dict:
+    engine = _engine(case, model)
+    ingest = (lambda t, p, r: legacy_ingest(engine, t, p, r)) if case.legacy else engine.ingest
+    wall = cpu = 0.0
+    samples = done = 0
+    while done < messages:
+        batch = [case.payload(done + k) for k in range(min(BATCH, messages - done))]
+        now = time.monotonic()
+        w0, c0 = time.perf_counter(), time.process_time()
+        for topic, payload in batch:
+            samples += ingest(topic, payload, now)
+        wall += time.perf_counter() - w0
+        cpu += time.process_time() - c0
+        done += len(batch)
+        for runner in engine.runners.values():
+            runner.pending.clear()  # not scored: inference is the same for every format
+        engine.oldest_pending = None
+    return {
+        "readings": messages,
+        "rejected": engine.rejects.total,
+        "readings_per_s": round(messages / wall, 1),
+        "samples_per_s": round(samples / wall, 1),
+        "cpu_us_per_reading": round(cpu / messages * 1e6, 2),
+        "bytes_per_reading": round(sum(len(case.payload(k)[1]) for k in range(100)) / 100, 1),
+    }
+
+
+def run(_workdir: Any = None, quick: bool = False) -> dict:
+    """Every case, best of five rounds; the rounds go round all cases in turn, so a busy spell of the
+    (shared) machine hits every case alike, and the best round is the least disturbed one."""
+    logging.getLogger("bench.codecs").setLevel(logging.ERROR)
+    model = TfliteModel(BUNDLED_MODEL, max_batch=64)
+    messages = 2_000 if quick else 10_000
+    out: dict[str, dict] = {}
+    for _ in range(1 if quick else 5):
+        for case in CASES:
+            result = measure(case, model, messages)
+            best = out.get(case.name)
+            if best is None or result["cpu_us_per_reading"] < best["cpu_us_per_reading"]:
+                out[case.name] = result
+    for case in CASES:
+        out[case.name]["baseline"] = _baseline_of(case)
+    return out
+
+
+def _baseline_of(case: Case) -> str | None:
+    """The before-codecs case an edgeloop case is compared with (same payloads), else None."""
+    if case.legacy or case.input not in (None, {"codec": "edgeloop", "topic": "sensors/{device}/climate"}):
+        return None
+    return next(c.name for c in CASES if c.legacy and c.payload is case.payload)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.codecs", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs: a smoke test, not figures to quote")
+    args = ap.parse_args(argv)
+    results = run(quick=args.quick)
+    width = max(map(len, results))
+    print(f"{'case':<{width}}  {'readings/s':>11}  {'samples/s':>11}  {'CPU us/reading':>14}  {'bytes':>6}  rejected")
+    for name, r in results.items():
+        print(f"{name:<{width}}  {r['readings_per_s']:>11,.0f}  {r['samples_per_s']:>11,.0f}  "
+              f"{r['cpu_us_per_reading']:>14.2f}  {r['bytes_per_reading']:>6.0f}  {r['rejected']}")
+    return 1 if any(r["rejected"] for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
