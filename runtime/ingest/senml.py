@@ -50,7 +50,6 @@ from edgeloop.edge.ingest.codec import Decoded, InputBase, Reading
 #: RFC 8428 section 6, table 4: CBOR labels of the SenML fields.
 CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",
                0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd"}
-KNOWN = frozenset(CBOR_LABELS.values())
 #: RFC 8949 section 3.4.6: the self-described CBOR tag (55799) some encoders put in front.
 SELF_DESCRIBED = b"\xd9\xd9\xf7"
 #: The SenML version this codec implements (RFC 8428 section 4.4).
@@ -61,8 +60,6 @@ MAX_RECORDS = 4096
 #: Resolved times before 2000 are a clock that was never set: refused (as the json codec does).
 MIN_TS = 946684800.0
 MAX_TS = 4102444800.0
-_NUMBER_FIELDS = ("bt", "bv", "bs", "v", "s", "t")
-_TEXT_FIELDS = ("bn", "bu", "n", "u", "vs", "vd")
 _SEPARATORS = ":/"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -147,6 +144,7 @@ class SenmlCodec:
         self.suffix = settings.match == "suffix"
         self.by_name = {c.name: i for i, c in enumerate(self.channels) if c.name is not None}
         self.by_unit = {c.unit: i for i, c in enumerate(self.channels) if c.name is None}
+        self.units = [c.unit for c in self.channels]
         self.format = settings.format
         self.from_base_name = settings.device == "base_name"
         self.cbor = _load_cbor() if settings.format != "json" else None
@@ -203,79 +201,56 @@ class SenmlCodec:
         rows: dict[tuple[str, float], list[float]] = {}
         bn, bt, bu, bv, bs = "", 0.0, None, 0.0, 0.0
         for i, record in enumerate(records):
-            if not isinstance(record, dict):
+            if type(record) is not dict:
                 raise PayloadError("invalid_senml", f"record {i} is not an object")
-            self._check(record, i)
-            if "bver" in record:
-                bver = record["bver"]
-                if isinstance(bver, bool) or not isinstance(bver, int) or bver < 1:
-                    raise PayloadError("invalid_senml", f"record {i}: bver {_show(bver)} is not a positive integer")
-                if bver > VERSION:
-                    raise PayloadError("unsupported_version", f"SenML version {bver}; this edge reads up to {VERSION}")
-            bn = record.get("bn", bn)
-            bt = record.get("bt", bt)
-            bu = record.get("bu", bu)
-            bv = record.get("bv", bv)
-            bs = record.get("bs", bs)
-            name = bn + record.get("n", "")
-            channel = self._channel(name, record.get("u", bu))
+            _check(record, i)
+            get = record.get
+            bn = get("bn", bn)
+            bt = get("bt", bt)
+            bu = get("bu", bu)
+            bv = get("bv", bv)
+            bs = get("bs", bs)
+            name = bn + get("n", "")
+            unit = get("u", bu)
+            channel = self._channel(name, unit)
             if channel is None:
                 continue
-            value = self._value(record, bv, bs, name, i)
+            value = _value(record, bv, bs, name, i)
             if value is None:
                 if "n" in record:
                     raise PayloadError("missing_value", f"record {i} ({_show(name)}) has no value")
                 continue  # a record of base fields only (RFC 8428 section 5.1.7)
-            unit = record.get("u", bu)
-            want = self.channels[channel].unit
+            want = self.units[channel]
             if want is not None and unit is not None and unit != want:
                 raise PayloadError("wrong_unit", f"record {i} ({_show(name)}) is in {_show(unit)}, channel wants {want!r}")
-            when = float(bt) + float(record.get("t", 0.0))
+            when = bt + get("t", 0.0)
             if when < RELATIVE_BELOW:
                 when = arrival + when
             if not MIN_TS <= when < MAX_TS:  # also catches inf from two huge finite terms
                 raise PayloadError("bad_timestamp", f"record {i}: time {when!r} is outside 2000..2100 (clock not set?)")
             when = round(when, 6)  # bt + t and a plain t for the same instant can differ in the last bit
-            device = bn.rstrip(_SEPARATORS) if self.from_base_name else topic_device
-            if self.from_base_name and not device:
-                raise PayloadError("missing_device", f"record {i} has no base name to take the device from")
-            row = rows.setdefault((device, when), [math.nan] * n)
-            if not math.isnan(row[channel]):
+            if self.from_base_name:
+                device = bn.rstrip(_SEPARATORS)
+                if not device:
+                    raise PayloadError("missing_device", f"record {i} has no base name to take the device from")
+            else:
+                device = topic_device
+            row = rows.get((device, when))
+            if row is None:
+                row = rows[(device, when)] = [math.nan] * n
+            elif row[channel] == row[channel]:  # not NaN: filled already
                 raise PayloadError("duplicate_record", f"two records for channel {channel} ({_show(name)}) at one time")
             row[channel] = value
         if not rows:
             raise PayloadError("missing_channel", "no record in the pack matches a configured channel")
         readings = []
-        for (device, when), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
-            missing = [self._label(c) for c in range(n) if math.isnan(row[c])]
-            if missing:
+        for (device, when), row in (sorted(rows.items(), key=_by_time) if len(rows) > 1 else rows.items()):
+            if math.nan in row:  # the very object rows start with; values are never NaN (_value)
+                missing = [self._label(c) for c in range(n) if row[c] != row[c]]
                 raise PayloadError("missing_channel", f"no {', '.join(missing[:3])} at time {when:.3f} "
                                    "(a row needs every channel)")
             readings.append(Reading(device, np.array([row], dtype=np.float32), ts=when))
         return Decoded(readings)
-
-    @staticmethod
-    def _check(record: dict, i: int) -> None:
-        for key, value in record.items():
-            if key not in KNOWN:
-                if isinstance(key, str) and key.endswith("_"):
-                    raise PayloadError("must_understand", f"record {i}: field {_show(key)} must be understood")
-                continue  # an extension this codec does not need (RFC 8428 section 4.4)
-            if key in _NUMBER_FIELDS:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise PayloadError("invalid_senml", f"record {i}: {key} is {_show(value)}, not a number")
-                try:
-                    finite = math.isfinite(value)
-                except OverflowError:  # an integer beyond any float
-                    finite = False
-                if not finite:
-                    reason = "bad_timestamp" if key in ("t", "bt") else "non_finite"
-                    raise PayloadError(reason, f"record {i}: {key} is not a finite number")
-            if key in _TEXT_FIELDS and not isinstance(value, str):
-                if not (key == "vd" and isinstance(value, bytes)):  # CBOR carries data values as bytes
-                    raise PayloadError("invalid_senml", f"record {i}: {key} is {_show(value)}, not a string")
-            if key == "vb" and not isinstance(value, bool):
-                raise PayloadError("invalid_senml", f"record {i}: vb is {_show(value)}, not a boolean")
 
     def _channel(self, name: str, unit: str | None) -> int | None:
         channel = self.by_name.get(name)
@@ -287,23 +262,68 @@ class SenmlCodec:
             channel = self.by_unit.get(unit)
         return channel
 
-    @staticmethod
-    def _value(record: dict, bv: float, bs: float, name: str, i: int) -> float | None:
-        if "v" in record:
-            value = float(bv) + float(record["v"])
-        elif "s" in record:
-            value = float(bs) + float(record["s"])
-        elif "vb" in record:
-            value = 1.0 if record["vb"] else 0.0
-        elif "vs" in record or "vd" in record:
-            raise PayloadError("not_a_number", f"record {i} ({_show(name)}) has a string or data value")
-        else:
-            return None
-        value = float(value)
-        if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
-            raise PayloadError("non_finite", f"record {i} ({_show(name)}): value too large for float32")
-        return value
-
     def _label(self, c: int) -> str:
         ch = self.channels[c]
         return repr(ch.name) if ch.name is not None else f"unit {ch.unit!r}"
+
+
+# Field kinds, for one dict lookup per field of a record.
+_NUMBER, _TEXT, _BOOL, _VERSION = 1, 2, 3, 4
+_KIND = {"bt": _NUMBER, "bv": _NUMBER, "bs": _NUMBER, "v": _NUMBER, "s": _NUMBER, "t": _NUMBER, "ut": _NUMBER,
+         "bn": _TEXT, "bu": _TEXT, "n": _TEXT, "u": _TEXT, "vs": _TEXT, "vd": _TEXT, "vb": _BOOL, "bver": _VERSION}
+#: Integers beyond this are no sensor value nor time (and beyond any float at ~1.8e308).
+_BIG_INT = 10**300
+
+
+def _check(record: dict, i: int) -> None:
+    """Every known field of the right type, numbers finite, ``bver`` understood, no unknown must-understand field;
+    afterwards numbers may be added as floats without a check."""
+    for key, value in record.items():
+        kind = _KIND.get(key) if type(key) is str else None
+        if kind is None:
+            if isinstance(key, str) and key.endswith("_"):
+                raise PayloadError("must_understand", f"record {i}: field {_show(key)} must be understood")
+            continue  # an extension this codec does not need (RFC 8428 section 4.4)
+        kind_of = type(value)
+        if kind == _NUMBER:
+            if kind_of is float:
+                finite = value - value == 0.0  # False for inf and NaN
+            elif kind_of is int:
+                finite = -_BIG_INT < value < _BIG_INT
+            else:
+                raise PayloadError("invalid_senml", f"record {i}: {key} is {_show(value)}, not a number")
+            if not finite:
+                reason = "bad_timestamp" if key in ("t", "bt") else "non_finite"
+                raise PayloadError(reason, f"record {i}: {key} is not a finite number")
+        elif kind == _TEXT:
+            if kind_of is not str and not (key == "vd" and kind_of is bytes):  # CBOR carries data values as bytes
+                raise PayloadError("invalid_senml", f"record {i}: {key} is {_show(value)}, not a string")
+        elif kind == _BOOL:
+            if kind_of is not bool:
+                raise PayloadError("invalid_senml", f"record {i}: vb is {_show(value)}, not a boolean")
+        else:
+            if kind_of is not int or value < 1:
+                raise PayloadError("invalid_senml", f"record {i}: bver {_show(value)} is not a positive integer")
+            if value > VERSION:
+                raise PayloadError("unsupported_version", f"SenML version {value}; this edge reads up to {VERSION}")
+
+
+def _value(record: dict, bv: float, bs: float, name: str, i: int) -> float | None:
+    if "v" in record:
+        value = bv + record["v"]
+    elif "s" in record:
+        value = bs + record["s"]
+    elif "vb" in record:
+        return 1.0 if record["vb"] else 0.0
+    elif "vs" in record or "vd" in record:
+        raise PayloadError("not_a_number", f"record {i} ({_show(name)}) has a string or data value")
+    else:
+        return None
+    value = float(value)
+    if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # also NaN and inf
+        raise PayloadError("non_finite", f"record {i} ({_show(name)}): value too large for float32")
+    return value
+
+
+def _by_time(item: tuple[tuple[str, float], list[float]]) -> float:
+    return item[0][1]
