@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from edgeloop.errors import PayloadError
 from edgeloop.rejects import Rejects
 
 DEVICES = 50
-BATCH = 2000  # messages rendered, then ingested under the clock
+BATCH = 200  # messages rendered, then ingested under the clock: one round of one case
 TS0 = 1_795_740_561.0
 
 #: One-value messages (a climate sensor): 3 channels, windows of 8 messages.
@@ -174,48 +175,44 @@ def _engine(case: Case, model: TfliteModel) -> Engine:
     return Engine(runners, Rejects("edge", logging.getLogger("bench.codecs")), node_id="bench")
 
 
-def measure(case: Case, model: TfliteModel, messages: int) -> dict:
-    engine = _engine(case, model)
-    ingest = (lambda t, p, r: legacy_ingest(engine, t, p, r)) if case.legacy else engine.ingest
-    wall = cpu = 0.0
-    samples = done = 0
-    while done < messages:
-        batch = [case.payload(done + k) for k in range(min(BATCH, messages - done))]
-        now = time.monotonic()
-        w0, c0 = time.perf_counter(), time.process_time()
-        for topic, payload in batch:
-            samples += ingest(topic, payload, now)
-        wall += time.perf_counter() - w0
-        cpu += time.process_time() - c0
-        done += len(batch)
-        for runner in engine.runners.values():
-            runner.pending.clear()  # not scored: inference is the same for every format
-        engine.oldest_pending = None
-    return {
-        "readings": messages,
-        "rejected": engine.rejects.total,
-        "readings_per_s": round(messages / wall, 1),
-        "samples_per_s": round(samples / wall, 1),
-        "cpu_us_per_reading": round(cpu / messages * 1e6, 2),
-        "bytes_per_reading": round(sum(len(case.payload(k)[1]) for k in range(100)) / 100, 1),
-    }
-
-
 def run(_workdir: Any = None, quick: bool = False) -> dict:
-    """Every case, best of five rounds; the rounds go round all cases in turn, so a busy spell of the
-    (shared) machine hits every case alike, and the best round is the least disturbed one."""
+    """Every case, interleaved: rounds of ``BATCH`` messages go round all cases in turn (a busy spell
+    of the shared machine hits every case alike); per case the median and the 10th percentile of
+    the rounds' CPU per reading, and readings/s over all its rounds."""
     logging.getLogger("bench.codecs").setLevel(logging.ERROR)
     model = TfliteModel(BUNDLED_MODEL, max_batch=64)
-    messages = 2_000 if quick else 10_000
-    out: dict[str, dict] = {}
-    for _ in range(1 if quick else 5):
-        for case in CASES:
-            result = measure(case, model, messages)
-            best = out.get(case.name)
-            if best is None or result["cpu_us_per_reading"] < best["cpu_us_per_reading"]:
-                out[case.name] = result
-    for case in CASES:
-        out[case.name]["baseline"] = _baseline_of(case)
+    messages = 2_000 if quick else 20_000
+    engines = [_engine(case, model) for case in CASES]
+    ingests = [(lambda t, p, r, e=e: legacy_ingest(e, t, p, r)) if case.legacy else e.ingest
+               for case, e in zip(CASES, engines)]
+    cpu: list[list[float]] = [[] for _ in CASES]
+    wall = [0.0] * len(CASES)
+    samples = [0] * len(CASES)
+    for k, start in enumerate(range(0, messages, BATCH)):
+        for j in [(k + i) % len(CASES) for i in range(len(CASES))]:
+            batch = [CASES[j].payload(start + n) for n in range(min(BATCH, messages - start))]
+            ingest, now = ingests[j], time.monotonic()
+            w0, c0 = time.perf_counter(), time.process_time()
+            for topic, payload in batch:
+                samples[j] += ingest(topic, payload, now)
+            wall[j] += time.perf_counter() - w0
+            cpu[j].append((time.process_time() - c0) / len(batch) * 1e6)
+            for runner in engines[j].runners.values():
+                runner.pending.clear()  # not scored: inference is the same for every format
+            engines[j].oldest_pending = None
+    out = {}
+    for j, case in enumerate(CASES):
+        rounds = sorted(cpu[j])
+        out[case.name] = {
+            "readings": messages,
+            "rejected": engines[j].rejects.total,
+            "readings_per_s": round(messages / wall[j], 1),
+            "samples_per_s": round(samples[j] / wall[j], 1),
+            "cpu_us_per_reading": round(statistics.median(rounds), 2),
+            "cpu_us_per_reading_p10": round(rounds[len(rounds) // 10], 2),
+            "bytes_per_reading": round(sum(len(case.payload(n)[1]) for n in range(100)) / 100, 1),
+            "baseline": _baseline_of(case),
+        }
     return out
 
 
