@@ -19,7 +19,7 @@ from edgeloop.edge.ingest.influx_line import InfluxLineInput
 from docblocks import fenced
 from fuzzing import NASTY_TEXT, fuzz, tally
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+INGEST_DOC = Path(__file__).resolve().parents[2] / "docs" / "ingest.md"
 
 NOW = 1_764_460_800.0
 TS_NS = 1_700_000_000_123_456_789
@@ -88,9 +88,9 @@ def test_other_measurements_are_ignored_and_none_is_a_reject():
     assert reject(codec(measurement="mem", fields=["t"]), mixed).reason == "wrong_measurement"
 
 
-def test_the_readme_example_is_what_it_says():
-    settings = yaml.safe_load(fenced(README, "yaml influx-config")[0])["input"]
-    [lines] = fenced(README, "text influx-lines")
+def test_the_documented_example_is_what_it_says():
+    settings = yaml.safe_load(fenced(INGEST_DOC, "yaml influx-config")[0])["input"]
+    [lines] = fenced(INGEST_DOC, "text influx-lines")
     assert rows(decode(InfluxLineInput(**settings).build(), lines.encode())) == [
         ("gw-1", 1764460800.0, [21.5, 45.0, 1013.25]), ("gw-1", 1764460801.0, [21.75, 46.0, pytest.approx(1013.2)])]
 

@@ -20,7 +20,7 @@ from edgeloop.edge.ingest.senml import CBOR_LABELS, SenmlInput
 from docblocks import fenced
 from fuzzing import fuzz, json_bytes, json_values, near_miss, tally
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+INGEST_DOC = Path(__file__).resolve().parents[2] / "docs" / "ingest.md"
 
 NOW = 1_764_460_800.0  # 2025-11-30, the arrival time handed to decode
 
@@ -203,9 +203,9 @@ def test_records_of_base_fields_only_are_skipped():
     assert rows(decode(c, RFC_5_1_7)) == [("dev1", NOW, [23.1, 1.0, 0.0])]
 
 
-def test_the_readme_example_is_what_it_says():
-    settings = yaml.safe_load(fenced(README, "yaml senml-config")[0])["input"]
-    [pack] = fenced(README, "json senml-pack")
+def test_the_documented_example_is_what_it_says():
+    settings = yaml.safe_load(fenced(INGEST_DOC, "yaml senml-config")[0])["input"]
+    [pack] = fenced(INGEST_DOC, "json senml-pack")
     assert rows(decode(SenmlInput(**settings).build(), pack.encode())) == [("dev1", NOW, [120.1, 1.2])]
 
 
