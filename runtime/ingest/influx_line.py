@@ -85,7 +85,8 @@ def _load_parser() -> Any:
     try:
         import line_protocol_parser
     except ImportError as exc:
-        raise MissingExtra("an influx input", "edge", ["line-protocol-parser"]) from exc
+        raise MissingExtra("an influx input", "edge", ["line-protocol-parser"],
+                           hint="with the tflite extra: pip install line-protocol-parser") from exc
     return line_protocol_parser
 
 

@@ -131,7 +131,7 @@ def _load_cbor() -> Any:
     try:
         import cbor2
     except ImportError as exc:
-        raise MissingExtra("a senml input", "edge", ["cbor2"]) from exc
+        raise MissingExtra("a senml input", "edge", ["cbor2"], hint="with the tflite extra: pip install cbor2") from exc
     return cbor2
 
 

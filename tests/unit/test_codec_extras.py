@@ -58,4 +58,5 @@ def test_building_without_the_library_names_the_edge_extra(settings, missing):
     """)
     assert result.returncode == 0, result.stderr
     assert f"'edge' extra (missing: {missing})" in result.stdout and "pip install 'edgeloop[edge]'" in result.stdout
+    assert f"with the tflite extra: pip install {missing}" in result.stdout  # 32-bit Pi OS: no LiteRT, no [edge]
 
