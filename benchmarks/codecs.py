@@ -92,6 +92,27 @@ def _statestream(i: int) -> tuple[str, bytes]:
     return f"homeassistant/sensor/probe_{i % DEVICES}/state", json.dumps(str(21.5 + i % 7 * 0.1)).encode()
 
 
+def _senml(i: int) -> tuple[str, bytes]:
+    seq = i // DEVICES
+    return (f"senml/sensor-{i % DEVICES}",
+            json.dumps([{"bn": f"urn:dev:mac:0024befffe80{i % DEVICES:04x}:", "bt": TS0 + seq * 30, "n": "temperature",
+                         "u": "Cel", "v": 21.5 + i % 7 * 0.1},
+                        {"n": "humidity", "u": "%RH", "v": 45.12}, {"n": "pressure", "u": "hPa", "v": 1013.2}]).encode())
+
+
+def _influx(i: int) -> tuple[str, bytes]:
+    seq = i // DEVICES
+    return (f"telegraf/sensor-{i % DEVICES}",
+            f"climate,host=sensor-{i % DEVICES},room=living\\ room temperature={21.5 + i % 7 * 0.1:.2f},humidity=45.12,"
+            f"pressure=1013.2 {int(TS0 + seq * 30) * 10**9}".encode())
+
+
+SENML_INPUT = {"codec": "senml", "topic": "senml/{device}",
+               "channels": [{"name": "temperature", "unit": "Cel"}, {"name": "humidity", "unit": "%RH"},
+                            {"name": "pressure", "unit": "hPa"}]}
+INFLUX_INPUT = {"codec": "influx", "topic": "telegraf/{device}", "measurement": "climate",
+                "fields": ["temperature", "humidity", "pressure"]}
+
 ONE_CHANNEL = [{"type": "select", "channels": [0, 0, 0]}, *CLIMATE_STAGES]
 
 #: One entry per (codec, payload shape). Other codecs add theirs here.
@@ -106,6 +127,8 @@ CASES: list[Case] = [
          stages=CLIMATE_STAGES),
     Case("json, homeassistant-statestream (bare value)", {"preset": "homeassistant-statestream"}, _statestream,
          in_channels=1, stages=ONE_CHANNEL),
+    Case("senml, JSON pack of 3 records (base name, base time, units)", SENML_INPUT, _senml, stages=CLIMATE_STAGES),
+    Case("influx, one line of 3 fields (Telegraf)", INFLUX_INPUT, _influx, stages=CLIMATE_STAGES),
 ]
 
 
