@@ -127,7 +127,7 @@ def test_each_extra_named_provides_the_modules_it_is_checked_for():
         in_extra = {norm(r.name) for r in requires if r.marker is not None and r.marker.evaluate({"extra": extra})}
         for need in needs:
             options = need if isinstance(need, tuple) else (need,)
-            dists = {norm(d) for m in options for d in provided.get(m, [])}
+            dists = {norm(d) for m in options for d in provided.get(m.split(".")[0], [])}
             assert dists & in_extra, f"extra {extra!r} does not install any of {options} ({sorted(in_extra)})"
 
 
