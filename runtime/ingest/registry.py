@@ -13,11 +13,13 @@ from pydantic import Field
 
 from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
 from edgeloop.edge.ingest.json_codec import JsonInput
+from edgeloop.edge.ingest.sparkplug import SparkplugInput
 
 PipelineInput = Annotated[
     Union[
         EdgeloopInput,
         JsonInput,
+        SparkplugInput,
     ],
     Field(discriminator="codec"),
 ]

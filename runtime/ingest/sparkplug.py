@@ -6,7 +6,9 @@ meaning comes from the edge node's last NBIRTH/DBIRTH, so the codec keeps, per
 (group, edge node[, device]), the alias table, the datatypes and the last value
 of each configured metric. When it cannot know what a message means -- DATA
 before any BIRTH, an alias no BIRTH defined, a broken ``seq`` -- it does not
-guess: it skips the message and answers with a Rebirth request (``NCMD`` with
+guess: it refuses the message (``RejectWithReplies``: counted and dead-lettered
+by reason -- ``no_birth``, ``unknown_alias``, ``unknown_metric``, ``bad_seq``,
+``awaiting_rebirth``) and answers with a Rebirth request (``NCMD`` with
 ``Node Control/Rebirth``), rate-limited per node and overall.
 
 Decisions (docs/ingest.md, "Sparkplug B"):
@@ -31,7 +33,7 @@ imported only when a Sparkplug input is built.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -42,7 +44,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeloop.errors import MissingExtra, PayloadError
 from edgeloop.extras import require
-from edgeloop.edge.ingest.codec import Decoded, InputBase, Reading
+from edgeloop.edge.ingest.codec import Decoded, InputBase, Reading, RejectWithReplies
 
 NAMESPACE = "spBv1.0"
 REBIRTH_METRIC = "Node Control/Rebirth"
@@ -83,7 +85,11 @@ class SparkplugInput(InputBase):
 
     codec: Literal["sparkplug"]
     default_topic: ClassVar[str | None] = f"{NAMESPACE}/+/#"
+    needs_device: ClassVar[bool] = False  # the device (or edge node) id is read from the topic by the codec
 
+    topic: str | None = Field(default=None, description="subscription, an MQTT filter under spBv1.0/ (default "
+                              "spBv1.0/+/#, or spBv1.0/GROUP/# with group); the codec reads group, edge node and "
+                              "device from each topic")
     group: str | None = Field(default=None, description="only this Sparkplug group (subscribes to spBv1.0/GROUP/#); "
                               "default: every group")
     metrics: list[str] = Field(min_length=1, description="Sparkplug metric names that become the channels, in order "
@@ -177,8 +183,6 @@ class SparkplugCodec:
         self.channels = {name: i for i, name in enumerate(settings.metrics)}
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.n_devices = 0
-        #: Messages skipped for a rebirth, by reason (they are answered, not dead-lettered).
-        self.skipped: Counter[str] = Counter()
         self.rebirths_sent = 0
         self._last_rebirth: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._window_start = 0.0
@@ -206,14 +210,9 @@ class SparkplugCodec:
                 return self._nbirth(key, msg)
             if mtype == "NDEATH":
                 return self._ndeath(key, msg)
+            if mtype == "DDEATH":
+                return self._ddeath(key, parts[4], msg, arrival)
             node = self._node(key, mtype)
-            if mtype == "DDEATH":  # a death ends the device even when its seq is broken
-                ended = self._ddeath(node, parts[4])
-                try:
-                    self._check_seq(node, msg, mtype)
-                except _NeedRebirth as need:
-                    ended.replies = self._ask_rebirth(key, need, arrival).replies
-                return ended
             self._check_seq(node, msg, mtype)
             if mtype == "NDATA":
                 return self._data(key, node.scope, msg)
@@ -225,7 +224,7 @@ class SparkplugCodec:
                 raise _NeedRebirth("no_birth", f"DDATA from device {device!r} before its DBIRTH")
             return self._data(key, scope, msg)
         except _NeedRebirth as need:
-            return self._ask_rebirth(key, need, arrival)
+            raise RejectWithReplies(need.reason, str(need), self._ask_rebirth(key, arrival)) from None
 
     def _parse(self, payload: bytes) -> Any:
         msg = self.pb2.Payload()
@@ -276,11 +275,21 @@ class SparkplugCodec:
         node.devices[device] = scope
         return Decoded(readings=self._birth_reading(key, scope, msg), ended=[device] if old is not None else [])
 
-    def _ddeath(self, node: _Node, device: str) -> Decoded:
-        if node.devices.pop(device, None) is None:
-            return Decoded()
-        self.n_devices -= 1
-        return Decoded(ended=[device])
+    def _ddeath(self, key: tuple[str, str], device: str, msg: Any, arrival: float) -> Decoded:
+        """A death ends the device even when its seq is broken or a rebirth is awaited."""
+        node = self.nodes.get(key)
+        out = Decoded()
+        if node is None:
+            return out
+        if node.devices.pop(device, None) is not None:
+            self.n_devices -= 1
+            out.ended.append(device)
+        if node.valid:
+            try:
+                self._check_seq(node, msg, "DDEATH")
+            except _NeedRebirth:
+                out.replies = self._ask_rebirth(key, arrival)
+        return out
 
     def _ndeath(self, key: tuple[str, str], msg: Any) -> Decoded:
         node = self.nodes.get(key)
@@ -392,26 +401,25 @@ class SparkplugCodec:
 
     # ------------------------------------------------------------------ rebirth
 
-    def _ask_rebirth(self, key: tuple[str, str], need: _NeedRebirth, arrival: float) -> Decoded:
-        """Skip the message; answer with an NCMD Rebirth unless this node (or everyone) asked too recently."""
-        self.skipped[need.reason] += 1
+    def _ask_rebirth(self, key: tuple[str, str], arrival: float) -> list[tuple[str, bytes]]:
+        """An NCMD Rebirth for the node, or none when this node (or everyone) was asked too recently."""
         node = self.nodes.get(key)
         if node is not None:
             node.valid = False
         last = self._last_rebirth.get(key)
         if last is not None and arrival - last < self.settings.rebirth_interval_s:
-            return Decoded()
+            return []
         if arrival - self._window_start >= 1.0:
             self._window_start, self._window_count = arrival, 0
         if self._window_count >= self.settings.max_rebirths_per_s:
-            return Decoded()
+            return []
         self._window_count += 1
         self._last_rebirth[key] = arrival
         self._last_rebirth.move_to_end(key)
         while len(self._last_rebirth) > 4 * self.settings.max_nodes:
             self._last_rebirth.popitem(last=False)
         self.rebirths_sent += 1
-        return Decoded(replies=[(f"{NAMESPACE}/{key[0]}/NCMD/{key[1]}", self.rebirth_payload(arrival))])
+        return [(f"{NAMESPACE}/{key[0]}/NCMD/{key[1]}", self.rebirth_payload(arrival))]
 
     def rebirth_payload(self, now: float | None = None) -> bytes:
         """An NCMD payload asking the edge node for a new NBIRTH (Sparkplug B 3.0, Node Control/Rebirth)."""

@@ -183,6 +183,17 @@ def test_an_edge_with_cameras_needs_the_vision_extra_and_without_them_does_not(t
     assert edgeloop("config", "check", str(REPO / "devices/boards/rpi-64bit.yaml"), env=env).returncode == 0
 
 
+def test_an_edge_with_a_sparkplug_input_needs_the_sparkplug_extra(tmp_path):
+    config = tmp_path / "sparkplug.yaml"
+    config.write_text("pipelines:\n  - sensor: boiler\n    input: {codec: sparkplug, metrics: [T, P, Running]}\n")
+    run = edgeloop("config", "check", str(config), env=refusing(tmp_path, "google"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().endswith(
+        f"a Sparkplug input (codec: sparkplug in {config}) needs the 'sparkplug' extra (missing: google.protobuf): "
+        "pip install 'edgeloop[edge,sparkplug]'")
+    assert edgeloop("config", "check", str(config)).returncode == 0
+
+
 # ----------------------------------------------------------------------------- model info
 
 

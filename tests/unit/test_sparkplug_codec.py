@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edgeloop.edge.ingest.codec import Decoded
+from edgeloop.edge.ingest.codec import Decoded, RejectWithReplies
 from edgeloop.edge.ingest.sparkplug import REBIRTH_METRIC, SparkplugInput
 from edgeloop.errors import PayloadError
 from tests.fuzzing import fuzz, tally
@@ -70,8 +70,14 @@ def born(codec=None, **over):
     return codec, first
 
 
-def is_rebirth(out: Decoded, node: str = NODE) -> bool:
-    assert out.readings == []
+def refused(codec, mtopic: str, payload: bytes, arrival: float) -> RejectWithReplies:
+    """The codec's refusal of a message it cannot place (the engine counts and dead-letters it)."""
+    with pytest.raises(RejectWithReplies) as err:
+        codec.decode(mtopic, {}, payload, arrival)
+    return err.value
+
+
+def is_rebirth(out: Decoded | RejectWithReplies, node: str = NODE) -> bool:
     [(reply_topic, payload)] = out.replies
     cmd = spb.NCmd.decode(payload)  # the third-party library reads what the edge sends
     [metric] = cmd.metrics
@@ -137,13 +143,13 @@ def test_a_null_value_leaves_the_channel_without_a_value():
 
 def test_unknown_alias_asks_for_a_rebirth_and_skips_the_data():
     codec, _ = born()
-    out = codec.decode(topic("DDATA"), {}, ddata(2, (99, DT.DOUBLE, 1.0)), 2.0)
-    assert is_rebirth(out) and codec.skipped["unknown_alias"] == 1
-    # Until the node is born again its data is skipped; the request is not repeated within the interval.
-    assert codec.decode(topic("DDATA"), {}, ddata(3, (10, DT.DOUBLE, 1.0)), 3.0) == Decoded()
-    assert codec.skipped["awaiting_rebirth"] == 1
+    out = refused(codec, topic("DDATA"), ddata(2, (99, DT.DOUBLE, 1.0)), 2.0)
+    assert is_rebirth(out) and out.reason == "unknown_alias"
+    # Until the node is born again its data is refused; the request is not repeated within the interval.
+    out = refused(codec, topic("DDATA"), ddata(3, (10, DT.DOUBLE, 1.0)), 3.0)
+    assert out.reason == "awaiting_rebirth" and out.replies == []
     # After the interval it is asked again (NCMD is QoS 0 and may be lost).
-    assert is_rebirth(codec.decode(topic("DDATA"), {}, ddata(4, (10, DT.DOUBLE, 1.0)), 7.0))
+    assert is_rebirth(refused(codec, topic("DDATA"), ddata(4, (10, DT.DOUBLE, 1.0)), 7.0))
     # The rebirth: NBIRTH (any seq) then DBIRTH; the old streams end, data flows again.
     rebirth = codec.decode(topic("NBIRTH", None), {}, nbirth(seq=200, bd_seq=2), 8.0)
     assert rebirth.ended == [NODE, DEVICE]
@@ -154,18 +160,19 @@ def test_unknown_alias_asks_for_a_rebirth_and_skips_the_data():
 
 def test_data_before_any_birth_asks_for_a_rebirth():
     codec = settings().build()
-    assert is_rebirth(codec.decode(topic("DDATA"), {}, ddata(5, (10, DT.DOUBLE, 1.0)), 1.0))
-    assert codec.skipped["no_birth"] == 1
+    out = refused(codec, topic("DDATA"), ddata(5, (10, DT.DOUBLE, 1.0)), 1.0)
+    assert is_rebirth(out) and out.reason == "no_birth"
     codec.decode(topic("NBIRTH", None), {}, nbirth(), 10.0)
     # A device that never sent its DBIRTH.
-    assert is_rebirth(codec.decode(topic("DDATA", "other"), {}, ddata(1, (10, DT.DOUBLE, 1.0)), 11.0))
+    out = refused(codec, topic("DDATA", "other"), ddata(1, (10, DT.DOUBLE, 1.0)), 11.0)
+    assert is_rebirth(out) and out.reason == "no_birth"
 
 
 @pytest.mark.parametrize("seq", [3, 1, 0, 255])
 def test_a_broken_seq_asks_for_a_rebirth(seq):
     codec, _ = born()  # NBIRTH 0, DBIRTH 1: 2 is due
-    assert is_rebirth(codec.decode(topic("DDATA"), {}, ddata(seq, (10, DT.DOUBLE, 1.0)), 2.0))
-    assert codec.skipped["bad_seq"] == 1
+    out = refused(codec, topic("DDATA"), ddata(seq, (10, DT.DOUBLE, 1.0)), 2.0)
+    assert is_rebirth(out) and out.reason == "bad_seq"
 
 
 def test_seq_wraps_from_255_to_0():
@@ -178,14 +185,20 @@ def test_seq_wraps_from_255_to_0():
 
 def test_rebirth_requests_are_rate_limited_per_node_and_overall():
     codec = settings(rebirth_interval_s=5.0, max_rebirths_per_s=3).build()
-    asked = [codec.decode(topic("DDATA"), {}, ddata(1, (10, DT.DOUBLE, 1.0)), 1.0 + i * 0.1) for i in range(20)]
+    asked = [refused(codec, topic("DDATA"), ddata(1, (10, DT.DOUBLE, 1.0)), 1.0 + i * 0.1) for i in range(20)]
     assert sum(bool(out.replies) for out in asked) == 1
     # 50 made-up nodes in one second get 3 requests, not 50.
-    flood = [codec.decode(topic("NDATA", None, node=f"n{i}"), {}, ddata(1), 10.0) for i in range(50)]
+    flood = [refused(codec, topic("NDATA", None, node=f"n{i}"), ddata(1), 10.0) for i in range(50)]
     assert sum(bool(out.replies) for out in flood) == 3 and codec.rebirths_sent == 4
 
 
 # ----------------------------------------------------------------------------- deaths
+
+
+def test_a_ddeath_with_a_broken_seq_still_ends_the_device_and_asks_for_a_rebirth():
+    codec, _ = born()
+    out = codec.decode(topic("DDEATH"), {}, ddeath(9), 2.0)
+    assert out.ended == [DEVICE] and is_rebirth(out)
 
 
 def test_ddeath_ends_the_device_stream():
@@ -193,7 +206,7 @@ def test_ddeath_ends_the_device_stream():
     assert codec.decode(topic("DDEATH"), {}, ddeath(2), 2.0).ended == [DEVICE]
     assert codec.n_devices == 0
     # Its data afterwards needs a new DBIRTH.
-    assert is_rebirth(codec.decode(topic("DDATA"), {}, ddata(3, (10, DT.DOUBLE, 1.0)), 3.0))
+    assert is_rebirth(refused(codec, topic("DDATA"), ddata(3, (10, DT.DOUBLE, 1.0)), 3.0))
 
 
 def test_ndeath_with_the_births_bdseq_ends_the_node_and_its_devices():
