@@ -11,7 +11,7 @@ by reason -- ``no_birth``, ``unknown_alias``, ``unknown_metric``, ``bad_seq``,
 ``awaiting_rebirth``) and answers with a Rebirth request (``NCMD`` with
 ``Node Control/Rebirth``), rate-limited per node and overall.
 
-Decisions (docs/ingest.md, "Sparkplug B"):
+Decisions (docs/sparkplug.md):
 
 * a DATA message with only some configured metrics fills the others with their
   last value (from the BIRTH or an earlier DATA); a channel that has no value

@@ -7,17 +7,28 @@ Int8 -5 as 251 and leaves datatypes out of DATA metrics, as real nodes may.
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import pytest
+import yaml
 import pysparkplug as spb
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from edgeloop.edge.config import BUNDLED_MODEL, EdgeConfig
+from edgeloop.edge.engine import Engine, PipelineRunner
+from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.ingest.codec import Decoded, RejectWithReplies
 from edgeloop.edge.ingest.sparkplug import REBIRTH_METRIC, SparkplugInput
 from edgeloop.errors import PayloadError
+from edgeloop.rejects import Rejects
+from tests.docblocks import fenced
 from tests.fuzzing import fuzz, tally
 
+REPO = Path(__file__).resolve().parents[2]
 DT = spb.DataType
 GROUP, NODE, DEVICE = "plant1", "gateway7", "boiler3"
 T0 = 1_700_000_000_000  # ms
@@ -113,11 +124,12 @@ def test_ndata_is_the_edge_nodes_own_stream():
         spb.Metric(timestamp=T0, name="Pressure", datatype=DT.UINT32, value=4_000_000_000, alias=2),
         spb.Metric(timestamp=T0, name="Running", datatype=DT.BOOLEAN, value=False, alias=3),
     )).encode()
-    codec.decode(topic("NBIRTH", None), {}, birth, 1.0)
+    [first] = codec.decode(topic("NBIRTH", None), {}, birth, 1.0).readings
+    assert first.device == NODE and first.samples.tolist() == [[1.5, 4e9, 0.0]] and first.seq == 0
     data = spb.NData(timestamp=T0, seq=8, metrics=(spb.Metric(timestamp=None, name=None, alias=1,
                                                               datatype=DT.FLOAT, value=2.5),)).encode()
     [reading] = codec.decode(topic("NDATA", None), {}, data, 2.0).readings
-    assert reading.device == NODE and reading.samples.tolist() == [[2.5, 4e9, 0.0]]
+    assert reading.device == NODE and reading.samples.tolist() == [[2.5, 4e9, 0.0]] and reading.seq == 1
     assert reading.ts == T0 / 1000  # no metric timestamp: the payload's
 
 
@@ -136,6 +148,28 @@ def test_a_null_value_leaves_the_channel_without_a_value():
     assert codec2.decode(topic("DBIRTH"), {}, dbirth(temperature=None), 1.0).readings == []
     [reading] = codec2.decode(topic("DDATA"), {}, ddata(2, (10, DT.DOUBLE, 3.0)), 2.0).readings
     assert reading.samples.tolist() == [[3.0, -5.0, 1.0]]
+
+
+def test_historical_values_are_skipped_and_the_last_of_several_values_counts():
+    codec, _ = born()
+    data = spb.DData(timestamp=T0, seq=2, metrics=(
+        spb.Metric(timestamp=T0 + 1, name=None, alias=10, datatype=DT.DOUBLE, value=1.0),
+        spb.Metric(timestamp=T0 + 2, name=None, alias=10, datatype=DT.DOUBLE, value=2.0),
+        spb.Metric(timestamp=T0 - 9, name=None, alias=11, datatype=DT.INT8, value=100, is_historical=True),
+    )).encode()
+    [reading] = codec.decode(topic("DDATA"), {}, data, 2.0).readings
+    assert reading.samples.tolist() == [[2.0, -5.0, 1.0]] and reading.ts == (T0 + 2) / 1000
+
+
+def test_signed_integers_from_their_low_bits():
+    codec = settings(metrics=["a", "b"]).build()
+    codec.decode(topic("NBIRTH", None), {}, nbirth(), 1.0)
+    birth = spb.DBirth(timestamp=T0, seq=1, metrics=(
+        spb.Metric(timestamp=T0, name="a", datatype=DT.INT32, value=-5, alias=1),  # sent as 2**32 - 5
+        spb.Metric(timestamp=T0, name="b", datatype=DT.INT64, value=-(2**40), alias=2),
+    )).encode()
+    [reading] = codec.decode(topic("DBIRTH"), {}, birth, 1.0).readings
+    assert reading.samples.tolist() == [[-5.0, float(-(2**40))]]
 
 
 # ----------------------------------------------------------------------------- rebirth
@@ -166,6 +200,16 @@ def test_data_before_any_birth_asks_for_a_rebirth():
     # A device that never sent its DBIRTH.
     out = refused(codec, topic("DDATA", "other"), ddata(1, (10, DT.DOUBLE, 1.0)), 11.0)
     assert is_rebirth(out) and out.reason == "no_birth"
+
+
+def test_a_configured_name_the_birth_did_not_define_asks_for_a_rebirth():
+    codec = settings(metrics=["Temperature", "Humidity"]).build()
+    codec.decode(topic("NBIRTH", None), {}, nbirth(), 1.0)
+    codec.decode(topic("DBIRTH"), {}, dbirth(), 1.0)
+    data = spb.DData(timestamp=T0, seq=2, metrics=(
+        spb.Metric(timestamp=T0, name="Humidity", datatype=DT.DOUBLE, value=40.0),)).encode()
+    out = refused(codec, topic("DDATA"), data, 2.0)
+    assert is_rebirth(out) and out.reason == "unknown_metric"
 
 
 @pytest.mark.parametrize("seq", [3, 1, 0, 255])
@@ -272,6 +316,12 @@ def test_bad_topics_are_rejected(bad_topic):
     assert err.value.reason == "bad_topic"
 
 
+def test_the_readme_config_is_valid():
+    [block] = fenced(REPO / "README.md", "yaml sparkplug-config")
+    given = SparkplugInput.model_validate(yaml.safe_load(block)["input"])
+    assert given.topic == "spBv1.0/plant1/#" and given.metrics == ["Temperature", "Pressure", "Running"]
+
+
 def test_settings():
     assert settings().n_channels == 3 and settings().topic is None
     assert settings(group="plant1").topic == "spBv1.0/plant1/#"
@@ -280,6 +330,24 @@ def test_settings():
             settings(**bad)
     with pytest.raises(ValidationError):
         SparkplugInput(codec="sparkplug", metrics=["a", "a"])
+
+
+def test_in_the_engine_a_refused_message_is_counted_dead_lettered_and_answered():
+    """The engine's side: RejectWithReplies is a reject (by reason) whose replies the app publishes."""
+    cfg = EdgeConfig(pipelines=[{"sensor": "boiler", "stages": [{"type": "normalize", "from_model": True}],
+                                 "in_channels": 30, "input": {"codec": "sparkplug", "metrics": [f"m{i}" for i in range(30)]}}])
+    rejects = Rejects("edge", logging.getLogger("test.sparkplug"), node="n1")
+    engine = Engine([PipelineRunner.build(p, TfliteModel(BUNDLED_MODEL, max_batch=8)) for p in cfg.pipelines],
+                    rejects, node_id="n1")
+    engine.ingest(topic("DDATA"), ddata(1, (10, DT.DOUBLE, 1.0)), time.monotonic())
+    assert rejects.by_reason["no_birth"] == 1 and engine.counters["replies_out"] == 1
+    assert is_rebirth(Decoded(replies=engine.replies))
+    # A device id that is no topic level for the results is refused by the engine.
+    engine.ingest(topic("NBIRTH", None), nbirth(), time.monotonic())
+    birth = spb.DBirth(timestamp=T0, seq=1, metrics=tuple(
+        spb.Metric(timestamp=T0, name=f"m{i}", datatype=DT.DOUBLE, value=float(i), alias=i) for i in range(30))).encode()
+    engine.ingest(topic("DBIRTH", "no good"), birth, time.monotonic())
+    assert rejects.by_reason["bad_device"] == 1
 
 
 # ----------------------------------------------------------------------------- property
