@@ -7,7 +7,11 @@ Int8 -5 as 251 and leaves datatypes out of DATA metrics, as real nodes may.
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -395,3 +399,22 @@ def test_arbitrary_and_mutated_payloads_never_crash(data, mtopic):
         assert isinstance(out, Decoded)
         for reading in out.readings:
             assert reading.samples.shape == (1, 3) and reading.samples.dtype.name == "float32"
+
+
+def test_only_a_sparkplug_input_imports_protobuf(tmp_path):
+    """The extra stays optional: an edge without a Sparkplug input never loads protobuf."""
+    script = textwrap.dedent("""
+        import json, sys
+        from edgeloop.edge.app import EdgeApp
+        from edgeloop.edge.config import load_edge_config
+
+        seen = []
+        for pipelines in ([{"sensor": "vibration"}],
+                          [{"sensor": "b", "input": {"codec": "sparkplug", "metrics": ["a", "b", "c"]}}]):
+            EdgeApp(load_edge_config(None, {"mqtt": {"url": "mqtt://127.0.0.1:1"}, "pipelines": pipelines}))
+            seen.append("google.protobuf" in sys.modules)
+        print(json.dumps(seen))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [False, True]
