@@ -19,7 +19,9 @@ made-up version made the drift monitor judge the fleet by that device alone.
   order; a version the deployer rolls out is in the registry before any edge
   has it. So no result of a newly deployed version needs holding back.
 - :class:`TagBudget` -- per device, at most N distinct values of each tag
-  within a sliding period.
+  within a sliding period; a result's extra ``tags`` (names its input's topic
+  template bound, e.g. ``area``) count like the others, and so does the set of
+  their names, so a device cannot invent tag keys without bound either.
 - :class:`DeviceBudget` -- a token bucket of rows and bytes per device (samples).
 - :class:`ResultGuard` -- the checks a result passes before it is encoded.
 
@@ -324,7 +326,8 @@ class ResultGuard:
         """None if ``r`` may be stored, else (reason, detail); counted in ``refused``. The common case
         (a tag set admitted in the last minute, a timestamp near now) is two comparisons and a lookup."""
         if now - self._past <= r.ts <= now + self._future:
-            key = (r.device, r.sensor, r.model, r.model_version, r.node, r.site)
+            key = (r.device, r.sensor, r.model, r.model_version, r.node, r.site,
+                   tuple(sorted(r.tags.items())) if r.tags else None)
             at = self._admitted.get(key)
             if at is not None and now - at < ADMITTED_RECHECK_S:
                 return None
@@ -340,15 +343,19 @@ class ResultGuard:
             return UNKNOWN, (
                 f"{r.model} {r.model_version!r} is neither in the registry nor announced in a node's status"
             )
+        extra = key[-1] or ()
         over = self.tags.admit(
             r.device,
-            (("sensor", r.sensor), ("model", r.model), ("model_version", r.model_version), ("node", r.node),
-             ("site", r.site)),
+            # The set of extra tag names first: a refusal there leaves no state for the names themselves.
+            (("tags", ",".join(k for k, _ in extra) if extra else None),
+             ("sensor", r.sensor), ("model", r.model), ("model_version", r.model_version), ("node", r.node),
+             ("site", r.site), *(("tag:" + k, v) for k, v in extra)),
             now,
         )
         if over is not None:
             return CARDINALITY, (
-                f"device {r.device} already used {self.settings.max_tag_values} values of tag {over!r} within "
+                f"device {r.device} already used {self.settings.max_tag_values} values of "
+                f"{'the set of tag names' if over == 'tags' else 'tag ' + repr(over.removeprefix('tag:'))} within "
                 f"{self.settings.tag_period_s:g} s (store.max_tag_values)"
             )
         if len(self._admitted) >= _ADMITTED_MAX:

@@ -12,6 +12,7 @@ one point per InferenceResult:
 | tag       | node           | string, if present    | edge runtime that produced the result          |
 | tag       | site           | string, if present    | result.site                                    |
 | tag       | (static)       | string                | ``influx.tags`` from the config, e.g. env=prod |
+| tag       | (result tags)  | string, if present    | result.tags, e.g. area=north (a static tag of the same name wins) |
 | field     | score          | float                 | result.score                                   |
 | field     | anomaly        | boolean               | result.anomaly                                 |
 | field     | label          | string                | result.label                                   |
@@ -138,7 +139,8 @@ class LineEncoder:
 
     def result(self, r: InferenceResult) -> str:
         """One line (no trailing newline); raises ContractError("unencodable")."""
-        key = (r.device, r.sensor, r.model, r.model_version, r.node, r.site)
+        key = (r.device, r.sensor, r.model, r.model_version, r.node, r.site,
+               tuple(sorted(r.tags.items())) if r.tags else None)
         prefix = self._result_prefixes.get(key)
         if prefix is None:
             prefix = self._result_prefix(key)
@@ -157,7 +159,8 @@ class LineEncoder:
         )
 
     def _result_prefix(self, key: tuple) -> str:
-        device, sensor, model, model_version, node, site = key
+        device, sensor, model, model_version, node, site, extra = key
+        static = dict(self._static)
         tags = _tagset(
             [
                 ("device", device),
@@ -167,6 +170,7 @@ class LineEncoder:
                 ("node", node),
                 ("site", site),
                 *self._static,
+                *(pair for pair in extra or () if pair[0] not in static),
             ],
             "result",
         )

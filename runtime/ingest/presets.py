@@ -27,10 +27,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "timestamp_format": "iso8601",
         "timezone": "local",
     },
-    # Home Assistant's mqtt_statestream: each entity's state, a bare value, on
-    # <base_topic>/<domain>/<object_id>/state (base_topic homeassistant here).
+    # Home Assistant's mqtt_statestream: each entity's state, JSON-serialised (so a sensor's "21.5"
+    # arrives quoted), on <base_topic>/<domain>/<object_id>/state; base_topic homeassistant and the
+    # sensor domain here (lights, switches and binary sensors have states like "on", not numbers).
     "homeassistant-statestream": {
-        "topic": "homeassistant/{domain}/{device}/state",
+        "topic": "homeassistant/sensor/{device}/state",
         "codec": "json",
     },
 }

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from edgeloop.errors import PayloadError
 from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
 from edgeloop.edge.ingest.json_codec import JsonInput
-from tests.fuzzing import fuzz, json_values, tally
+from fuzzing import fuzz, json_values, tally
 
 ARRIVAL = 1_800_000_000.0
 
