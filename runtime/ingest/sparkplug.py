@@ -32,6 +32,7 @@ imported only when a Sparkplug input is built.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -76,8 +77,14 @@ def load_pb2() -> ModuleType:
     return sparkplug_b_pb2
 
 
+#: What no topic level of a Sparkplug message may contain (MQTT wildcards, NUL; '/' separates levels).
+_NOT_IN_LEVEL = re.compile(r"[/+#\x00]")
+_WILDCARD = re.compile(r"[+#\x00]")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _valid_level(value: str) -> bool:
-    return bool(value) and not any(c in value for c in "/+#\x00")
+    return bool(value) and _NOT_IN_LEVEL.search(value) is None
 
 
 class SparkplugInput(InputBase):
@@ -194,7 +201,7 @@ class SparkplugCodec:
         parts = topic.split("/")
         if len(parts) >= 2 and parts[0] == NAMESPACE and parts[1] == "STATE":
             return Decoded()  # a host application's online state, not data
-        if len(parts) not in (4, 5) or parts[0] != NAMESPACE or not all(_valid_level(p) for p in parts[1:]):
+        if len(parts) not in (4, 5) or parts[0] != NAMESPACE or not all(parts) or _WILDCARD.search(topic):
             raise PayloadError("bad_topic", f"not a Sparkplug B topic {NAMESPACE}/GROUP/TYPE/NODE[/DEVICE]: {topic!r}")
         group, mtype, node_id = parts[1], parts[2], parts[3]
         if mtype in IGNORED_TYPES:
@@ -365,9 +372,9 @@ class SparkplugCodec:
         return Decoded(readings=[reading])
 
     def _reading(self, key: tuple[str, str], scope: _Scope, values: list, stamps: list[int], msg: Any) -> Reading:
-        samples = np.asarray([values], dtype=np.float64).astype(np.float32)
-        if not np.isfinite(samples).all():
+        if not all(-FLOAT32_MAX <= v <= FLOAT32_MAX for v in values):  # NaN fails both comparisons
             raise PayloadError("non_finite", "a metric value is not finite as float32")
+        samples = np.array(values, dtype=np.float32).reshape(1, -1)
         if stamps:
             ts: float | None = max(stamps) / 1000.0
         else:

@@ -165,6 +165,14 @@ def test_historical_values_are_skipped_and_the_last_of_several_values_counts():
     assert reading.samples.tolist() == [[2.0, -5.0, 1.0]] and reading.ts == (T0 + 2) / 1000
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e39])
+def test_a_value_beyond_float32_is_refused(value):
+    codec, _ = born()
+    with pytest.raises(PayloadError) as err:
+        codec.decode(topic("DDATA"), {}, ddata(2, (10, DT.DOUBLE, value)), 2.0)
+    assert err.value.reason == "non_finite"
+
+
 def test_signed_integers_from_their_low_bits():
     codec = settings(metrics=["a", "b"]).build()
     codec.decode(topic("NBIRTH", None), {}, nbirth(), 1.0)
