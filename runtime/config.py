@@ -34,6 +34,16 @@ DEFAULT_VIBRATION_STAGES: list[dict[str, Any]] = [
     {"type": "normalize", "from_model": True},
 ]
 
+CLIMATE_MODEL = MODELS_DIR / "climate_ae.tflite"
+
+#: The pipeline the bundled climate model (temperature, humidity, pressure; one message per reading,
+#: e.g. every 30 s) was trained with (lab/climate_model.py): windows of 16 consecutive messages, hop 4.
+DEFAULT_CLIMATE_STAGES: list[dict[str, Any]] = [
+    {"type": "window", "size": 16, "hop": 4},
+    {"type": "features", "stats": ["mean", "std", "kurtosis"], "fft_bands": 2},
+    {"type": "normalize", "from_model": True},
+]
+
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
