@@ -17,6 +17,7 @@ from edgeloop.configfile import load_config
 from edgeloop.metrics import MetricsSettings
 from edgeloop.mqttconfig import MqttSettings
 from edgeloop.contract import TOPIC_LEVEL_PATTERN, TopicLevel
+from edgeloop.edge.ha_discovery import HomeAssistantSettings
 from edgeloop.edge.sampling import SamplingSettings
 from edgeloop.edge.stages import StageConfig
 from edgeloop.edge.vision.config import VisionSettings
@@ -253,6 +254,9 @@ class EdgeConfig(BaseModel):
     outbox: OutboxSettings = OutboxSettings()
     metrics: MetricsSettings = MetricsSettings()
     vision: VisionSettings | None = Field(default=None, description="cameras (docs/camera.md); absent: no frames")
+    homeassistant: HomeAssistantSettings = Field(
+        default_factory=HomeAssistantSettings,
+        description="Home Assistant MQTT discovery of each (device, model)'s anomaly and score; off by default")
 
     @model_validator(mode="after")
     def _unique_sensors(self) -> "EdgeConfig":
