@@ -63,9 +63,14 @@ def _is_model(tp: Any) -> bool:
 
 
 def _union_args(tp: Any) -> list[Any] | None:
+    """Members of a union, nested unions flattened (``Annotated[Union[A, B], ...] | None`` -> A, B, None)."""
     origin = typing.get_origin(tp)
     if origin is Union or origin is types.UnionType:
-        return list(typing.get_args(tp))
+        out: list[Any] = []
+        for arg in typing.get_args(tp):
+            inner = _union_args(_strip_annotated(arg)[0])
+            out += inner if inner is not None else [arg]
+        return out
     return None
 
 
@@ -209,7 +214,7 @@ def rows(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = 
         elif nested:
             for variant in nested:
                 tag = _variant_tag(variant)
-                out.append(f"| `{key}{suffix}` with `type: {tag}` | | | | {describe_model(variant)} |")
+                out.append(f"| `{key}{suffix}` with `{tag}` | | | | {describe_model(variant)} |")
                 out += rows(variant, f"{key}{suffix}.")
     return out
 
@@ -222,11 +227,13 @@ def _default_instance(field: FieldInfo) -> Any:
 
 
 def _variant_tag(model: type[BaseModel]) -> str:
-    field = model.model_fields.get("type")
-    if field is not None:
-        tp, _ = _strip_annotated(field.annotation)
-        if typing.get_origin(tp) is Literal:
-            return str(typing.get_args(tp)[0])
+    """``type: select``, ``codec: json``: the discriminator key and value naming a union member."""
+    for key in ("type", "codec"):
+        field = model.model_fields.get(key)
+        if field is not None:
+            tp, _ = _strip_annotated(field.annotation)
+            if typing.get_origin(tp) is Literal:
+                return f"{key}: {typing.get_args(tp)[0]}"
     return model.__name__
 
 

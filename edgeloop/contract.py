@@ -50,6 +50,13 @@ MAX_SAMPLES_PER_READING = 4096
 MAX_CHANNELS = 64
 MAX_OUTPUTS = 1024
 MAX_TOPK = 32
+#: Extra tags a result may carry, and the names they may not use (the result's own fields and
+#: the bridge's columns).
+MAX_RESULT_TAGS = 8
+RESERVED_TAG_NAMES = frozenset(
+    {"v", "device", "sensor", "model", "model_version", "model_sha256", "ts", "seq", "outputs", "score",
+     "anomaly", "label", "latency_ms", "node", "site", "topk", "tags", "time", "measurement", "field"}
+)
 
 
 class ContractError(ValueError):
@@ -249,6 +256,19 @@ class InferenceResult(BaseModel):
     node: TopicLevel | None = Field(default=None, description="edge runtime that produced it")
     site: TopicLevel | None = None
     topk: Annotated[list[TopK], Field(max_length=MAX_TOPK)] | None = None
+    tags: Annotated[dict[TopicLevel, TopicLevel], Field(max_length=MAX_RESULT_TAGS)] | None = Field(
+        default=None,
+        description="further names the input's topic template or codec bound (e.g. area, line): stored as tags",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _own_tags(cls, tags: dict[str, str] | None) -> dict[str, str] | None:
+        if tags:
+            clash = sorted(set(tags) & RESERVED_TAG_NAMES)
+            if clash:
+                raise ValueError(f"tag names {clash} are fields of the result itself")
+        return tags
 
 
 class ModelRef(BaseModel):

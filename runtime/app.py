@@ -206,6 +206,10 @@ class EdgeApp:
 
     def _ingest(self, item: tuple) -> None:
         samples = self.engine.ingest(item[0], item[1], item[2])
+        if self.engine.replies:  # a codec's answers (a Sparkplug rebirth request): QoS 0, not through the outbox
+            replies, self.engine.replies = self.engine.replies, []
+            for topic, payload in replies:
+                self.link.publish(topic, payload, qos=0)
         if len(item) >= 6:  # (topic, payload, t, mid, qos, generation) from _on_message
             self.delivery.ingested(item[0], item[3], item[4], item[5], samples or 0, self.engine.pending)
 

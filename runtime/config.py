@@ -11,13 +11,18 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeloop.configfile import load_config
 from edgeloop.metrics import MetricsSettings
 from edgeloop.mqttconfig import MqttSettings
 from edgeloop.contract import TOPIC_LEVEL_PATTERN, TopicLevel
 from edgeloop.edge.ha_discovery import HomeAssistantSettings
+from edgeloop.edge.ingest.codec import InputBase
+from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
+from edgeloop.edge.ingest.presets import expand_preset
+from edgeloop.edge.ingest.registry import PipelineInput
+from edgeloop.edge.ingest.topics import IDENTITY, TemplateError, TopicTemplate
 from edgeloop.edge.sampling import SamplingSettings
 from edgeloop.edge.stages import StageConfig
 from edgeloop.edge.vision.config import VisionSettings
@@ -63,12 +68,27 @@ class ModelSettings(BaseModel):
 
 
 class PipelineSettings(BaseModel):
-    """One sensor stream type -> stages -> model."""
+    """One stream type: input (topic template + codec) -> stages -> model.
+
+    ``sensor`` names the pipeline and, unless the template binds ``{sensor}``, the
+    results' ``sensor``. Without ``input:`` the pipeline takes edgeloop's own readings
+    on ``sensors/{device}/<sensor>`` (docs/ingest.md).
+    """
 
     model_config = _FROZEN
 
     sensor: TopicLevel = "vibration"
-    topic: str | None = Field(default=None, description="subscription filter; default sensors/+/{sensor}")
+    input: PipelineInput | None = Field(
+        default=None,
+        description="where readings come from and how they are decoded: a topic template and a codec "
+        "(edgeloop, json, ...) with its mapping, or a preset (zigbee2mqtt, tasmota, homeassistant-statestream); "
+        "default: edgeloop's own readings on sensors/{device}/<sensor>",
+    )
+    topic: str | None = Field(
+        default=None,
+        description="(older form, edgeloop codec only) subscription filter sensors/+/<sensor> or "
+        "sensors/<device>/<sensor>; prefer input.topic",
+    )
     in_channels: Annotated[int, Field(ge=1, le=64)] = 3
     stages: list[StageConfig] = Field(default_factory=lambda: list(DEFAULT_VIBRATION_STAGES), validate_default=True)  # type: ignore[arg-type]
     model: ModelSettings = ModelSettings()
@@ -82,16 +102,54 @@ class PipelineSettings(BaseModel):
         description="a stream silent this long loses its window state (streams_expired); its next reading starts a fresh window",
     )
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        return expand_preset(value)
+
+    @property
+    def source(self) -> InputBase:
+        """The input in effect (edgeloop's own readings when ``input:`` is absent)."""
+        return self.input if self.input is not None else EdgeloopInput()
+
+    @property
+    def template(self) -> TopicTemplate:
+        """The topic template in effect (validated when the settings were)."""
+        return TopicTemplate.parse(self._template_text())
+
+    def _template_text(self) -> str:
+        source = self.source
+        if source.topic is not None:
+            return source.topic
+        if source.default_topic is not None:
+            return source.default_topic
+        if isinstance(source, EdgeloopInput):
+            return f"sensors/{{device}}/{self.sensor}"
+        raise ValueError(f"input.topic: required for codec {source.codec}")  # type: ignore[attr-defined]
+
     @property
     def subscription(self) -> str:
-        return self.topic or f"sensors/+/{self.sensor}"
+        return self.topic or self.template.filter
 
     @model_validator(mode="after")
     def _topic_shape(self) -> "PipelineSettings":
         if self.topic is not None:
+            if self.input is not None:
+                raise ValueError("topic: give the topic template as input.topic (topic is the older form of it)")
             parts = self.topic.split("/")
             if len(parts) != 3 or parts[0] != "sensors" or parts[2] not in ("+", self.sensor):
                 raise ValueError(f"topic must look like sensors/+/{self.sensor} or sensors/<device>/{self.sensor}")
+        text = self._template_text()
+        try:
+            template = TopicTemplate.parse(text)
+        except TemplateError as exc:
+            raise ValueError(f"input.topic: {text!r}: {exc}") from None
+        if self.source.needs_device and IDENTITY not in template.field_names:
+            raise ValueError(f"input.topic: {text!r} has no {{device}} level (the device identity), "
+                             "e.g. zigbee2mqtt/{device}")
+        channels = self.source.n_channels
+        if channels is not None and channels != self.in_channels:
+            raise ValueError(f"input.fields: maps {channels} channels, in_channels is {self.in_channels}")
         return self
 
 
@@ -263,6 +321,18 @@ class EdgeConfig(BaseModel):
         sensors = [p.sensor for p in self.pipelines]
         if len(set(sensors)) != len(sensors):
             raise ValueError("pipelines: each sensor may have only one pipeline")
+        return self
+
+    @model_validator(mode="after")
+    def _templates_disjoint(self) -> "EdgeConfig":
+        """Two pipelines must not both claim a topic: a reading would go to whichever came first."""
+        templates = [p.template for p in self.pipelines]
+        for j, later in enumerate(templates):
+            for i, earlier in enumerate(templates[:j]):
+                if later.overlaps(earlier):
+                    raise ValueError(
+                        f"pipelines.{j}.input.topic: {later.text!r} can match the same topics as "
+                        f"pipelines.{i} ({earlier.text!r}); make a literal level tell them apart")
         return self
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ import time
 from edgeloop.mqtt import MqttLink, wait_for_all
 from edgeloop.ratelimit import RateLimitedLog
 from edgeloop.edge.config import EdgeConfig
-from edgeloop.contract import ContractError, parse_sensor_topic
+from edgeloop.edge.ingest.topics import Router
 from edgeloop.edge.inputacks import MAX_HELD, InputAcks, held_limit
 from edgeloop.edge.outbox import Outbox, default_state_dir
 from edgeloop.edge.sender import OutboxSender
@@ -104,9 +104,11 @@ class EdgeDelivery:
         self.acks: InputAcks | None = None
         if cfg.input.qos == 1:
             history = window_history(cfg) if self.persistent else {}
+            router = Router([p.template for p in cfg.pipelines])
+            sensors = [p.sensor for p in cfg.pipelines]
             # Held readings stay below the broker's in-flight window: a window full of them would
             # stop the messages that release them (docs/reliability.md, "In-flight window").
-            self.acks = InputAcks(self._ack, lambda topic: self._history_of(topic, history),
+            self.acks = InputAcks(self._ack, lambda topic: self._history_of(topic, history, router, sensors),
                                   max_held=held_limit(broker_window(cfg), cfg.input.queue_size))
 
     # ------------------------------------------------------------------ wiring
@@ -265,10 +267,9 @@ class EdgeDelivery:
             link.ack(mid, qos, gen)
 
     @staticmethod
-    def _history_of(topic: str, history: dict[str, int]) -> int:
-        if not history or not topic.startswith("sensors/"):
+    def _history_of(topic: str, history: dict[str, int], router: Router, sensors: list[str]) -> int:
+        """The window history of the pipeline whose input template matches ``topic`` (0: none does)."""
+        if not history:
             return 0
-        try:
-            return history.get(parse_sensor_topic(topic)[1], 0)
-        except ContractError:  # a topic the engine rejected: nothing to hold
-            return 0
+        routed = router.route(topic)
+        return 0 if routed is None else history.get(sensors[routed[0]], 0)

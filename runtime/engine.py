@@ -3,7 +3,8 @@
 Why separate from the MQTT app: the same core runs in the app's worker
 thread, in benchmarks and in unit tests, and it never blocks on I/O.
 
-    ingest(topic, payload)  decode + validate (contract) -> sample stages -> window
+    ingest(topic, payload)  route by topic template -> the pipeline's codec -> per reading:
+                            validate -> sample stages -> window
     flush()                 batch stages over all pending windows -> one
                             interpreter call per model -> InferenceResult messages
 """
@@ -11,6 +12,7 @@ thread, in benchmarks and in unit tests, and it never blocks on I/O.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,18 +27,24 @@ from edgeloop.edge.config import PipelineSettings
 from edgeloop.contract import (
     ContractError,
     InferenceResult,
+    MAX_CHANNELS,
     MAX_FEATURES,
+    MAX_SAMPLES_PER_READING,
+    MAX_TOPIC_BYTES,
     ModelRef,
     SampleRow,
-    decode_reading,
-    parse_sensor_topic,
+    TOPIC_LEVEL_PATTERN,
     result_topic,
 )
+from edgeloop.edge.ingest.codec import Codec, Decoded, Reading
+from edgeloop.edge.ingest.topics import IDENTITY, MAX_TAGS, RESERVED_NAMES, Router
 from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.sampling import Sampler, encode_batches
 from edgeloop.edge.stages import Pipeline, StreamKey, Window, build_pipeline
 
 log = logging.getLogger(__name__)
+
+_LEVEL = re.compile(TOPIC_LEVEL_PATTERN).match
 
 #: Raw features beyond this magnitude are invalid input: a float32 model squares its inputs, and
 #: (1e15)^2 times a few hundred features still fits float32 (3.4e38); 3e38 readings do not.
@@ -69,6 +77,8 @@ class PipelineRunner:
     last_seq: dict[StreamKey, int] = field(default_factory=dict)
     #: ``time.monotonic()`` of each live stream's last accepted reading: idle streams expire.
     last_seen: dict[StreamKey, float] = field(default_factory=dict)
+    #: (site, extra tags) of streams whose topic template or codec binds them; most streams have none.
+    stream_tags: dict[StreamKey, tuple[str | None, dict[str, str] | None]] = field(default_factory=dict)
     #: Running totals for this runner's model (windows, anomalies, invalid, invalid_input,
     #: latency_s); the model manager reads them to judge a freshly deployed model.
     tally: Counter[str] = field(default_factory=Counter)
@@ -99,6 +109,9 @@ class Engine:
         sampler: Sampler | None = None,
     ) -> None:
         self.runners = {r.settings.sensor: r for r in runners}
+        #: Topic -> pipeline: each pipeline's template (config validation keeps them disjoint) and codec.
+        self.router = Router([r.settings.template for r in runners])
+        self.routes: list[tuple[str, Codec]] = [(r.settings.sensor, r.settings.source.build()) for r in runners]
         self.rejects = rejects
         self.node_id = node_id
         self.site = site
@@ -108,6 +121,8 @@ class Engine:
         self.sampler = sampler
         self.counters: Counter[str] = Counter()
         self.oldest_pending: float | None = None
+        #: Messages codecs answer with (a Sparkplug rebirth request); the app publishes them at QoS 0.
+        self.replies: list[tuple[str, bytes]] = []
         #: ``on_batch(model, batch_size, interpreter_s, latencies_s)`` after each interpreter
         #: call; set by edgeloop.edge.metrics when metrics are on, None (free) otherwise.
         self.on_batch: Callable[[str, int, float, list[float]], None] | None = None
@@ -122,21 +137,69 @@ class Engine:
     # ------------------------------------------------------------------ ingest
 
     def ingest(self, topic: str, payload: bytes, received: float) -> int:
-        """Validate one reading and feed it to its stream's window. Never raises for bad input.
+        """Decode one message and feed its readings to their streams' windows. Never raises for bad input.
 
-        Returns the number of samples taken into the window (0: rejected or a repeated seq),
-        which tells the app how long the reading is still needed (runtime/inputacks.py).
+        Returns the samples taken into a window -- with several readings in one message, the
+        fewest any accepted reading gave (0: all rejected or repeated) -- which tells the app how
+        long the message is still needed (runtime/inputacks.py); ``received`` is ``time.monotonic()``.
         """
         self.counters["readings_in"] += 1
         try:
-            device, sensor = parse_sensor_topic(topic)
-            runner = self.runners.get(sensor)
-            if runner is None:
-                raise PayloadError("no_pipeline", f"no pipeline for sensor {sensor!r}")
-            reading = decode_reading(payload, self.max_payload_bytes)
-            samples = np.asarray(reading.values, dtype=np.float32)
+            routed = self.router.route(topic)
+            if routed is None:
+                if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+                    raise PayloadError("bad_topic", f"topic longer than {MAX_TOPIC_BYTES} bytes")
+                raise PayloadError("no_pipeline", f"no pipeline's input.topic matches {topic[:80]!r}")
+            index, fields = routed
+            device = fields.get(IDENTITY)
+            if device is not None and not _LEVEL(device):
+                raise PayloadError("bad_topic", f"device {device[:80]!r} (from the topic) must match {TOPIC_LEVEL_PATTERN} "
+                                   "(1-64 chars, no '/', '+', '#', or leading '$')")
+            if len(payload) > self.max_payload_bytes:
+                raise PayloadError("oversized", f"payload of {len(payload)} bytes exceeds {self.max_payload_bytes}")
+            sensor, codec = self.routes[index]
+            runner = self.runners[sensor]
+            try:
+                decoded = codec.decode(topic, fields, payload, time.time())
+            except (ContractError, PayloadError):
+                raise
+            except Exception as exc:  # noqa: BLE001 -- a codec bug must cost one message, not the worker
+                raise PayloadError("codec_error", f"codec {codec.name} failed: {type(exc).__name__}") from None
+        except (ContractError, PayloadError) as exc:
+            self.rejects.reject(topic, payload, exc.reason, str(exc))
+            return 0
+        return self._apply(runner, topic, payload, fields, decoded, received)
+
+    def _apply(self, runner: PipelineRunner, topic: str, payload: bytes, fields: dict[str, str], decoded: Decoded,
+               received: float) -> int:
+        if decoded.replies:
+            self.replies.extend(decoded.replies)
+            self.counters["replies_out"] += len(decoded.replies)
+        for device in decoded.ended:
+            self._end(runner, device)
+        taken = 0
+        for reading in decoded.readings:
+            n = self._take(runner, topic, payload, fields, reading, received)
+            if n and (not taken or n < taken):
+                taken = n
+        return taken
+
+    def _take(self, runner: PipelineRunner, topic: str, payload: bytes, fields: dict[str, str], reading: Reading,
+              received: float) -> int:
+        """One reading into its stream's window; the samples taken (0: rejected or repeated)."""
+        try:
+            device = reading.device
+            if device is not fields.get(IDENTITY) and (not isinstance(device, str) or not _LEVEL(device)):
+                raise PayloadError("bad_device", f"device {str(device)[:80]!r} must match {TOPIC_LEVEL_PATTERN} "
+                                   "(1-64 chars, no '/', '+', '#', or leading '$')")
+            sensor, site, tags = runner.settings.sensor, None, None
+            if len(fields) > 1 or reading.tags:
+                sensor, site, tags = self._tags(sensor, fields, reading.tags)
+            samples = reading.samples
             if samples.ndim == 1:
                 samples = samples.reshape(1, -1)
+            if samples.ndim != 2 or not (0 < samples.shape[0] <= MAX_SAMPLES_PER_READING) or samples.shape[1] > MAX_CHANNELS:
+                raise PayloadError("wrong_shape", f"a reading of shape {samples.shape}")
             if not np.isfinite(samples).all():  # finite as JSON, yet beyond float32 (|x| > 3.4e38)
                 raise PayloadError("non_finite", "a value is too large for float32")
             if samples.shape[1] != runner.pipeline.in_channels:
@@ -146,12 +209,21 @@ class Engine:
             key = (device, sensor)
             if key not in runner.last_seq and len(runner.last_seq) >= runner.settings.max_streams:
                 raise PayloadError(
-                    "too_many_streams", f"pipeline {sensor!r} already keeps {runner.settings.max_streams} live streams (max_streams)"
+                    "too_many_streams",
+                    f"pipeline {runner.settings.sensor!r} already keeps {runner.settings.max_streams} live streams (max_streams)"
                 )
-            if not self._in_sequence(runner, key, reading.seq):
+            seq = reading.seq
+            if seq is None:  # the format has none: number arrivals (gaps and repeats cannot be seen)
+                seq = runner.last_seq.get(key, -1) + 1
+            if not self._in_sequence(runner, key, seq):
                 return 0
             runner.last_seen[key] = received
-            windows = runner.pipeline.push(key, samples, reading.ts, reading.rate_hz, reading.seq)
+            if site is not None or tags:
+                runner.stream_tags[key] = (site, tags)
+            elif runner.stream_tags:
+                runner.stream_tags.pop(key, None)
+            ts = reading.ts if reading.ts is not None else time.time()
+            windows = runner.pipeline.push(key, samples, ts, reading.rate_hz, seq)
         except (ContractError, PayloadError) as exc:
             self.rejects.reject(topic, payload, exc.reason, str(exc))
             return 0
@@ -160,6 +232,33 @@ class Engine:
                 self.oldest_pending = received
             runner.pending.extend(_Pending(w, received) for w in windows)
         return int(samples.shape[0])
+
+    @staticmethod
+    def _tags(sensor: str, fields: dict[str, str], extra: object) -> tuple[str, str | None, dict[str, str] | None]:
+        """(sensor, site, tags) from the template's bound names and the codec's tags, each value checked."""
+        merged = {k: v for k, v in fields.items() if k != IDENTITY}
+        if extra:
+            for name in extra:  # type: ignore[union-attr]
+                if not isinstance(name, str) or name == IDENTITY or name in RESERVED_NAMES or not _LEVEL(name):
+                    raise PayloadError("bad_tag", f"tag name {str(name)[:40]!r} is reserved or not a topic level")
+            merged.update(extra)  # type: ignore[call-overload]
+        sensor = merged.pop("sensor", sensor)
+        site = merged.pop("site", None)
+        if len(merged) > MAX_TAGS:
+            raise PayloadError("bad_tag", f"{len(merged)} tags, at most {MAX_TAGS}")
+        for name, value in [("sensor", sensor), ("site", site), *merged.items()]:
+            if value is not None and (not isinstance(value, str) or not _LEVEL(value)):
+                raise PayloadError("bad_tag", f"{name} {str(value)[:80]!r} must match {TOPIC_LEVEL_PATTERN}")
+        return sensor, site, merged or None
+
+    def _end(self, runner: PipelineRunner, device: str) -> None:
+        """The codec says the device's streams ended (Sparkplug DEATH): drop their window state."""
+        for key in [k for k in runner.last_seq if k[0] == device]:
+            runner.last_seq.pop(key, None)
+            runner.last_seen.pop(key, None)
+            runner.stream_tags.pop(key, None)
+            runner.pipeline.reset(key)
+            self.counters["streams_ended"] += 1
 
     def _in_sequence(self, runner: PipelineRunner, key: StreamKey, seq: int) -> bool:
         """Windows must be cut from contiguous samples.
@@ -199,6 +298,7 @@ class Engine:
             for key in idle:
                 del runner.last_seen[key]
                 runner.last_seq.pop(key, None)
+                runner.stream_tags.pop(key, None)
                 runner.pipeline.reset(key)
             expired += len(idle)
         if expired:
@@ -235,9 +335,11 @@ class Engine:
             self.on_batch(model.name, len(pending), time.perf_counter() - started, [done - p.received for p in pending])
         results: list[InferenceResult] = []
         produced: list[bool] = []
+        stream_tags = runner.stream_tags
         for item, out, score in zip(pending, outputs.tolist(), scores.tolist()):
             device, sensor = item.window.key
             anomaly = score > model.threshold
+            site, tags = stream_tags.get(item.window.key, (None, None)) if stream_tags else (None, None)
             try:
                 results.append(
                     InferenceResult(
@@ -254,7 +356,8 @@ class Engine:
                         label=model.labels[1] if anomaly else model.labels[0],
                         latency_ms=(done - item.received) * 1000.0,
                         node=self.node_id,
-                        site=self.site,
+                        site=site or self.site,
+                        tags=tags,
                     )
                 )
                 produced.append(True)

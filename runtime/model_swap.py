@@ -86,6 +86,7 @@ class ModelSwapper:
             new.pipeline.windower = src
         new.last_seq = old.last_seq
         new.last_seen = old.last_seen
+        new.stream_tags = old.stream_tags
         new.tally.clear()
         old.shadow = None
         engine.runners[sensor] = new

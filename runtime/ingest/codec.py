@@ -88,11 +88,14 @@ class InputBase(BaseModel):
 
     #: The topic template used when ``topic`` is not set (None: the engine's default for the codec).
     default_topic: ClassVar[str | None] = None
+    #: False for a codec that reads device identity from the message (Sparkplug): then the
+    #: template need not name ``{device}``.
+    needs_device: ClassVar[bool] = True
 
     topic: str | None = Field(
         default=None,
         description="topic template: MQTT levels, '+' and a final '#', and named levels such as {device} "
-        "(required: the device identity and tag) or {site} (a tag)",
+        "(required: the device identity and tag), {sensor}, {site}, or any other name (a tag of the results)",
     )
 
     @property

@@ -1,0 +1,23 @@
+"""The one list of codecs a pipeline's ``input:`` can name.
+
+``PipelineInput`` is a pydantic union discriminated by ``codec``: each member is a
+codec's settings model (a subclass of ``edgeloop.edge.ingest.codec.InputBase``).
+A new codec adds its settings class here, one line, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
+from edgeloop.edge.ingest.json_codec import JsonInput
+
+PipelineInput = Annotated[
+    Union[
+        EdgeloopInput,
+        JsonInput,
+    ],
+    Field(discriminator="codec"),
+]
