@@ -76,6 +76,8 @@ class SimulationReport:
         """Plain data for JSON output (per-device counts and fault seqs are summarised)."""
         return {
             "devices": self.n_devices,
+            "device_ids": list(self.sent),
+            "sent_by_device": {d: sum(s.values()) for d, s in self.sent.items()},
             "seed": self.seed,
             "sent": self.total_sent,
             "sent_by_sensor": self.sent_by_sensor(),
