@@ -66,3 +66,15 @@ def test_a_climate_format_refuses_flags_it_has_no_use_for(mosquitto):
     assert run.returncode != 0 and "--duration" in run.stderr
     run = run_cli("devices", "simulate", "--broker", mosquitto.url, "--format", "tasmota", "--rate", "0")
     assert run.returncode != 0 and "count" in run.stderr
+
+
+def test_a_paced_run_keeps_readings_30_s_apart_on_the_ts_timeline(mosquitto):
+    from edgeloop.devices.publisher import simulate_climate
+
+    with Watcher(mosquitto.port, ["senml/#"]) as watcher:
+        report = simulate_climate(mosquitto.url, "senml", n_devices=1, count=4, rate_hz=20.0, qos=1)
+        eventually(lambda: len(watcher.messages()) >= 4, timeout=15, message="4 packs")
+        times = [json.loads(m.payload)[0]["bt"] for m in watcher.messages()]
+    assert report.total_sent == 4 and report.elapsed_s >= 3 / 20.0
+    assert [round(b - a, 3) for a, b in zip(times, times[1:])] == [30.0, 30.0, 30.0]
+    assert times[0] == pytest.approx(report.start_ts, abs=0.01)
