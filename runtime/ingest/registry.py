@@ -12,12 +12,16 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
+from edgeloop.edge.ingest.influx_line import InfluxLineInput
 from edgeloop.edge.ingest.json_codec import JsonInput
+from edgeloop.edge.ingest.senml import SenmlInput
 
 PipelineInput = Annotated[
     Union[
         EdgeloopInput,
         JsonInput,
+        SenmlInput,
+        InfluxLineInput,
     ],
     Field(discriminator="codec"),
 ]
