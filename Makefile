@@ -44,17 +44,21 @@ venv: $(STAMP) ## .venv with the edge, vision, bridge and dev extras (rebuilt wh
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv --clear $(VENV)
-	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev]'
+	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,sparkplug]'
+	@# The Sparkplug tests build their messages with a third-party library, pysparkplug (its payload
+	@# classes only). It pins paho-mqtt<2 for its own client, which edgeloop does not use, so it cannot
+	@# be in the dev extra (pip would refuse paho-mqtt>=2.1): installed without its dependencies.
+	$(VENV)/bin/pip install --no-deps 'pysparkplug==0.6.1'
 	@touch $@
 
 venv-train: $(STAMP_TRAIN) ## .venv plus the train extra (tensorflow-cpu, large; for `make model`, `make demo`)
 	@# The stamp says it was installed once; a venv that lost TensorFlow since (pip uninstall, a
 	@# rebuilt venv with an old stamp) is repaired here, so `make demo` never runs without it.
 	@$(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is None)' 2>/dev/null || \
-	  $(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,train]'
+	  $(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,sparkplug,train]'
 
 $(STAMP_TRAIN): $(STAMP) pyproject.toml $(CONSTRAINTS)
-	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,train]'
+	$(VENV)/bin/pip install -c $(CONSTRAINTS) -e '.[edge,vision,bridge,dev,sparkplug,train]'
 	@touch $@
 
 test: deps venv-train ## every test tier (PYTEST_ARGS=... passes through; the closed-loop e2e trains: train extra)

@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str | tuple[str, ...], ...]] = {
     # Any TFLite interpreter will do (edgeloop.edge.inference tries them in this order).
     "edge": (("ai_edge_litert", "tflite_runtime", "tensorflow"), "cryptography"),
     "vision": ("cv2",),
+    "sparkplug": ("google.protobuf",),
     "bridge": ("influxdb_client", "cryptography", "pyarrow", "scipy", "river"),
     "train": ("tensorflow",),
 }

@@ -22,6 +22,7 @@ from edgeloop.edge.ingest.codec import InputBase
 from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
 from edgeloop.edge.ingest.presets import expand_preset
 from edgeloop.edge.ingest.registry import PipelineInput
+from edgeloop.edge.ingest.sparkplug import SparkplugInput, require_protobuf
 from edgeloop.edge.ingest.topics import IDENTITY, TemplateError, TopicTemplate
 from edgeloop.edge.sampling import SamplingSettings
 from edgeloop.edge.stages import StageConfig
@@ -343,8 +344,11 @@ class EdgeConfig(BaseModel):
 
 
 def load_edge_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
-    """Validate ``path`` (optional) with ``overrides``; a camera pipeline also needs OpenCV installed."""
+    """Validate ``path`` (optional) with ``overrides``; a camera pipeline also needs OpenCV installed,
+    a Sparkplug input protobuf."""
     cfg = load_config(EdgeConfig, path, overrides)
     if cfg.vision is not None:
         require_opencv(str(path) if path else "defaults")
+    if any(isinstance(p.input, SparkplugInput) for p in cfg.pipelines):
+        require_protobuf(str(path) if path else "defaults")
     return cfg

@@ -36,7 +36,7 @@ from edgeloop.contract import (
     TOPIC_LEVEL_PATTERN,
     result_topic,
 )
-from edgeloop.edge.ingest.codec import Codec, Decoded, Reading
+from edgeloop.edge.ingest.codec import Codec, Decoded, Reading, RejectWithReplies
 from edgeloop.edge.ingest.topics import IDENTITY, MAX_TAGS, RESERVED_NAMES, Router
 from edgeloop.edge.inference import TfliteModel
 from edgeloop.edge.sampling import Sampler, encode_batches
@@ -166,6 +166,9 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 -- a codec bug must cost one message, not the worker
                 raise PayloadError("codec_error", f"codec {codec.name} failed: {type(exc).__name__}") from None
         except (ContractError, PayloadError) as exc:
+            if isinstance(exc, RejectWithReplies):  # refused, yet answered (a Sparkplug rebirth request)
+                self.replies.extend(exc.replies)
+                self.counters["replies_out"] += len(exc.replies)
             self.rejects.reject(topic, payload, exc.reason, str(exc))
             return 0
         return self._apply(runner, topic, payload, fields, decoded, received)

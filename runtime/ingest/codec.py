@@ -24,6 +24,8 @@ from typing import ClassVar, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeloop.errors import PayloadError
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -62,6 +64,18 @@ class Decoded:
     readings: list[Reading] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class RejectWithReplies(PayloadError):
+    """A message refused (counted, dead-lettered like any PayloadError) and yet answered.
+
+    Why: a Sparkplug DATA message whose alias no BIRTH defined is skipped, and the
+    edge asks the node for a rebirth (``NCMD``); the engine publishes ``replies``.
+    """
+
+    def __init__(self, reason: str, detail: str, replies: list[tuple[str, bytes]]) -> None:
+        super().__init__(reason, detail)
+        self.replies = replies
 
 
 class Codec(Protocol):

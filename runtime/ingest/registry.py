@@ -15,6 +15,7 @@ from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
 from edgeloop.edge.ingest.influx_line import InfluxLineInput
 from edgeloop.edge.ingest.json_codec import JsonInput
 from edgeloop.edge.ingest.senml import SenmlInput
+from edgeloop.edge.ingest.sparkplug import SparkplugInput
 
 PipelineInput = Annotated[
     Union[
@@ -22,6 +23,7 @@ PipelineInput = Annotated[
         JsonInput,
         SenmlInput,
         InfluxLineInput,
+        SparkplugInput,
     ],
     Field(discriminator="codec"),
 ]

@@ -127,7 +127,7 @@ def test_each_extra_named_provides_the_modules_it_is_checked_for():
         in_extra = {norm(r.name) for r in requires if r.marker is not None and r.marker.evaluate({"extra": extra})}
         for need in needs:
             options = need if isinstance(need, tuple) else (need,)
-            dists = {norm(d) for m in options for d in provided.get(m, [])}
+            dists = {norm(d) for m in options for d in provided.get(m.split(".")[0], [])}
             assert dists & in_extra, f"extra {extra!r} does not install any of {options} ({sorted(in_extra)})"
 
 
@@ -181,6 +181,17 @@ def test_an_edge_with_cameras_needs_the_vision_extra_and_without_them_does_not(t
         f"a camera pipeline (vision: in {camera}) needs the 'vision' extra (missing: cv2): "
         "pip install 'edgeloop[edge,vision]'")
     assert edgeloop("config", "check", str(REPO / "devices/boards/rpi-64bit.yaml"), env=env).returncode == 0
+
+
+def test_an_edge_with_a_sparkplug_input_needs_the_sparkplug_extra(tmp_path):
+    config = tmp_path / "sparkplug.yaml"
+    config.write_text("pipelines:\n  - sensor: boiler\n    input: {codec: sparkplug, metrics: [T, P, Running]}\n")
+    run = edgeloop("config", "check", str(config), env=refusing(tmp_path, "google"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().endswith(
+        f"a Sparkplug input (codec: sparkplug in {config}) needs the 'sparkplug' extra (missing: google.protobuf): "
+        "pip install 'edgeloop[edge,sparkplug]'")
+    assert edgeloop("config", "check", str(config)).returncode == 0
 
 
 # ----------------------------------------------------------------------------- model info
