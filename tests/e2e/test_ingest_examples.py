@@ -42,7 +42,7 @@ def windows_per_device(example: Path, messages: int) -> int:
 
 
 def test_the_examples_are_there():
-    assert {p.stem for p in EXAMPLES} >= {"zigbee2mqtt", "tasmota"}
+    assert {p.stem for p in EXAMPLES} >= {"zigbee2mqtt", "tasmota", "senml", "influx-line", "sparkplug"}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
