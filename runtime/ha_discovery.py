@@ -133,7 +133,6 @@ class HaDiscovery:
             }),
         ):
             oid = object_id(device, model, kind)
-            config = {**extra, **common, "unique_id": object_id("edgeloop", self.node, device, model, kind),
-                      "object_id": oid}
+            config = {**extra, **common, "unique_id": object_id("edgeloop", self.node, device, model, kind)}
             out.append((f"{prefix}/{component}/{self._node_id}/{oid}/config", config))
         return out
