@@ -89,9 +89,10 @@ docs: venv ## regenerate docs/configuration.md and the Grafana dashboards (tests
 	$(PY) docs/gen_config_reference.py
 	$(PY) docker/grafana/generate.py
 
-model: deps venv-train ## train and convert the bundled models on simulated data: vibration AE, camera classifier (lab/models.py)
+model: deps venv-train ## train and convert the bundled models on simulated data: vibration AE, camera classifier, climate AE (lab/models.py)
 	$(PY) -m lab.models
 	$(PY) -m lab.models --vision
+	$(PY) -m lab.models --climate
 
 dist: ## build the wheel and the sdist into dist/ (needs only PyPA build; install: README, "Installing on a device")
 	@[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv --clear $(VENV)

@@ -53,6 +53,8 @@ def cmd_devices_simulate(args: argparse.Namespace) -> int:
     from edgeloop.devices.publisher import simulate
 
     settings, ids, settings_for = _simulate_connections(args)
+    if args.format != "edgeloop":
+        return _simulate_climate(args, settings, ids)
     report = simulate(
         broker_url=settings,
         n_devices=len(ids) if ids else (5 if args.devices is None else args.devices),
@@ -70,6 +72,29 @@ def cmd_devices_simulate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.summary(), indent=2))
     # A reading that could not be sent, or (QoS 1) that the broker never acknowledged, fails the run.
+    return 0 if report.failed == 0 and report.acknowledged is not False else 1
+
+
+def _simulate_climate(args: argparse.Namespace, settings, ids) -> int:  # noqa: ANN001
+    """Room climate sensors in a device format (edgeloop.devices.payloads), for the ingest examples."""
+    from edgeloop.commands import stop_on_signals
+    from edgeloop.devices.publisher import simulate_climate
+    from edgeloop.errors import ConfigError
+
+    unsupported = [flag for flag, value in (("--duration", args.duration), ("--drift-at", args.drift_at),
+                                            ("--truth", args.truth), ("--cert-dir", args.cert_dir)) if value is not None]
+    if unsupported:
+        raise ConfigError("command line", [f"--format {args.format} does not take {', '.join(unsupported)}"])
+    try:
+        report = simulate_climate(
+            broker_url=settings, fmt=args.format,
+            n_devices=len(ids) if ids else (5 if args.devices is None else args.devices),
+            count=args.count, rate_hz=args.rate, seed=args.seed, anomaly_rate=args.anomaly_rate, qos=args.qos,
+            stop=stop_on_signals(), device_ids=ids,
+        )
+    except ValueError as exc:
+        raise ConfigError("command line", [str(exc)]) from None
+    print(json.dumps(report.summary(), indent=2))
     return 0 if report.failed == 0 and report.acknowledged is not False else 1
 
 
@@ -100,14 +125,22 @@ def cmd_devices_camera(args: argparse.Namespace) -> int:
 def register(cli: Commands) -> None:
     devices = cli.group("devices", help="device-side publishers")
     p = devices.command("simulate", cmd_devices_simulate,
-                        help="simulated machines publishing vibration and temperature")
+                        help="simulated machines publishing vibration and temperature, or room climate sensors "
+                        "in a device format (--format)")
+    p.add_argument("--format", default="edgeloop",
+                   choices=["edgeloop", "zigbee2mqtt", "tasmota", "senml", "influx"],
+                   help="edgeloop (default): vibration machines on sensors/{device}/{sensor}; the others: room "
+                   "climate sensors (temperature, humidity, pressure, one message per 30 s reading) as Zigbee2MQTT, "
+                   "Tasmota, SenML or InfluxDB line protocol devices publish them (examples/ingest/)")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host[:port] or mqtts:// (TLS)")
     p.add_argument("--devices", type=int, help="how many simulated machines (default 5, or one per --device-ids)")
     p.add_argument("--device-ids", metavar="ID[,ID...]",
                    help="the devices' ids (topic level) instead of dev-000, dev-001, ...; with --cert-dir also "
                    "their certificates' CN")
     p.add_argument("--rate", type=float, default=None,
-                   help="readings per second per device, both sensors (default: real time, 16.625; 0 = flat out)")
+                   help="readings per second per device, both sensors (default: real time, 16.625; 0 = flat out); "
+                   "climate formats: messages per second per device (default one per 30 s; 0 = flat out backfill "
+                   "ending now, needs --count)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--count", type=int, help="readings per device, then stop")
     group.add_argument("--duration", type=float, help="seconds, then stop")

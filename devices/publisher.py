@@ -76,6 +76,8 @@ class SimulationReport:
         """Plain data for JSON output (per-device counts and fault seqs are summarised)."""
         return {
             "devices": self.n_devices,
+            "device_ids": list(self.sent),
+            "sent_by_device": {d: sum(s.values()) for d, s in self.sent.items()},
             "seed": self.seed,
             "sent": self.total_sent,
             "sent_by_sensor": self.sent_by_sensor(),
@@ -325,3 +327,96 @@ def _publish_loop(
     else:
         for info in last.values():  # QoS 0 messages are written in order: when a link's last left, all have
             info.wait(ack_timeout_s)
+
+
+def simulate_climate(
+    broker_url: str | MqttSettings = "mqtt://127.0.0.1:1883",
+    fmt: str = "zigbee2mqtt",
+    n_devices: int = 3,
+    count: int | None = None,
+    rate_hz: float | None = None,
+    seed: int = 1,
+    anomaly_rate: float = 0.0,
+    qos: int = 0,
+    stop: threading.Event | None = None,
+    *,
+    device_ids: Sequence[str] | None = None,
+    client_id: str | None = None,
+    connect_timeout_s: float = 10.0,
+    ack_timeout_s: float = 30.0,
+) -> SimulationReport:
+    """Publish simulated room climate sensors (edgeloop.devices.climate) in a device format
+    (edgeloop.devices.payloads: zigbee2mqtt, tasmota, senml, influx).
+
+    One message per reading. ``rate_hz`` is messages per second per device: None = real time (one per
+    30 s, ``ts`` = wall clock); 0 = flat out, a backfill whose readings are 30 s apart and end now (so
+    ``count`` is needed); otherwise paced at that rate with ``ts`` still 30 s apart, ending in the future.
+    ``device_ids`` replaces the format's default names (``living_room``, ``tasmota_1A2B3C``, ...).
+    """
+    from edgeloop.devices.climate import ClimateSimulator, climate_device_names
+    from edgeloop.devices.payloads import FORMATS, climate_message, device_names
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if qos not in (0, 1, 2):
+        raise ValueError(f"qos value must be 0, 1, or 2: {qos}")
+    if count is not None and count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if rate_hz is not None and not 0 <= rate_hz <= MAX_RATE_HZ:
+        raise ValueError(f"rate_hz must be within 0..{MAX_RATE_HZ:g} (0 = as fast as possible), got {rate_hz}")
+    if rate_hz == 0 and count is None:
+        raise ValueError("rate 0 (flat out) needs a count")
+    rooms = climate_device_names(n_devices)
+    names = [check_level(d, "device id") for d in device_ids] if device_ids is not None else device_names(fmt, rooms)
+    if len(names) != n_devices or len(set(names)) != n_devices:
+        raise ValueError(f"{n_devices} unique device ids needed, got {names}")
+    settings = broker_url if isinstance(broker_url, MqttSettings) else MqttSettings(url=broker_url)
+    sim = ClimateSimulator(n_devices, seed, anomaly_rate, names=names)
+    interval = sim.interval_s
+    period = interval if rate_hz is None else (1.0 / rate_hz if rate_hz else 0.0)
+    link = MqttLink(settings, client_id or f"edgeloop-climate-{os.getpid()}-{seed}")
+    link.start(wait_s=connect_timeout_s)
+    start_wall, start_mono = time.time(), time.monotonic()
+    first_ts = start_wall - interval * (count - 1) if rate_hz == 0 else start_wall
+    report = SimulationReport(n_devices=n_devices, seed=seed, rate_hz=1.0 / interval if rate_hz is None else rate_hz,
+                              time_scale=interval / period if period else 1.0, start_ts=first_ts, qos=qos,
+                              sent={d: {"climate": 0} for d in names})
+    pending: list[Publication] = []
+    last: Publication | None = None
+    try:
+        k = 0
+        while count is None or k < count:
+            block = [sim.block(i, k, 1) for i in range(n_devices)]
+            if period:
+                wait = start_mono + k * period - time.monotonic()
+                if wait > 0 and (stop.wait(wait) if stop is not None else time.sleep(wait)):
+                    report.interrupted = True
+                    break
+            if stop is not None and stop.is_set():
+                report.interrupted = True
+                break
+            ts = first_ts + k * interval
+            for i, b in enumerate(block):
+                v = b.values[0]
+                topic, payload = climate_message(fmt, names[i], rooms[i], k, ts,
+                                                 (float(v[0]), float(v[1]), float(v[2])))
+                info = link.publish(topic, payload, qos=qos)
+                if info.error is not None:
+                    report.failed += 1
+                    continue
+                last = info
+                if qos:
+                    pending.append(info)
+                report.sent[names[i]]["climate"] += 1
+                if b.fault[0]:
+                    report.fault_readings += 1
+                    report.faults.append((names[i], k))
+            k += 1
+        report.elapsed_s = time.monotonic() - start_mono
+        if qos:
+            report.acknowledged = wait_for_all(pending, ack_timeout_s)
+        elif last is not None:
+            last.wait(ack_timeout_s)
+    finally:
+        link.stop()
+    return report

@@ -2,6 +2,7 @@
 
     python -m lab.models [--out DIR] [--seed 7]      the vibration autoencoder (vibration_ae)
     python -m lab.models --vision                    the camera classifier (parts_cnn, parts_cnn_int8)
+    python -m lab.models --climate                   the room climate autoencoder (climate_ae, lab/climate_model.py)
     python -m lab.models --out DIR --version 1.1.0   a new version to add to a registry (default 1.0.0, the
                                                      bundled one: a rebuild under the same version has other
                                                      bytes, which a registry holding 1.0.0 refuses)
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, help="training epochs (default: 80 vibration, 14 vision)")
     parser.add_argument("--vision", action="store_true", help="build the camera classifier (parts_cnn float + int8)")
+    parser.add_argument("--climate", action="store_true",
+                        help="build the climate autoencoder (climate_ae: temperature, humidity, pressure)")
     parser.add_argument("--version", default="1.0.0",
                         help="the version written into the metadata (default 1.0.0, the bundled models')")
     args = parser.parse_args(argv)
@@ -203,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
 
         paths, figures = build_vision_models(args.out, args.seed, version=args.version,
                                              **({"epochs": args.epochs} if args.epochs else {}))
+    elif args.climate:
+        from lab.climate_model import build_climate_model
+
+        path, figures = build_climate_model(args.out, args.seed, version=args.version,
+                                            **({"epochs": args.epochs} if args.epochs else {}))
+        paths = [path]
     else:
         path, figures = build_model(args.out, args.seed, version=args.version,
                                     **({"epochs": args.epochs} if args.epochs else {}))

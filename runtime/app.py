@@ -79,6 +79,14 @@ class EdgeApp:
             **self.delivery.link_options(),
         )
         self.delivery.attach(self.link)
+        # Home Assistant discovery (runtime/ha_discovery.py): None unless homeassistant.enabled.
+        self.ha = None
+        if cfg.homeassistant.enabled:
+            from edgeloop.edge.ha_discovery import HaDiscovery
+
+            self.ha = HaDiscovery(cfg.homeassistant, cfg.node_id,
+                                  lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
+                                  batch_results=cfg.output.batch_results)
 
         if self.deploy is not None:
             self.deploy.attach(self.link)
@@ -207,6 +215,8 @@ class EdgeApp:
 
     def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         """The one way results and samples leave the edge: disk outbox first, then the broker."""
+        if self.ha is not None:
+            self.ha.seen(messages)  # a (device, model)'s first result announces it to Home Assistant
         self.delivery.publish(messages, self.engine.pending)
 
     # ------------------------------------------------------------ lifecycle
@@ -223,6 +233,9 @@ class EdgeApp:
             out.update(self.deploy.counters)
         if getattr(self, "vision", None) is not None:
             out.update(self.vision.counters())  # frames_received, frames_dropped_stale, frames_classified, ...
+        if getattr(self, "ha", None) is not None:
+            out["ha_discovery_announced"] = len(self.ha.announced)
+            out["ha_discovery_skipped"] = self.ha.skipped
         if getattr(self, "delivery", None) is not None:
             out.update(self.delivery.counters())  # outbox_depth, outbox_dropped_overflow, input_held, ...
         return out

@@ -17,6 +17,7 @@ from edgeloop.configfile import load_config
 from edgeloop.metrics import MetricsSettings
 from edgeloop.mqttconfig import MqttSettings
 from edgeloop.contract import TOPIC_LEVEL_PATTERN, TopicLevel
+from edgeloop.edge.ha_discovery import HomeAssistantSettings
 from edgeloop.edge.ingest.codec import InputBase
 from edgeloop.edge.ingest.edgeloop_codec import EdgeloopInput
 from edgeloop.edge.ingest.presets import expand_preset
@@ -37,6 +38,16 @@ DEFAULT_VIBRATION_STAGES: list[dict[str, Any]] = [
     {"type": "select", "channels": [0, 1, 2]},
     {"type": "window", "size": 128, "hop": 64},
     {"type": "features", "stats": ["mean", "std", "rms", "peak", "crest", "kurtosis"], "fft_bands": 4},
+    {"type": "normalize", "from_model": True},
+]
+
+CLIMATE_MODEL = MODELS_DIR / "climate_ae.tflite"
+
+#: The pipeline the bundled climate model (temperature, humidity, pressure; one message per reading,
+#: e.g. every 30 s) was trained with (lab/climate_model.py): windows of 16 consecutive messages, hop 4.
+DEFAULT_CLIMATE_STAGES: list[dict[str, Any]] = [
+    {"type": "window", "size": 16, "hop": 4},
+    {"type": "features", "stats": ["mean", "std", "kurtosis"], "fft_bands": 2},
     {"type": "normalize", "from_model": True},
 ]
 
@@ -303,6 +314,9 @@ class EdgeConfig(BaseModel):
     outbox: OutboxSettings = OutboxSettings()
     metrics: MetricsSettings = MetricsSettings()
     vision: VisionSettings | None = Field(default=None, description="cameras (docs/camera.md); absent: no frames")
+    homeassistant: HomeAssistantSettings = Field(
+        default_factory=HomeAssistantSettings,
+        description="Home Assistant MQTT discovery of each (device, model)'s anomaly and score; off by default")
 
     @model_validator(mode="after")
     def _unique_sensors(self) -> "EdgeConfig":

@@ -37,3 +37,16 @@ def test_the_vision_recipe_writes_float_and_int8_models_the_edge_accepts(tmp_pat
         assert meta.created_by == "python -m lab.models --vision" and meta.version == "1.1.0"
         run = info(path)
         assert run.returncode == 0 and "ok, matches the metadata" in run.stdout, run.stderr
+
+
+def test_the_climate_recipe_writes_a_model_the_edge_accepts(tmp_path):
+    from lab.climate_model import build_climate_model
+
+    path, evaluation = build_climate_model(tmp_path, 7, readings=200, train_devices=4, eval_devices=4, epochs=1,
+                                           version="1.1.0")
+    _, meta = load_model_files(path)
+    assert meta.name == "climate_ae" and meta.created_by == "python -m lab.models --climate"
+    assert meta.training.data["source"] == "edgeloop.devices.climate.ClimateSimulator"
+    assert 0.0 <= evaluation["false_positive_rate_test"] <= 1.0
+    run = info(path)
+    assert run.returncode == 0 and "ok, matches the metadata" in run.stdout, run.stderr
