@@ -75,8 +75,8 @@ def main() -> None:
             before = rss_mb()
             for p in payloads:
                 assert wait_for_all([device.publish("samples/dev-evil/m1", p, qos=1)], 30)
-            loop = bridge.loop
-            eventually(lambda: loop.batches + sum(loop.rejects.by_reason.values()) >= len(payloads), timeout=300,
+            loop, n_sent = bridge.loop, len(payloads)
+            eventually(lambda: loop.batches + sum(loop.rejects.by_reason.values()) >= n_sent, timeout=300,
                        message="loop did not take every message")
             del payloads
             gc.collect()
