@@ -19,6 +19,9 @@ def test_quick_codec_benchmark_runs_every_case_and_reports_the_before_after_pair
     for name, r in results.items():
         assert r["rejected"] == 0, name  # every generated payload is valid for its codec
         assert r["readings_per_s"] > 0 and r["cpu_us_per_reading"] > 0 and r["samples_per_s"] >= r["readings_per_s"]
+    # Sparkplug B (stateful): births once per engine, then DDATA whose node seq wraps 255 -> 0; none refused.
+    [sparkplug] = [c.name for c in codecs.CASES if c.input and c.input.get("codec") == "sparkplug"]
+    assert results[sparkplug]["readings"] > 256 and results[sparkplug]["rejected"] == 0
     assert results["edgeloop, 64x3 chunk"]["baseline"] == "before codecs: decode_reading, 64x3 chunk"
     assert results["edgeloop, 1 sample"]["baseline"] == "before codecs: decode_reading, 1 sample"
     rows = [r for r in report.build_rows({"codecs": results}) if r.target]
