@@ -33,26 +33,17 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.bridge import MODEL, result  # the same result rows as the in-process bridge benchmark
 from benchmarks.harness import bench_broker
 from lab.procs import cpu_seconds, peak_rss_mb
 from lab.servers import InfluxDB1
 
 DEVICES = 100
-MODEL = "vibration_ae"
-SHA = "ab" * 32
 TELEGRAF_ENV = "EDGELOOP_PEER_TELEGRAF"
 POLL_S = 0.02
 #: Points per drain and runs per subscriber, to trade precision for time on a busy machine (the report says which).
 POINTS_ENV = "EDGELOOP_BENCH_DRAIN_POINTS"
 RUNS_ENV = "EDGELOOP_BENCH_DRAIN_RUNS"
-
-
-def result(device: str, seq: int, ts: float) -> dict:
-    score = (seq % 97) / 97.0
-    return {"v": 1, "device": device, "sensor": "vibration", "model": MODEL, "model_version": "1.0.0",
-            "model_sha256": SHA, "ts": round(ts, 6), "seq": seq, "outputs": [score], "score": score,
-            "anomaly": score > 0.8, "label": "anomaly" if score > 0.8 else "normal", "latency_ms": 1.25,
-            "node": "bench-edge"}
 
 
 def messages(n_points: int, per_msg: int, base_ts: float) -> list[tuple[str, bytes]]:

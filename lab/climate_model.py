@@ -79,16 +79,8 @@ def build_climate_model(
     test_w, _ = climate_windows(fleet(2, eval_devices), readings)
     fault_w, share = climate_windows(fleet(3, eval_devices, 0.005), readings)
 
-    stats = ae.fit_normalization(ae.raw_features(train_w, stages))
-    x_train = ae.model_features(train_w, stages, stats)
-    n_features = x_train.shape[1]
-    fit_started = time.perf_counter()
-    scorer = ae.train_autoencoder(x_train, seed, epochs=epochs, batch_size=batch_size)
-    fit_s = time.perf_counter() - fit_started
-    content = ae.to_tflite(scorer, n_features)
-
-    def scores(windows: list[np.ndarray]) -> np.ndarray:
-        return ae.score_tflite(content, ae.model_features(windows, stages, stats))
+    fitted = ae.FittedAutoencoder(train_w, stages, seed, epochs=epochs, batch_size=batch_size)
+    scores, stats, n_features, content = fitted.scores, fitted.stats, fitted.n_features, fitted.content
 
     s_val, s_test, s_fault = scores(val_w), scores(test_w), scores(fault_w)
     threshold = float(np.quantile(s_val, ae.THRESHOLD_QUANTILE))
@@ -131,7 +123,7 @@ def build_climate_model(
                 "score = mean squared reconstruction error"
             ),
             "epochs": epochs,
-            "fit_s": round(fit_s, 2),
+            "fit_s": round(fitted.fit_s, 2),
         },
     )
     reference = ae.reference_stats(ae.raw_features(val_w, stages), s_val)

@@ -116,22 +116,12 @@ def build_model(
     drift_w, _ = simulate_windows(fleet(4, eval_devices, drift_at_s=0.0), duration_s, stages)
     data_s = time.perf_counter() - started
 
-    raw_train = ae.raw_features(train_w, stages)
-    stats = ae.fit_normalization(raw_train)
-    x_train = ae.model_features(train_w, stages, stats)
-    n_features = x_train.shape[1]
-
-    fit_started = time.perf_counter()
-    scorer = ae.train_autoencoder(x_train, seed, epochs=epochs, batch_size=batch_size)
-    fit_s = time.perf_counter() - fit_started
-    content = ae.to_tflite(scorer, n_features)
-
-    def scores(windows: list[np.ndarray]) -> np.ndarray:
-        return ae.score_tflite(content, ae.model_features(windows, stages, stats))
+    fitted = ae.FittedAutoencoder(train_w, stages, seed, epochs=epochs, batch_size=batch_size)
+    scores, stats, n_features, content = fitted.scores, fitted.stats, fitted.n_features, fitted.content
 
     s_train, s_val, s_test = scores(train_w), scores(val_w), scores(test_w)
     s_fault, s_drift = scores(fault_w), scores(drift_w)
-    keras_val = np.asarray(scorer.predict(ae.model_features(val_w, stages, stats), verbose=0))[:, 0]
+    keras_val = np.asarray(fitted.scorer.predict(ae.model_features(val_w, stages, stats), verbose=0))[:, 0]
     threshold = float(np.quantile(s_val, threshold_quantile))
     elapsed = time.perf_counter() - started
 
@@ -178,7 +168,7 @@ def build_model(
                 "score = mean squared reconstruction error"
             ),
             "epochs": epochs,
-            "fit_s": round(fit_s, 2),
+            "fit_s": round(fitted.fit_s, 2),
             "data_s": round(data_s, 2),
         },
     )
