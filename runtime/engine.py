@@ -12,7 +12,6 @@ thread, in benchmarks and in unit tests, and it never blocks on I/O.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,8 +48,6 @@ from edgeloop.edge.sampling import Sampler, encode_batches
 from edgeloop.edge.stages import Pipeline, StreamKey, Window, build_pipeline
 
 log = logging.getLogger(__name__)
-
-_LEVEL = re.compile(TOPIC_LEVEL_PATTERN).match
 
 #: Raw features beyond this magnitude are invalid input: a float32 model squares its inputs, and
 #: (1e15)^2 times a few hundred features still fits float32 (3.4e38); 3e38 readings do not.
@@ -158,7 +155,7 @@ class Engine:
                 raise PayloadError("no_pipeline", f"no pipeline's input.topic matches {topic[:80]!r}")
             index, fields = routed
             device = fields.get(IDENTITY)
-            if device is not None and not _LEVEL(device):
+            if device is not None and not is_level(device):
                 raise PayloadError("bad_topic", f"device {device[:80]!r} (from the topic) must match {TOPIC_LEVEL_PATTERN} "
                                    "(1-64 chars, no '/', '+', '#', or leading '$')")
             if len(payload) > self.max_payload_bytes:
@@ -202,7 +199,7 @@ class Engine:
         """Check one reading a codec made (device, tags, shape), then :meth:`_push` it."""
         try:
             device = reading.device
-            if device is not fields.get(IDENTITY) and (not isinstance(device, str) or not _LEVEL(device)):
+            if device is not fields.get(IDENTITY) and not is_level(device):
                 raise PayloadError("bad_device", f"device {str(device)[:80]!r} must match {TOPIC_LEVEL_PATTERN} "
                                    "(1-64 chars, no '/', '+', '#', or leading '$')")
             sensor, site, tags = runner.settings.sensor, None, None
@@ -260,7 +257,7 @@ class Engine:
         merged = {k: v for k, v in fields.items() if k != IDENTITY}
         if extra:
             for name in extra:  # type: ignore[union-attr]
-                if not isinstance(name, str) or name == IDENTITY or name in RESERVED_NAMES or not _LEVEL(name):
+                if not is_level(name) or name == IDENTITY or name in RESERVED_NAMES:
                     raise PayloadError("bad_tag", f"tag name {str(name)[:40]!r} is reserved or not a topic level")
             merged.update(extra)  # type: ignore[call-overload]
         sensor = merged.pop("sensor", sensor)
@@ -268,7 +265,7 @@ class Engine:
         if len(merged) > MAX_TAGS:
             raise PayloadError("bad_tag", f"{len(merged)} tags, at most {MAX_TAGS}")
         for name, value in [("sensor", sensor), ("site", site), *merged.items()]:
-            if value is not None and (not isinstance(value, str) or not _LEVEL(value)):
+            if value is not None and not is_level(value):
                 raise PayloadError("bad_tag", f"{name} {str(value)[:80]!r} must match {TOPIC_LEVEL_PATTERN}")
         return sensor, site, merged or None
 
