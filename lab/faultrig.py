@@ -17,6 +17,8 @@ can stop forwarding without closing anything, like a pulled cable.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +298,31 @@ def kill_edge_without_pubacks(down_s: float):
         rig.proxy.restore()
         rig.restart(rig.edge, rig.node)
         return {"publishes_dropped": dropped}
+    return fault
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The inference worker processes (``workers: N``, runtime/workers.py) of edge process ``pid``."""
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(child))
+    return out
+
+
+def kill_edge_worker(down_s: float, index: int = 0):
+    """One of the edge's inference worker processes SIGKILLed mid-stream (the OOM killer, a segfault):
+    the edge must stop by itself with exit code 1 -- its window state went with the worker -- and
+    the supervisor (here: the rig) starts it again after ``down_s``."""
+    def fault(rig: Rig) -> dict:
+        workers = worker_pids(rig.edge.pid)
+        os.kill(workers[index], signal.SIGKILL)
+        eventually(lambda: not rig.edge.alive(), timeout=30, message=f"the edge did not stop\n{rig.edge.log_tail()}")
+        code = rig.edge.returncode
+        time.sleep(down_s)
+        rig.restart(rig.edge, rig.node)
+        return {"workers": len(workers), "edge_exit_after_worker_death": code}
     return fault
 
 

@@ -11,6 +11,10 @@ Threads:
                        the worker drains what was received, publishes, waits
                        (bounded) for the broker's acks, publishes "offline",
                        exits 0; what is not acked stays in the outbox
+
+With ``workers: N > 1`` (runtime/workers.py) the worker thread only batches
+readings per worker process (partitioned by stream), and a collector thread
+takes the processes' answers into the outbox and the input acks.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from edgeloop.contract import NodeStatus, status_topic
 from edgeloop.edge.delivery import EdgeDelivery
 from edgeloop.edge.model_manager import ModelManager
 from edgeloop.edge.startup import prepare
+from edgeloop.edge.workers import WorkerPool, worker_of
 
 if TYPE_CHECKING:
     from edgeloop.edge.metrics import EdgeSnapshot
@@ -62,7 +67,13 @@ class EdgeApp:
         self.inbox: queue.Queue = queue.Queue(cfg.input.queue_size)
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)
-        self._worker = threading.Thread(target=self._work, name="edgeloop-worker", daemon=True)
+        # Inference in worker processes (workers > 1): this process keeps the connection, acks and outbox.
+        self.pool = WorkerPool(cfg, source, self._answered, self._worker_died) if cfg.workers > 1 else None
+        #: Set when the edge must stop on its own (a worker process died); run_edge waits on it too.
+        self.on_fatal = None
+        self.failed: str | None = None
+        self._worker = threading.Thread(target=self._work if self.pool is None else self._dispatch,
+                                        name="edgeloop-worker", daemon=True)
         self.systemd = SystemdNotifier.from_env()  # no-op outside systemd
         self._intake_open = True
         # Outbox, persistent session and input acks (at-least-once both ways): runtime/delivery.py.
@@ -204,6 +215,80 @@ class EdgeApp:
         if engine.pending:
             self._publish(engine.flush())
 
+    def _dispatch(self) -> None:
+        """The worker loop with worker processes: batch each reading for the process its stream belongs to.
+
+        A worker's batch goes out when it is full, when its oldest reading has waited
+        ``batching.max_latency_ms``, or (``flush_when_idle``) when nothing more is queued --
+        the rule the single-process loop flushes by, applied per worker.
+        """
+        pool, batching, inbox = self.pool, self.cfg.batching, self.inbox
+        size, max_wait = pool.size, batching.max_latency_ms / 1000.0
+        batches: list[list[tuple]] = [[] for _ in range(size)]
+        first = [0.0] * size
+        stopping = False
+        next_status = time.monotonic() + self.cfg.status_interval_s
+        while True:
+            waiting = [first[w] for w in range(size) if batches[w]]
+            timeout = max(0.0, min(waiting) + max_wait - time.monotonic()) if waiting else 0.5
+            try:
+                item = inbox.get(timeout=timeout) if not stopping else inbox.get_nowait()
+            except queue.Empty:
+                item = None
+                if stopping:
+                    break
+            taken = 0
+            while item is not None:
+                if item is _STOP:
+                    stopping = True
+                    break
+                w = worker_of(item[0], size)
+                batch = batches[w]
+                if not batch:
+                    first[w] = item[2]
+                batch.append(item)
+                if len(batch) >= batching.max_batch:
+                    pool.submit(w, batch)
+                    batches[w] = []
+                taken += 1
+                if taken >= batching.max_batch * size:
+                    break
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+            idle = stopping or (batching.flush_when_idle and inbox.empty())
+            now = time.monotonic()
+            for w in range(size):
+                if batches[w] and (idle or now >= first[w] + max_wait):
+                    pool.submit(w, batches[w])
+                    batches[w] = []
+            self.delivery.tick()
+            self.systemd.ping()
+            if now >= next_status:
+                next_status = now + self.cfg.status_interval_s
+                self._publish_birth()
+        for w in range(size):
+            if batches[w]:
+                pool.submit(w, batches[w])
+
+    def _answered(self, items: list[tuple], samples: list[int], messages: list[tuple[str, bytes]],
+                  replies: list[tuple[str, bytes]], letters: list[tuple[str, bytes]]) -> None:
+        """On the pool's collector thread: a worker's answer for ``items``, in the order they were sent."""
+        for topic, payload in replies:  # a codec's answers (a Sparkplug rebirth request): QoS 0
+            self.link.publish(topic, payload, qos=0)
+        for topic, payload in letters:
+            self._publish_deadletter(topic, payload)
+        for item, taken in zip(items, samples):
+            self.delivery.ingested(item[0], item[3], item[4], item[5], taken, 1)  # 1: commit after the append
+        self._publish(messages)
+
+    def _worker_died(self, message: str) -> None:
+        log.error("%s", message)
+        self.failed = message
+        if self.on_fatal is not None:
+            self.on_fatal()
+
     def _ingest(self, item: tuple) -> None:
         samples = self.engine.ingest(item[0], item[1], item[2])
         if self.engine.replies:  # a codec's answers (a Sparkplug rebirth request): QoS 0, not through the outbox
@@ -222,9 +307,16 @@ class EdgeApp:
     # ------------------------------------------------------------ lifecycle
 
     def counters(self) -> dict[str, int]:
-        out = dict(self.engine.counters) if hasattr(self, "engine") else {}
-        out["streams_live"] = self.engine.live_streams if hasattr(self, "engine") else 0
-        out["rejected"] = self.rejects.total
+        pool = getattr(self, "pool", None)
+        if pool is not None:  # the engines are in the worker processes: their last snapshots, summed
+            out = dict(pool.counters())
+            out.setdefault("streams_live", 0)
+            out["rejected"] = self.rejects.total + sum(pool.rejects_by_reason().values())
+            out["workers"] = pool.size
+        else:
+            out = dict(self.engine.counters) if hasattr(self, "engine") else {}
+            out["streams_live"] = self.engine.live_streams if hasattr(self, "engine") else 0
+            out["rejected"] = self.rejects.total
         out["dropped_queue_full"] = self.dropped_queue_full
         out["queue_depth"] = self.inbox.qsize() if hasattr(self, "inbox") else 0
         out["reconnects"] = self.link.reconnects if hasattr(self, "link") else 0
@@ -244,8 +336,11 @@ class EdgeApp:
         """What a Prometheus scrape reports (runtime/metrics.py)."""
         from edgeloop.edge.metrics import EdgeSnapshot
 
-        return EdgeSnapshot(self.counters(), dict(self.rejects.by_reason), self.rejects.dead_lettered,
-                            self.engine.models(), self.link.connected.is_set())
+        by_reason, letters = dict(self.rejects.by_reason), self.rejects.dead_lettered
+        if self.pool is not None:
+            by_reason = dict(self.pool.rejects_by_reason() + self.rejects.by_reason)
+            letters += self.pool.dead_lettered()
+        return EdgeSnapshot(self.counters(), by_reason, letters, self.engine.models(), self.link.connected.is_set())
 
     def serve_metrics(self, source: str = "edge config") -> MetricsServer | None:
         """``/metrics`` if the config enables it (None otherwise), its histograms fed by the engine."""
@@ -265,6 +360,8 @@ class EdgeApp:
             redact_url(self.cfg.mqtt.url),
             ", ".join(f"{p.subscription} -> {p.model.path.name}" for p in self.cfg.pipelines),
         )
+        if self.pool is not None:
+            self.pool.start()  # each process loads the models before the first reading is taken
         self._worker.start()
         self.delivery.start()
         if self.deploy is not None:
@@ -288,7 +385,9 @@ class EdgeApp:
         self._intake_open = False
         self.inbox.put(_STOP)
         self._worker.join(self.cfg.drain_timeout_s)
-        if not self._worker.is_alive():
+        # Every answer handled (the collector is done) before the acks are committed below.
+        pool_ok = self.pool.stop(self.cfg.drain_timeout_s) if self.pool is not None else True
+        if not self._worker.is_alive() and pool_ok:
             self.delivery.finish_input()
         if self.vision is not None:
             self.vision.stop(self.cfg.drain_timeout_s)  # classifies and publishes the frames already received
@@ -298,7 +397,7 @@ class EdgeApp:
         self.link.stop(final=(status_topic(self.cfg.node_id), self._status("offline")))
         self.delivery.close()
         log.info("edge %s stopped: %s", self.cfg.node_id, self.counters())
-        return acked and not self._worker.is_alive()
+        return acked and pool_ok and not self._worker.is_alive() and self.failed is None
 
 
 def run_edge(cfg: EdgeConfig, stop: threading.Event, source: str = "edge config", stats_every_s: float = 10.0) -> int:
@@ -308,6 +407,7 @@ def run_edge(cfg: EdgeConfig, stop: threading.Event, source: str = "edge config"
     (a device often boots before its network), logging each failed attempt.
     """
     app = EdgeApp(cfg, source)
+    app.on_fatal = stop.set  # a dead worker process stops the edge (runtime/workers.py)
     metrics = app.serve_metrics(source)  # None unless metrics.enabled
     app.start(connect_timeout_s=None)
     app.systemd.ready(f"node {cfg.node_id}")

@@ -317,6 +317,20 @@ class EdgeConfig(BaseModel):
     homeassistant: HomeAssistantSettings = Field(
         default_factory=HomeAssistantSettings,
         description="Home Assistant MQTT discovery of each (device, model)'s anomaly and score; off by default")
+    workers: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=1,
+        description="inference processes; above 1 each stream's readings go to one of them (runtime/workers.py), "
+                    "so a multi-core board uses its cores")
+
+    @model_validator(mode="after")
+    def _workers_alone(self) -> "EdgeConfig":
+        if self.workers > 1:
+            if self.deploy.enabled:
+                raise ValueError("workers: signed deployment (deploy.enabled) runs with one inference process only; "
+                                 "set workers: 1 or deploy.enabled: false")
+            if self.vision is not None:
+                raise ValueError("workers: cameras (vision:) run with one inference process only; set workers: 1")
+        return self
 
     @model_validator(mode="after")
     def _unique_sensors(self) -> "EdgeConfig":
