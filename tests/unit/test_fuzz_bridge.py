@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import helpers
 from helpers import SHA, ScriptedSink
@@ -132,7 +133,15 @@ def test_bridge_writes_only_what_the_contract_accepts_under_the_topics_identity(
     if refused is not None:
         assert rejected == {refused: 1} and not batch.lines, (topic, payload[:120], rejected)
     elif rejected:
-        assert rejected == {"unencodable": 1} and not batch.lines
+        # The bridge's own policy beyond the contract: a line it cannot encode, or a result whose
+        # timestamp lies outside store.max_past_s / max_future_s of its arrival (docs/security.md).
+        assert len(rejected) == 1 and sum(rejected.values()) == 1 and not batch.lines, rejected
+        if "timestamp_out_of_range" in rejected:
+            past, future = SYNTHETIC_RESULTS["store"]["max_past_s"], 300.0
+            now = time.time()
+            assert any(not (now - past + 60 <= r.ts <= now + future - 60) for r in parsed), parsed
+        else:
+            assert rejected == {"unencodable": 1}
     else:
         assert len(batch.lines) == len(parsed) and stats["settled"] == (0 if parsed else 1)
         for line in batch.lines:
