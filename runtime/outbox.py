@@ -44,6 +44,15 @@ Bounds and overflow, each counted:
   deleted unsent (``expired``): a result that is days late is noise.
 - A database that cannot be opened (corrupt file) is moved aside to
   ``<path>.corrupt-<unix time>`` and a fresh one is created (logged as an error).
+
+Reads without a query. While the sender keeps up, what it reads next is exactly
+what this process appended last, so ``append`` also keeps those rows in memory
+(the *head*, at most ``HEAD_MAX_ROWS`` rows and ``HEAD_MAX_BYTES``) and ``next``
+hands them out from there: at 1,000 results/s the SELECT per result was a sixth
+of the edge's CPU. The head is only used while it is exactly the table's rows
+after the cursor; anything that deletes unsent rows (overflow, TTL) or a head
+that grew too large drops it, and ``next`` reads the table again until it has
+caught up. The table stays the only thing that counts after a crash.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,6 +82,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 #: How often (seconds) the sender's reads also delete expired messages.
 TTL_SWEEP_EVERY_S = 1.0
+
+#: The in-memory head (see the module docstring): what an outage may pile up before reads go back to the table.
+HEAD_MAX_ROWS = 10_000
+HEAD_MAX_BYTES = 4 * 1024 * 1024
 
 
 def default_state_dir() -> Path:
@@ -148,6 +162,12 @@ class Outbox:
         self.nbytes = int(nbytes)
         #: Messages found on disk at open: what a previous process left to replay.
         self.replayed_at_open = self.depth
+        #: Rows after the cursor, appended by this process, in id order; valid only while ``_head_whole``
+        #: (then it holds every row of the table after the cursor). At open the table may hold older rows.
+        self._head: deque[Row] = deque()
+        self._head_bytes = 0
+        self._head_whole = self.depth == 0
+        self.head_reads = 0
 
     # ------------------------------------------------------------------ open/close
 
@@ -234,6 +254,7 @@ class Outbox:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany("INSERT INTO outbox (created, topic, payload) VALUES (?, ?, ?)", rows)
+                last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
                 self.depth += len(rows)
                 self.nbytes += size
                 if self.depth > self.max_messages or self.nbytes > self.max_bytes:
@@ -242,7 +263,16 @@ class Outbox:
             except BaseException:
                 db.execute("ROLLBACK")
                 self._recount()
+                self._drop_head()
                 raise
+            if self._head_whole:
+                if len(self._head) + len(rows) > HEAD_MAX_ROWS or self._head_bytes + size > HEAD_MAX_BYTES:
+                    self._drop_head()  # an outage or a slow broker: the table is read again once it catches up
+                else:
+                    # One transaction under the lock, AUTOINCREMENT: the ids are last_id - n + 1 .. last_id.
+                    first = last_id - len(rows) + 1
+                    self._head.extend(Row(first + k, topic, payload) for k, (topic, payload) in enumerate(messages))
+                    self._head_bytes += size
             self.appended += len(rows)
             self.append_seq += 1
             if self.fsync != "batch":
@@ -267,6 +297,7 @@ class Outbox:
         cur.close()
         if last_id is None:
             return
+        self._drop_head()
         self._db.execute("DELETE FROM outbox WHERE id > ? AND id <= ?", (self._cursor, last_id))
         self.depth -= dropped
         self.nbytes -= freed
@@ -324,15 +355,29 @@ class Outbox:
             if now >= self._next_sweep:
                 self._next_sweep = now + TTL_SWEEP_EVERY_S
                 self._expire(now)
-            rows = [
-                Row(i, t, p)
-                for i, t, p in db.execute(
-                    "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (self._cursor, limit)
-                )
-            ]
+            if self._head_whole:
+                head = self._head
+                rows = [head.popleft() for _ in range(min(limit, len(head)))]
+                self._head_bytes -= sum(r.size for r in rows)
+                self.head_reads += len(rows)
+            else:
+                rows = [
+                    Row(i, t, p)
+                    for i, t, p in db.execute(
+                        "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (self._cursor, limit)
+                    )
+                ]
+                # Fewer than asked: every row after the cursor is handed out, so from here on the
+                # rows after it are exactly what this process appends next.
+                self._head_whole = len(rows) < limit
             if rows:
                 self._cursor = rows[-1].id
             return rows
+
+    def _drop_head(self) -> None:
+        self._head.clear()
+        self._head_bytes = 0
+        self._head_whole = False
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.ttl_s
@@ -342,6 +387,7 @@ class Outbox:
             (self._cursor, cutoff),
         ).fetchone()
         if n:
+            self._drop_head()
             self._db.execute("DELETE FROM outbox WHERE id > ? AND created < ?", (self._cursor, cutoff))
             self.depth -= n
             self.nbytes -= freed

@@ -11,6 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgeloop.edge.outbox import Outbox, default_state_dir
 
@@ -146,3 +148,60 @@ def test_default_state_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("EDGELOOP_STATE_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "x"))
     assert default_state_dir() == tmp_path / "x" / "edgeloop"
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 30)),
+    st.tuples(st.just("next"), st.integers(0, 40)),
+    st.tuples(st.just("ack"), st.integers(0, 40)),
+    st.tuples(st.just("wait"), st.integers(0, 50)),
+    st.tuples(st.just("reopen"), st.just(0)),
+), max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_reads_from_the_in_memory_head_equal_reads_from_the_table(tmp_path_factory, ops):
+    """The head (rows kept in memory by append) is a cache: whatever happens -- overflow drops, TTL expiry,
+    acks, a reopen -- ``next`` hands out exactly what an outbox that always reads the table hands out."""
+    work = tmp_path_factory.mktemp("head")
+    now = [1000.0]
+    kw = {"max_messages": 60, "max_bytes": 60 * 40, "ttl_s": 100, "clock": lambda: now[0]}
+    fast, table = Outbox(work / "fast.sqlite", **kw), Outbox(work / "table.sqlite", **kw)
+    out: dict[str, list] = {"fast": [], "table": []}
+    counter = 0
+    for op, n in ops:
+        table._drop_head()  # this one never uses its head
+        if op == "append":
+            batch = msgs(counter, n)
+            counter += n
+            fast.append(batch)
+            table.append(batch)
+        elif op == "next":
+            a, b = fast.next(n), table.next(n)
+            assert [(r.topic, r.payload) for r in a] == [(r.topic, r.payload) for r in b]
+            out["fast"] += a
+            out["table"] += b
+        elif op == "ack":
+            fast.delete(out["fast"][:n])
+            table.delete(out["table"][:n])
+            del out["fast"][:n], out["table"][:n]
+        elif op == "wait":
+            now[0] += n
+        else:
+            fast.close()
+            table.close()
+            fast, table = Outbox(work / "fast.sqlite", **kw), Outbox(work / "table.sqlite", **kw)
+            out = {"fast": [], "table": []}
+        assert fast.counters() == table.counters()
+    assert [(r.topic, r.payload) for r in fast.next(10_000)] == [(r.topic, r.payload) for r in table.next(10_000)]
+    fast.close()
+    table.close()
+
+
+def test_the_head_serves_reads_while_the_sender_keeps_up(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    for i in range(5):
+        box.append(msgs(i, 1))
+        assert payloads(box.next(10)) == [i]
+    assert box.head_reads == 5
