@@ -123,6 +123,8 @@ class Engine:
         #: Keeps a fraction of windows (+ flagged ones) as SampleBatch messages for retraining.
         self.sampler = sampler
         self.counters: Counter[str] = Counter()
+        #: Model identities whose fixed result fields one InferenceResult has validated (see _infer).
+        self._proven: set[tuple] = set()
         self.oldest_pending: float | None = None
         #: Messages codecs answer with (a Sparkplug rebirth request); the app publishes them at QoS 0.
         self.replies: list[tuple[str, bytes]] = []
@@ -356,11 +358,13 @@ class Engine:
         anomalies = 0
         # Per batch, not per result (issue 12): outputs are checked for finiteness at once, and a row
         # that passes every check _plain_row makes is encoded from a dict. The model's fixed fields
-        # (name, version, sha256, labels, node, site) are proven by one InferenceResult per batch;
+        # (name, version, sha256, labels, node, site) are proven by one InferenceResult, once per model
+        # (at a batch of one window per flush, once per batch was once per result);
         # any row in doubt goes through InferenceResult as before (same result, same reject).
         finite = np.isfinite(outputs).all(axis=1) if outputs.shape[1] <= MAX_OUTPUTS else np.zeros(len(pending), bool)
-        proven: bool | None = None
         name, version, sha, labels, threshold = model.name, model.version, model.sha256, model.labels, model.threshold
+        identity = (name, version, sha, tuple(labels), self.node_id, self.site)
+        proven: bool | None = True if identity in self._proven else None
         stream_tags = runner.stream_tags
         for item, out, score, ok in zip(pending, outputs.tolist(), scores.tolist(), finite.tolist()):
             device, sensor = item.window.key
@@ -378,6 +382,8 @@ class Engine:
                     if proven is None:
                         InferenceResult(**fields)  # raises ValidationError like the slow path would
                         proven = True
+                        if len(self._proven) < 64:  # models come and go by deployment: a few identities
+                            self._proven.add(identity)
                     payload = _to_json({k: v for k, v in fields.items() if v is not None})
                 else:
                     payload = InferenceResult(**fields).model_dump_json(exclude_none=True).encode()

@@ -8,6 +8,7 @@ before there were codecs (``make bench`` compares the two in one run).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import chain
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -35,9 +36,14 @@ class EdgeloopCodec:
             reading = decode_reading(payload, _NO_LIMIT)
         except ContractError as exc:
             raise PayloadError(exc.reason, str(exc)) from None
-        samples = np.asarray(reading.values, dtype=np.float32)
-        if samples.ndim == 1:
-            samples = samples.reshape(1, -1)
+        values = reading.values
+        if isinstance(values[0], list):
+            # One flat list into numpy, then a reshape: half the instructions of np.asarray on a list
+            # of rows (64 x 3: 154k -> 98k). The contract has checked that every row is as wide.
+            rows, width = len(values), len(values[0])
+            samples = np.fromiter(chain.from_iterable(values), np.float32, rows * width).reshape(rows, width)
+        else:
+            samples = np.array(values, dtype=np.float32).reshape(1, -1)
         return samples, reading.ts, reading.seq, reading.rate_hz
 
 

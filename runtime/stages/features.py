@@ -95,15 +95,18 @@ class Features:
         x = np.ascontiguousarray(batch.transpose(0, 2, 1), dtype=np.float32)  # (B, C, size)
         cols: list[np.ndarray] = []
         wanted = set(self.stats)
-        mean = x.mean(axis=2, dtype=np.float64)
+        # ufunc.reduce, not ndarray.mean/max: the same arithmetic (a float64 sum, then one division)
+        # without numpy's Python-level wrappers, which cost more than the sums on a batch of one window.
+        add = np.add.reduce
+        mean = add(x, axis=2, dtype=np.float64) / size
         if wanted & {"std", "kurtosis"}:
             centred = x - mean[..., None].astype(np.float32)
             c2 = centred * centred
-            var = c2.mean(axis=2, dtype=np.float64)
+            var = add(c2, axis=2, dtype=np.float64) / size
         if wanted & {"rms", "crest"}:
-            rms = np.sqrt((x * x).mean(axis=2, dtype=np.float64))
+            rms = np.sqrt(add(x * x, axis=2, dtype=np.float64) / size)
         if wanted & {"peak", "crest"}:
-            peak = np.abs(x).max(axis=2).astype(np.float64)
+            peak = np.maximum.reduce(np.abs(x), axis=2).astype(np.float64)
         for stat in self.stats:
             if stat == "mean":
                 cols.append(mean)
@@ -114,11 +117,11 @@ class Features:
             elif stat == "peak":
                 cols.append(peak)
             elif stat == "crest":
-                cols.append(np.divide(peak, rms, out=np.zeros_like(peak), where=rms > 0))
+                cols.append(peak / np.where(rms > 0, rms, np.inf))  # 0 where rms is 0
             elif stat == "kurtosis":
-                m4 = (c2 * c2).mean(axis=2, dtype=np.float64)
+                m4 = add(c2 * c2, axis=2, dtype=np.float64) / size
                 v2 = var * var
-                cols.append(np.divide(m4, v2, out=np.zeros_like(m4), where=v2 > 1e-30))
+                cols.append(m4 / np.where(v2 > 1e-30, v2, np.inf))  # 0 for a flat window
         out = np.empty((B, C, self.per_channel), dtype=np.float32)
         for i, col in enumerate(cols):
             out[:, :, i] = col
