@@ -16,6 +16,9 @@ Measurements, in this order (names for ``--only``):
              when EDGELOOP_PEER_TELEGRAF names its binary, Telegraf
     codecs   decode + engine ingest per payload format, in process (benchmarks/codecs.py),
              the edgeloop codec beside the ingest path from before codecs
+    workers  the edge with ``workers: 1`` and ``workers: 2`` (runtime/workers.py), flat out and
+             paced at 5,000/s: the scaling from one to two inference processes; CPU and RSS
+             count every process of the edge
 
 Every server is started here, on free loopback ports, and stopped at the end.
 Writes ``benchmarks/results/latest.json`` and a timestamped copy; a full run
@@ -38,7 +41,7 @@ from benchmarks import bridge, bridge_drain, codecs, imports, load, mqtt_limit, 
 from benchmarks.harness import machine_facts
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge", "drain", "codecs")
+NAMES = ("limit", "naive", "edge", "latency", "paired", "imports", "bridge", "drain", "codecs", "workers")
 RATES = (1000.0, 5000.0)
 
 
@@ -75,7 +78,21 @@ RUNNERS = {
     "bridge": lambda w, q: bridge.run(w, q),
     "drain": lambda w, q: bridge_drain.run(w, q),
     "codecs": lambda w, q: codecs.run(w, q),
+    "workers": lambda w, q: {
+        f"w{n}": {"flat": load.flat_out(w, q, load.edge({"workers": n}), f"edge-flat-w{n}"),
+                  "5000": _or_error(lambda n=n: load.paced(w, q, load.edge({"workers": n}), f"paced-w{n}-5000", 5000.0))}
+        for n in (1, 2)
+    },
 }
+
+
+def _or_error(run) -> dict:  # noqa: ANN001
+    """A paced run that failed (did not drain in time) is a result -- it did not keep up -- not a crash."""
+    try:
+        return run()
+    except RuntimeError as exc:
+        traceback.print_exc()
+        return {"error": str(exc).splitlines()[0]}
 
 
 def _progress(msg: str) -> None:

@@ -157,6 +157,37 @@ def build_rows(b: dict) -> list[Row]:
                         baseline=base["cpu_us_per_reading"] if base else None, target=target, passed=passed,
                         higher_is_better=False))
     rows += drain_rows(b.get("drain"))
+    rows += worker_rows(b.get("workers"), q1)
+    return rows
+
+
+def worker_rows(w: dict | None, q1: float | None) -> list[Row]:
+    """``workers: 2`` against ``workers: 1`` in the same run (the ratio to baseline is the scaling)."""
+    if not w:
+        return []
+    rows: list[Row] = []
+    one, two = w.get("w1") or {}, w.get("w2") or {}
+    rows.append(Row("workers", "edge flat out, workers: 2 (baseline: workers: 1, same run)",
+                    _get(two, "flat", "readings_per_s"), "readings/s", limit=q1,
+                    baseline=_get(one, "flat", "readings_per_s")))
+    rows.append(Row("workers", "edge CPU per reading, flat out, every process, workers: 2 (baseline: 1)",
+                    _get(two, "flat", "cpu_ms_per_reading"), "ms", baseline=_get(one, "flat", "cpu_ms_per_reading"),
+                    higher_is_better=False))
+    for n, run in (("1", one), ("2", two)):
+        paced = run.get("5000") or {}
+        if not paced:
+            continue
+        if "error" in paced:
+            rows.append(Row("workers", f"edge @ 5,000/s, workers: {n}: did not keep up ({paced['error'][:60]})",
+                            None, "-", target="keeps up", passed=False))
+            continue
+        kept_up = paced["results_received"] >= paced["expected_results"] and paced["achieved_per_s"] >= 0.95 * 5000
+        rows.append(Row("workers", f"edge p99 reading->result @ 5,000/s, workers: {n}", paced["p99_ms"], "ms",
+                        target="keeps up (every result, p99 < 1 s)", passed=kept_up and paced["p99_ms"] < 1000.0,
+                        higher_is_better=False))
+    rss = _get(two, "flat", "peak_rss_mb")
+    rows.append(Row("workers", "edge peak RSS, workers: 2 (sum over its processes; baseline: 1)", rss, "MB",
+                    baseline=_get(one, "flat", "peak_rss_mb"), higher_is_better=False))
     return rows
 
 

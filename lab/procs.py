@@ -130,12 +130,12 @@ class CliProcess:
         return {}
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the running process, from /proc/PID/stat."""
-        return cpu_seconds(self.pid)
+        """utime + stime of the running process and its live children (the edge's ``workers:``), from /proc."""
+        return sum(_alive_or_zero(cpu_seconds, pid) for pid in [self.pid, *descendants(self.pid)])
 
     def peak_rss_mb(self) -> float:
-        """Peak resident set size of the running process (``VmHWM``), in MB."""
-        return peak_rss_mb(self.pid)
+        """Peak resident set size (``VmHWM``) of the running process plus each live child's, in MB."""
+        return sum(_alive_or_zero(peak_rss_mb, pid) for pid in [self.pid, *descendants(self.pid)])
 
     def _running(self) -> subprocess.Popen:
         if self.proc is None:
@@ -160,6 +160,30 @@ def terminate_all(*procs: CliProcess, timeout: float = 60.0) -> list[int | None]
 def logs(*procs: CliProcess, chars: int = 3000) -> str:
     """The tail of each process's log under its command line, for assertion messages."""
     return "\n".join(f"--- {proc!r}\n{proc.log_tail(chars)}" for proc in procs)
+
+
+def descendants(pid: int) -> list[int]:
+    """Live child processes of ``pid``, and theirs (/proc/PID/task/TID/children)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
+
+
+def _alive_or_zero(measure, pid: int) -> float:  # noqa: ANN001
+    try:
+        return measure(pid)
+    except (OSError, RuntimeError):
+        return 0.0  # exited between the listing and the read
 
 
 def cpu_seconds(pid: int) -> float:
