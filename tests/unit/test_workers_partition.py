@@ -64,3 +64,11 @@ def test_workers_refuse_what_runs_in_one_process_only(tmp_path):
     assert "edge.yaml" in str(info.value) and "workers" in str(info.value) and "deploy.enabled" in str(info.value)
     path.write_text("workers: 2\n")
     assert load_edge_config(path).workers == 2
+
+
+def test_workers_refuse_cameras(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text("workers: 2\nvision: {cameras: [{camera: belt}]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_edge_config(path)
+    assert "workers" in str(info.value) and "vision" in str(info.value)
