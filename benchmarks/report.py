@@ -257,7 +257,10 @@ def drain_rows(dr: dict | None) -> list[Row]:
                         passed=(rate >= 0.7 * bare_write) if sub == "bridge" and bare_write else None))
         rows.append(Row(sec, f"bridge CPU per point, 100 results/msg, {label}",
                         _median(hundred.get(sub), "cpu_us_per_msg") / 100.0, "us", higher_is_better=False))
-
+    for failed in dr.get("failed_runs", []):
+        rows.append(Row(sec, f"drain run FAILED: {failed['subscriber']}, {failed['per_msg']} result(s)/msg, run "
+                        f"{failed['run']}: {failed['error'][:90]}", None, "-", target="every point stored",
+                        passed=False))
     return rows
 
 
