@@ -34,7 +34,6 @@ from edgeloop.contract import NodeStatus, status_topic
 from edgeloop.edge.delivery import EdgeDelivery
 from edgeloop.edge.model_manager import ModelManager
 from edgeloop.edge.startup import prepare
-from edgeloop.edge.workers import WorkerPool, worker_of
 
 if TYPE_CHECKING:
     from edgeloop.edge.metrics import EdgeSnapshot
@@ -68,7 +67,11 @@ class EdgeApp:
         self.dropped_queue_full = 0
         self._drop_log = RateLimitedLog(log)
         # Inference in worker processes (workers > 1): this process keeps the connection, acks and outbox.
-        self.pool = WorkerPool(cfg, source, self._answered, self._worker_died) if cfg.workers > 1 else None
+        self.pool = None
+        if cfg.workers > 1:
+            from edgeloop.edge.workers import WorkerPool  # multiprocessing only where it is used
+
+            self.pool = WorkerPool(cfg, source, self._answered, self._worker_died)
         #: Set when the edge must stop on its own (a worker process died); run_edge waits on it too.
         self.on_fatal = None
         self.failed: str | None = None
@@ -222,6 +225,8 @@ class EdgeApp:
         ``batching.max_latency_ms``, or (``flush_when_idle``) when nothing more is queued --
         the rule the single-process loop flushes by, applied per worker.
         """
+        from edgeloop.edge.workers import worker_of
+
         pool, batching, inbox = self.pool, self.cfg.batching, self.inbox
         size, max_wait = pool.size, batching.max_latency_ms / 1000.0
         batches: list[list[tuple]] = [[] for _ in range(size)]

@@ -84,8 +84,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 TTL_SWEEP_EVERY_S = 1.0
 
 #: The in-memory head (see the module docstring): what an outage may pile up before reads go back to the table.
-HEAD_MAX_ROWS = 10_000
-HEAD_MAX_BYTES = 4 * 1024 * 1024
+HEAD_MAX_ROWS = 1_000
+HEAD_MAX_BYTES = 1024 * 1024
 
 
 def default_state_dir() -> Path:

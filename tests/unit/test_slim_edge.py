@@ -54,12 +54,14 @@ def test_the_sensor_edge_starts_up_without_opencv(tmp_path):
         app = EdgeApp(cfg, source=args.config)  # loads the model and builds every pipeline; connects nothing
         runners = app.engine.runners.values()
         print(json.dumps({{"attempts": ATTEMPTS, "cv2_loaded": "cv2" in sys.modules, "vision": app.vision is None,
+                          "multiprocessing": "multiprocessing" in sys.modules,  # only with workers > 1
                           "models": [str(r.model.path) for r in runners], "bundled": str(BUNDLED_MODEL)}}))
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["attempts"] == [] and out["cv2_loaded"] is False
     assert out["vision"] is True
+    assert out["multiprocessing"] is False
     assert out["models"] == [out["bundled"]]
 
 
