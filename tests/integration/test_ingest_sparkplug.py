@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import pysparkplug as spb
+import pytest
 
 from edgeloop.edge.ingest.sparkplug import REBIRTH_METRIC
 from lab import configs
@@ -30,9 +31,13 @@ STAGES = [
 ]
 
 
-def test_birth_data_unknown_alias_rebirth_and_death_against_a_real_broker(mosquitto, tmp_path, unique_id):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_birth_data_unknown_alias_rebirth_and_death_against_a_real_broker(mosquitto, tmp_path, unique_id, workers):
+    """With ``workers: 2`` the node's NBIRTH and its device's DBIRTH/DDATA (different topics) must meet in one
+    worker (runtime/workers.py partitions Sparkplug by group/edge_node); the rebirth request and the dead
+    letter come back from the worker and leave through the edge's connection."""
     node_id, group, gateway, device = f"edge-{unique_id}", f"plant-{unique_id}", "gw-7", f"boiler-{unique_id}"
-    cfg = configs.edge_config(node_id, mosquitto.url, {
+    cfg = configs.edge_config(node_id, mosquitto.url, {"workers": workers}, {
         "outbox": {"path": str(tmp_path / "outbox.sqlite")}, "sampling": {"enabled": False}, "status_interval_s": 1.0,
         "pipelines": [{"sensor": "boiler", "in_channels": 3, "stages": STAGES,
                        "input": {"codec": "sparkplug", "group": group,
