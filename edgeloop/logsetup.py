@@ -20,6 +20,13 @@ import sys
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 FORMATS = ("text", "json")
 
+#: (level, format) of the last ``configure_logging``: what child processes (edge workers) repeat.
+_current = ("INFO", "text")
+
+
+def current() -> tuple[str, str]:
+    return _current
+
 
 def json_formatter() -> logging.Formatter:
     from pythonjsonlogger.json import JsonFormatter
@@ -43,3 +50,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream=None) -> No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level))
+    global _current
+    _current = (level, fmt)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lab.configs import FAST_RECONNECT, bridge_config, edge_config, write_config
 from lab.mqtt import Publisher, Watcher, paced
-from lab.procs import CliProcess
+from lab.procs import CliProcess, descendants
 from lab.servers import InfluxDB1, Mosquitto, eventually
 from lab.tcpproxy import TcpProxy
 
@@ -304,10 +304,10 @@ def kill_edge_without_pubacks(down_s: float):
 def worker_pids(pid: int) -> list[int]:
     """The inference worker processes (``workers: N``, runtime/workers.py) of edge process ``pid``."""
     out = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    for child in descendants(pid):
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
         if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            out.append(int(child))
+            out.append(child)
     return out
 
 

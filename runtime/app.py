@@ -169,8 +169,7 @@ class EdgeApp:
         engine = self.engine
         stopping = False
         next_status = time.monotonic() + self.cfg.status_interval_s
-        # Idle streams are swept every 10 s (sooner when a pipeline's stream_idle_s is shorter).
-        expiry_every = min([10.0] + [r.settings.stream_idle_s / 2 for r in engine.runners.values()])
+        expiry_every = engine.expiry_interval_s
         next_expiry = time.monotonic() + expiry_every
         deploy = self.deploy
         while True:

@@ -302,6 +302,11 @@ class Engine:
         return True
 
     @property
+    def expiry_interval_s(self) -> float:
+        """How often ``expire_idle`` should run: every 10 s, sooner when a pipeline's stream_idle_s is shorter."""
+        return min([10.0] + [r.settings.stream_idle_s / 2 for r in self.runners.values()])
+
+    @property
     def live_streams(self) -> int:
         return sum(len(r.last_seq) for r in self.runners.values())
 

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
+from edgeloop import logsetup
+
 if TYPE_CHECKING:
     from edgeloop.edge.config import EdgeConfig
 
@@ -67,13 +69,6 @@ def worker_of(topic: str, workers: int) -> int:
 # ---------------------------------------------------------------------------------------- worker process
 
 
-def _log_setup() -> tuple[str, str]:
-    """The parent's log level and format, for the child to use the same."""
-    root = logging.getLogger()
-    fmt = "json" if any("Json" in type(h.formatter).__name__ for h in root.handlers if h.formatter) else "text"
-    return logging.getLevelName(root.level), fmt
-
-
 def _worker_main(index: int, cfg: EdgeConfig, source: str, conn: Connection, logging_setup: tuple[str, str]) -> None:
     """A worker process: batches of (topic, payload, received) in, (samples, messages, ...) out."""
     # The edge process owns shutdown: Ctrl-C or systemd's SIGTERM to the whole group must not
@@ -87,11 +82,11 @@ def _worker_main(index: int, cfg: EdgeConfig, source: str, conn: Connection, log
     from edgeloop.rejects import Rejects
 
     letters: list[tuple[str, bytes]] = []
-    rejects = Rejects("edge", logging.getLogger("edgeloop.edge"),
+    rejects = Rejects("edge", log,
                       publish=(lambda topic, payload: letters.append((topic, payload))) if cfg.output.deadletter else None,
                       node=cfg.node_id)
     engine = build_engine(cfg, rejects, source)
-    expiry_every = min([10.0] + [r.settings.stream_idle_s / 2 for r in engine.runners.values()])
+    expiry_every = engine.expiry_interval_s
     next_expiry = time.monotonic() + expiry_every
     next_counters = 0.0
     max_batch = cfg.batching.max_batch
@@ -158,7 +153,7 @@ class WorkerPool:
         ctx = multiprocessing.get_context("spawn")  # the edge has threads (paho): never fork it
         self._conns: list[Connection] = []
         self.procs: list = []
-        setup = _log_setup()
+        setup = logsetup.current()  # the child logs as the edge does (level, text or JSON)
         for index in range(self.size):
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, args=(index, cfg, source, theirs, setup),
